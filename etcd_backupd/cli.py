@@ -1,0 +1,226 @@
+"""The `etcd-backupd` command: argument parsing, exit codes and what is printed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, load_config
+from .cycle import run_cycle
+from .destinations import build
+from .errors import BackupError, SnapshotInvalid
+from .logs import setup_logging
+from .snapshot.status import verify_snapshot
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path(os.environ.get("ETCD_BACKUPD_CONFIG", "/etc/etcd-backupd/config.toml"))
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BUG = 70
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"TOML config file (default: {DEFAULT_CONFIG}; or set ETCD_BACKUPD_CONFIG)",
+    )
+
+
+def _output_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output", "-o", choices=("text", "json"), default="text", help="output format"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="etcd-backupd",
+        description="Scheduled, verified backups of etcd v3: snapshot, verify, ship, prune.",
+        epilog="Run 'etcd-backupd COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"etcd-backupd {__version__}")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("ETCD_BACKUPD_LOG_FORMAT", "text"),
+        help="text for people, json (one object per line) for journald and Kubernetes",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="debug logging and full tracebacks on errors"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    once = commands.add_parser(
+        "once",
+        help="take one backup now and ship it to every destination",
+        description="Take one snapshot, verify it and ship it to every destination. Exits 0 "
+        "only when every destination received a verified snapshot.",
+    )
+    _config_option(once)
+    _output_option(once)
+
+    verify = commands.add_parser(
+        "verify",
+        help="check a snapshot file without etcd",
+        description="Check a snapshot file: its SHA-256 trailer and its bbolt structure, and "
+        "print the revision, key count, size and hash 'etcdutl snapshot status' would print. "
+        "Exits 0 only for a sound snapshot.",
+    )
+    verify.add_argument("file", type=Path, help="snapshot file")
+    _output_option(verify)
+
+    listing = commands.add_parser(
+        "list",
+        help="list the backups held by each destination",
+        description="List stored backups from their manifests (the snapshots are not read).",
+    )
+    _config_option(listing)
+    _output_option(listing)
+    listing.add_argument("--destination", "-d", help="only this destination")
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file",
+        description="Validate a config file and print what it sets; exits 2 when it is invalid.",
+    )
+    _config_option(check)
+    return parser
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    result = run_cycle(config)
+    if args.output == "json":
+        _print_json(
+            {
+                "ok": result.ok,
+                "error": result.error,
+                "failed_stage": result.failed_stage,
+                "duration_seconds": round(result.duration, 3),
+                "stage_seconds": {k: round(v, 3) for k, v in result.stage_seconds.items()},
+                "snapshot": result.manifest.model_dump(mode="json") if result.manifest else None,
+                "destinations": [
+                    {"name": d.name, "ok": d.ok, "error": d.error} for d in result.destinations
+                ],
+            }
+        )
+    elif result.manifest is not None:
+        print(f"snapshot {result.manifest.snapshot}: revision {result.manifest.revision}, "
+              f"{result.manifest.size} bytes, {result.duration:.1f} s")
+        for d in result.destinations:
+            print(f"  {d.name}: {'ok' if d.ok else 'FAILED: ' + (d.error or '')}")
+    else:
+        print(f"backup failed at {result.failed_stage}: {result.error}", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        status = verify_snapshot(args.file)
+    except SnapshotInvalid as exc:
+        if args.output == "json":
+            _print_json({"valid": False, "file": str(args.file), "error": str(exc)})
+        else:
+            print(f"INVALID {args.file}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if args.output == "json":
+        _print_json({"file": str(args.file), **status.to_dict()})
+    else:
+        print(f"OK {args.file}")
+        rows = [
+            ("hash", f"{status.hash:x} ({status.hash})"),
+            ("revision", status.revision),
+            ("total keys", status.total_keys),
+            ("live keys", status.live_keys),
+            ("total size", status.total_size),
+            ("sha256", status.sha256),
+        ]
+        for label, value in rows:
+            print(f"  {label:<11} {value}")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    chosen = [d for d in config.destination if args.destination in (None, d.name)]
+    if not chosen:
+        names = ", ".join(d.name for d in config.destination)
+        raise BackupError(f"no destination named {args.destination!r}; configured: {names}")
+    listing = {d.name: build(d).list() for d in chosen}
+    if args.output == "json":
+        _print_json({name: [m.model_dump(mode="json") for m in ms] for name, ms in listing.items()})
+        return EXIT_OK
+    for name, manifests in listing.items():
+        print(f"{name}: {len(manifests)} backup(s)")
+        for m in manifests:
+            print(f"  {m.snapshot}  {m.created:%Y-%m-%d %H:%M:%SZ}  rev {m.revision:<10} "
+                  f"{m.size:>14} B  keys {m.total_keys}")
+    return EXIT_OK
+
+
+def _describe_config(config: Config) -> list[str]:
+    lines = [f"etcd endpoints: {', '.join(config.etcd.endpoints)}"]
+    cron = config.schedule.cron
+    lines.append(f"schedule: {cron if isinstance(cron, str) else ', '.join(cron)} "
+                 f"({config.schedule.timezone})")
+    lines.extend(f"destination {d.name}: {d.type} {d.path}" for d in config.destination)
+    return lines
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    config.etcd.password()
+    print(f"{args.config}: valid")
+    for line in _describe_config(config):
+        print(f"  {line}")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "once": cmd_once,
+    "verify": cmd_verify,
+    "list": cmd_list,
+    "check-config": cmd_check_config,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_format, "debug" if args.debug else args.log_level)
+    try:
+        return COMMANDS[args.command](args)
+    except BackupError as exc:
+        print(f"etcd-backupd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("etcd-backupd: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"etcd-backupd: internal error: {exc!r} (run with --debug for the traceback, "
+              "and please report it)", file=sys.stderr)
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

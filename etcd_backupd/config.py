@@ -1,0 +1,275 @@
+"""The configuration file: pydantic models of the TOML, its defaults, env overrides, one-line errors.
+
+The models are the single source of truth: validation, defaults and the field descriptions that
+`config.example.toml` documents all come from here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+DEFAULT_CRON = "0 */12 * * *"
+ENV_ETCD_PASSWORD = "ETCD_BACKUPD_ETCD_PASSWORD"
+ENV_ETCD_USERNAME = "ETCD_BACKUPD_ETCD_USERNAME"
+
+_CRON_FIELD_RANGES = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+)
+_MONTH_NAMES = "jan feb mar apr may jun jul aug sep oct nov dec".split()
+_DAY_NAMES = "sun mon tue wed thu fri sat".split()
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _cron_value(token: str, field: str, low: int, high: int) -> int:
+    names = _MONTH_NAMES if field == "month" else _DAY_NAMES if field == "day of week" else []
+    lowered = token.lower()
+    if lowered in names:
+        return names.index(lowered) + (1 if field == "month" else 0)
+    if not token.isdigit():
+        raise ValueError(f"{field} field: {token!r} is not a number")
+    value = int(token)
+    if not low <= value <= high:
+        raise ValueError(f"{field} field: {value} is outside {low}-{high}")
+    return value
+
+
+def validate_cron(expression: str) -> str:
+    """Check a 5-field cron expression (minute hour day-of-month month day-of-week)."""
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"{expression!r} has {len(fields)} fields; expected 5: minute hour day month weekday"
+        )
+    for text, (field, low, high) in zip(fields, _CRON_FIELD_RANGES, strict=True):
+        for part in text.split(","):
+            base, _, step = part.partition("/")
+            if step and (not step.isdigit() or int(step) == 0):
+                raise ValueError(f"{field} field: step {step!r} must be a positive number")
+            if base == "*":
+                continue
+            start, _, end = base.partition("-")
+            first = _cron_value(start, field, low, high)
+            if end and _cron_value(end, field, low, high) < first:
+                raise ValueError(f"{field} field: range {base!r} runs backwards")
+    return expression
+
+
+class EtcdConfig(_Strict):
+    endpoints: list[str] = Field(
+        default=["http://127.0.0.1:2379"],
+        min_length=1,
+        description="Client URLs of the members to back up from; each healthy one is tried in turn",
+    )
+    cacert: Path | None = Field(None, description="CA bundle that signed the members' certificates")
+    cert: Path | None = Field(None, description="client certificate for mutual TLS (with key)")
+    key: Path | None = Field(None, description="client private key for mutual TLS (with cert)")
+    username: str | None = Field(
+        None, description=f"etcd user for auth; or set {ENV_ETCD_USERNAME}"
+    )
+    password_file: Path | None = Field(
+        None, description=f"file holding the etcd password; or set {ENV_ETCD_PASSWORD}"
+    )
+    cluster_name: str | None = Field(
+        None,
+        description="name used in snapshot file names; the cluster ID (hex) when unset",
+    )
+    dial_timeout: float = Field(
+        5.0, gt=0, description="seconds to wait for a member to answer status and member list"
+    )
+    stall_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="abort a snapshot stream that delivers no data for this many seconds",
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints_are_urls(cls, endpoints: list[str]) -> list[str]:
+        for endpoint in endpoints:
+            parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{endpoint!r} is not an http(s)://host:port URL")
+            try:
+                parts.port  # noqa: B018 - parsing the port is the check
+            except ValueError as exc:
+                raise ValueError(f"{endpoint!r} has an invalid port") from exc
+        return endpoints
+
+    @field_validator("cluster_name")
+    @classmethod
+    def _cluster_name_is_safe(cls, name: str | None) -> str | None:
+        if name is not None and not _NAME_RE.match(name):
+            raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+        return name
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> EtcdConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key must be given together for mutual TLS")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.cacert is not None or any(e.startswith("https://") for e in self.endpoints)
+
+    def password(self) -> str | None:
+        """The etcd password: the environment wins over password_file."""
+        from_env = os.environ.get(ENV_ETCD_PASSWORD)
+        if from_env:
+            return from_env
+        if self.password_file is None:
+            return None
+        try:
+            return self.password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"etcd.password_file: cannot read {self.password_file}: {exc.strerror}"
+            ) from exc
+
+    def user(self) -> str | None:
+        return os.environ.get(ENV_ETCD_USERNAME) or self.username
+
+
+class ScheduleConfig(_Strict):
+    cron: str | list[str] = Field(
+        DEFAULT_CRON, description="5-field cron expression, or a list of them, in timezone"
+    )
+    timezone: str = Field("UTC", description="time zone the cron expressions are read in")
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, cron: str | list[str]) -> str | list[str]:
+        expressions = [cron] if isinstance(cron, str) else cron
+        if not expressions:
+            raise ValueError("needs at least one cron expression")
+        for expression in expressions:
+            validate_cron(expression)
+        return cron
+
+
+class RetentionConfig(_Strict):
+    keep_last: int | None = Field(None, ge=0, description="keep the N newest snapshots")
+    keep_hourly: int | None = Field(None, ge=0, description="newest in each of the last N hours")
+    keep_daily: int | None = Field(None, ge=0, description="newest in each of the last N days")
+    keep_weekly: int | None = Field(None, ge=0, description="newest in each of the last N weeks")
+    keep_monthly: int | None = Field(None, ge=0, description="newest in each of the last N months")
+    keep_yearly: int | None = Field(None, ge=0, description="newest in each of the last N years")
+    keep_within: str | None = Field(
+        None, description='keep all snapshots this close to the newest one, e.g. "14d"'
+    )
+
+
+class LocalDestination(_Strict):
+    type: Literal["local"]
+    name: str = Field(description="name used in logs, metrics and --destination")
+    path: Path = Field(description="directory holding snapshots and their manifests")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_safe(cls, name: str) -> str:
+        if not _NAME_RE.match(name):
+            raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+        return name
+
+
+DestinationConfig = Annotated[LocalDestination, Field(discriminator="type")]
+
+
+class Config(_Strict):
+    state_dir: Path = Field(
+        Path("/var/lib/etcd-backupd"),
+        description="the daemon's own files; snapshots are spooled under it when no local "
+        "destination can take the stream",
+    )
+    etcd: EtcdConfig = Field(default_factory=lambda: EtcdConfig())
+    schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig())
+    destination: list[DestinationConfig] = Field(
+        min_length=1, description="one or more places each snapshot is shipped to"
+    )
+    retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig())
+
+    @model_validator(mode="after")
+    def _unique_destination_names(self) -> Config:
+        seen: set[str] = set()
+        for destination in self.destination:
+            if destination.name in seen:
+                raise ValueError(f"destination name {destination.name!r} is used twice")
+            seen.add(destination.name)
+        return self
+
+
+DESTINATION_TYPES = ("local",)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    previous: int | str | None = None
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(previous, int) and part in DESTINATION_TYPES:
+            # pydantic names the union member it tried; the user never wrote that key
+            pass
+        else:
+            path += f".{part}" if path else part
+        previous = part
+    return path or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see config.example.toml)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return f"type {error['input'].get('type')!r} is unknown; expected one of: " + ", ".join(
+            DESTINATION_TYPES
+        )
+    if kind == "union_tag_not_found":
+        return "the key 'type' is missing; expected one of: " + ", ".join(DESTINATION_TYPES)
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = [f"At '{_location(e['loc'])}': {_describe(e)}" for e in exc.errors()]
+    return "; ".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a TOML config; every problem is reported in one ConfigError line."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,276 @@
+"""One backup cycle, start to end: snapshot → verify → destinations. The only place that sequences
+the stages; the CLI and the daemon both call `run_cycle` and read its plain-data result."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import __version__
+from .config import Config
+from .destinations import Destination, SpooledSnapshot, build
+from .errors import BackupError, DestinationError, EtcdError, SnapshotInvalid
+from .etcd import EtcdSource, MemberStatus
+from .fsutil import FILE_MODE, PART_SUFFIX, fsync_dir, remove_stale_parts
+from .manifest import Manifest, MemberInfo, snapshot_name
+from .snapshot.status import SnapshotStatus, verify_snapshot
+
+log = logging.getLogger(__name__)
+
+# A .part file untouched this long belongs to a run that was killed; a live stream writes to its
+# file every few milliseconds and gives up after etcd.stall_timeout.
+STALE_PART_SECONDS = 3600.0
+_WRITE_BUFFER = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DestinationResult:
+    name: str
+    ok: bool
+    manifest: Manifest | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    started: datetime
+    finished: datetime
+    ok: bool
+    manifest: Manifest | None = None
+    destinations: tuple[DestinationResult, ...] = ()
+    error: str | None = None
+    failed_stage: str | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        return (self.finished - self.started).total_seconds()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def choose_spool_dir(destinations: Sequence[Destination], fallback: Path) -> Path:
+    """Stream into the first destination that offers local disk, so storing there costs a link."""
+    for destination in destinations:
+        try:
+            directory = destination.spool_dir()
+        except BackupError as exc:
+            # that destination fails on its own when the snapshot is stored; the others go on
+            log.warning("cannot spool into destination %s: %s", destination.name, exc)
+            continue
+        if directory is not None:
+            return directory
+    try:
+        fallback.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DestinationError(
+            f"cannot create spool directory {fallback}: {exc.strerror}; set state_dir"
+        ) from exc
+    return fallback
+
+
+def _spool_snapshot(source: EtcdSource, member: MemberStatus, part: Path) -> str:
+    """Stream one member's snapshot into `part`, hashing inline; return the SHA-256 (hex).
+
+    The file ends up exactly as `etcdctl snapshot save` writes it: database bytes, then the
+    32-byte SHA-256 etcd sent after them.
+    """
+    stream = source.open_snapshot(member)
+    digest = hashlib.sha256()
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    except OSError as exc:
+        stream.cancel()
+        raise DestinationError(f"cannot create spool file {part}: {exc.strerror}") from exc
+    with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as out:
+        try:
+            for chunk in stream:
+                digest.update(chunk)
+                out.write(chunk)
+        except OSError as exc:
+            stream.cancel()
+            raise DestinationError(f"cannot write spool file {part}: {exc.strerror}") from exc
+        if stream.digest != digest.digest():
+            raise SnapshotInvalid(
+                f"snapshot from {member.describe()} does not match the SHA-256 etcd sent with it: "
+                "the data was damaged in transit"
+            )
+        try:
+            out.write(stream.digest)
+            out.flush()
+            os.fsync(out.fileno())
+        except OSError as exc:
+            raise DestinationError(f"cannot write spool file {part}: {exc.strerror}") from exc
+    return digest.hexdigest()
+
+
+class _Stages:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.current = "snapshot"
+
+    def start(self, stage: str) -> float:
+        self.current = stage
+        return time.monotonic()
+
+    def stop(self, stage: str, began: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.monotonic() - began
+
+
+def run_cycle(
+    config: Config,
+    *,
+    clock: Callable[[], datetime] = _utcnow,
+    destinations: Sequence[Destination] | None = None,
+) -> CycleResult:
+    """Take one snapshot, verify it and ship it to every destination. Never raises BackupError."""
+    started = clock()
+    began = time.monotonic()
+    stages = _Stages()
+    targets = list(destinations) if destinations is not None else [
+        build(d) for d in config.destination
+    ]
+    part: Path | None = None
+
+    def failed(error: BackupError | str) -> CycleResult:
+        message = str(error)
+        log.error("backup failed at %s: %s", stages.current, message)
+        return CycleResult(
+            started=started,
+            finished=clock(),
+            ok=False,
+            error=message,
+            failed_stage=stages.current,
+            stage_seconds=stages.seconds,
+        )
+
+    try:
+        mark = stages.start("snapshot")
+        spool = choose_spool_dir(targets, config.state_dir / "spool")
+        for stale in remove_stale_parts(spool, STALE_PART_SECONDS):
+            log.warning("removed %s, left by an interrupted run", stale)
+        source = EtcdSource(config.etcd)
+        members = source.healthy_members()
+        cluster_id = f"{members[0].cluster_id:016x}"
+        cluster_name = config.etcd.cluster_name or cluster_id
+        name = snapshot_name(cluster_name, started)
+        part = spool / (name + PART_SUFFIX)
+        sha256, member = _stream_from_first_working(source, members, part)
+        stages.stop("snapshot", mark)
+
+        mark = stages.start("verify")
+        status = verify_snapshot(part, expected_sha256=sha256)
+        stages.stop("verify", mark)
+        log.info(
+            "verified %s: revision %d, %d keys, hash %d, %d bytes",
+            name,
+            status.revision,
+            status.total_keys,
+            status.hash,
+            status.file_size,
+        )
+
+        mark = stages.start("ship")
+        manifest = _manifest(name, started, began, status, member, cluster_id, cluster_name)
+        results = tuple(
+            _ship(target, SpooledSnapshot(part, status), manifest) for target in targets
+        )
+        stages.stop("ship", mark)
+    except BackupError as exc:
+        return failed(exc)
+    finally:
+        if part is not None:
+            part.unlink(missing_ok=True)
+
+    ok = all(r.ok for r in results)
+    failures = [f"{r.name}: {r.error}" for r in results if not r.ok]
+    if failures:
+        stages.current = "ship"
+        log.error("backup %s reached %d of %d destinations", name, len(targets) - len(failures),
+                  len(targets))
+    return CycleResult(
+        started=started,
+        finished=clock(),
+        ok=ok,
+        manifest=manifest,
+        destinations=results,
+        error="; ".join(failures) or None,
+        failed_stage=None if ok else "ship",
+        stage_seconds=stages.seconds,
+    )
+
+
+def _stream_from_first_working(
+    source: EtcdSource, members: list[MemberStatus], part: Path
+) -> tuple[str, MemberStatus]:
+    problems: list[str] = []
+    for member in members:
+        log.info("streaming snapshot from %s", member.describe())
+        try:
+            sha256 = _spool_snapshot(source, member, part)
+        except (EtcdError, SnapshotInvalid) as exc:
+            part.unlink(missing_ok=True)
+            log.warning("%s", exc)
+            problems.append(str(exc))
+            continue
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        fsync_dir(part.parent)
+        log.info("snapshot from %s: %d bytes", member.describe(), part.stat().st_size)
+        return sha256, member
+    raise EtcdError("no member delivered a complete snapshot: " + "; ".join(problems))
+
+
+def _manifest(
+    name: str,
+    started: datetime,
+    began: float,
+    status: SnapshotStatus,
+    member: MemberStatus,
+    cluster_id: str,
+    cluster_name: str,
+) -> Manifest:
+    return Manifest(
+        snapshot=name,
+        created=started,
+        duration_seconds=round(time.monotonic() - began, 3),
+        size=status.file_size,
+        stored_size=status.file_size,
+        sha256=status.sha256,
+        revision=status.revision,
+        total_keys=status.total_keys,
+        live_keys=status.live_keys,
+        total_size=status.total_size,
+        hash=status.hash,
+        etcd_version=member.version,
+        cluster_id=cluster_id,
+        cluster_name=cluster_name,
+        member=MemberInfo(
+            id=f"{member.member_id:016x}",
+            name=member.name,
+            endpoint=member.endpoint,
+            is_leader=member.is_leader,
+        ),
+        tool_version=__version__,
+    )
+
+
+def _ship(target: Destination, spooled: SpooledSnapshot, manifest: Manifest) -> DestinationResult:
+    began = time.monotonic()
+    try:
+        stored = target.store(spooled, manifest)
+    except BackupError as exc:
+        log.error("destination %s failed: %s", target.name, exc)
+        return DestinationResult(target.name, False, error=str(exc),
+                                 seconds=time.monotonic() - began)
+    return DestinationResult(target.name, True, manifest=stored, seconds=time.monotonic() - began)
