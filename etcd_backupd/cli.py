@@ -124,8 +124,10 @@ def cmd_once(args: argparse.Namespace) -> int:
             }
         )
     elif result.manifest is not None:
-        print(f"snapshot {result.manifest.snapshot}: revision {result.manifest.revision}, "
-              f"{result.manifest.size} bytes, {result.duration:.1f} s")
+        print(
+            f"snapshot {result.manifest.snapshot}: revision {result.manifest.revision}, "
+            f"{result.manifest.size} bytes, {result.duration:.1f} s"
+        )
         for d in result.destinations:
             print(f"  {d.name}: {'ok' if d.ok else 'FAILED: ' + (d.error or '')}")
     else:
@@ -172,16 +174,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, manifests in listing.items():
         print(f"{name}: {len(manifests)} backup(s)")
         for m in manifests:
-            print(f"  {m.snapshot}  {m.created:%Y-%m-%d %H:%M:%SZ}  rev {m.revision:<10} "
-                  f"{m.size:>14} B  keys {m.total_keys}")
+            print(
+                f"  {m.snapshot}  {m.created:%Y-%m-%d %H:%M:%SZ}  rev {m.revision:<10} "
+                f"{m.size:>14} B  keys {m.total_keys}"
+            )
     return EXIT_OK
 
 
 def _describe_config(config: Config) -> list[str]:
     lines = [f"etcd endpoints: {', '.join(config.etcd.endpoints)}"]
     cron = config.schedule.cron
-    lines.append(f"schedule: {cron if isinstance(cron, str) else ', '.join(cron)} "
-                 f"({config.schedule.timezone})")
+    lines.append(
+        f"schedule: {cron if isinstance(cron, str) else ', '.join(cron)} "
+        f"({config.schedule.timezone})"
+    )
     lines.extend(f"destination {d.name}: {d.type} {d.path}" for d in config.destination)
     return lines
 
@@ -217,8 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"etcd-backupd: internal error: {exc!r} (run with --debug for the traceback, "
-              "and please report it)", file=sys.stderr)
+        print(
+            f"etcd-backupd: internal error: {exc!r} (run with --debug for the traceback, "
+            "and please report it)",
+            file=sys.stderr,
+        )
         return EXIT_BUG
 
 

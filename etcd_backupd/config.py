@@ -1,4 +1,4 @@
-"""The configuration file: pydantic models of the TOML, its defaults, env overrides, one-line errors.
+"""The configuration file: pydantic models of the TOML, defaults, env overrides, one-line errors.
 
 The models are the single source of truth: validation, defaults and the field descriptions that
 `config.example.toml` documents all come from here.
@@ -28,8 +28,8 @@ _CRON_FIELD_RANGES = (
     ("month", 1, 12),
     ("day of week", 0, 7),
 )
-_MONTH_NAMES = "jan feb mar apr may jun jul aug sep oct nov dec".split()
-_DAY_NAMES = "sun mon tue wed thu fri sat".split()
+_MONTH_NAMES = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+_DAY_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

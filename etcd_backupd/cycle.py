@@ -136,9 +136,9 @@ def run_cycle(
     started = clock()
     began = time.monotonic()
     stages = _Stages()
-    targets = list(destinations) if destinations is not None else [
-        build(d) for d in config.destination
-    ]
+    targets = (
+        list(destinations) if destinations is not None else [build(d) for d in config.destination]
+    )
     part: Path | None = None
 
     def failed(error: BackupError | str) -> CycleResult:
@@ -195,8 +195,12 @@ def run_cycle(
     failures = [f"{r.name}: {r.error}" for r in results if not r.ok]
     if failures:
         stages.current = "ship"
-        log.error("backup %s reached %d of %d destinations", name, len(targets) - len(failures),
-                  len(targets))
+        log.error(
+            "backup %s reached %d of %d destinations",
+            name,
+            len(targets) - len(failures),
+            len(targets),
+        )
     return CycleResult(
         started=started,
         finished=clock(),
@@ -271,6 +275,7 @@ def _ship(target: Destination, spooled: SpooledSnapshot, manifest: Manifest) -> 
         stored = target.store(spooled, manifest)
     except BackupError as exc:
         log.error("destination %s failed: %s", target.name, exc)
-        return DestinationResult(target.name, False, error=str(exc),
-                                 seconds=time.monotonic() - began)
+        return DestinationResult(
+            target.name, False, error=str(exc), seconds=time.monotonic() - began
+        )
     return DestinationResult(target.name, True, manifest=stored, seconds=time.monotonic() - began)

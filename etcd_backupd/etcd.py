@@ -144,7 +144,7 @@ class EtcdSource:
             client.close()
             raise
         member_id = response.header.member_id
-        name = next((m.name for m in members.members if m.ID == member_id), "")
+        name = next((m.name for m in members.members if member_id == m.ID), "")
         status = MemberStatus(
             endpoint=endpoint,
             member_id=member_id,
@@ -175,7 +175,9 @@ class EtcdSource:
             raise EtcdError("no etcd member answered: " + "; ".join(problems))
         if len({s.cluster_id for s in found}) > 1:
             ids = ", ".join(f"{s.endpoint}={s.cluster_id:x}" for s in found)
-            raise EtcdError(f"etcd.endpoints belong to different clusters ({ids}); list one cluster")
+            raise EtcdError(
+                f"etcd.endpoints belong to different clusters ({ids}); list one cluster"
+            )
         found.sort(key=lambda s: s.is_leader)
         return found
 

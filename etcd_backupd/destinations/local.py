@@ -66,7 +66,9 @@ class LocalDirectory:
             final.unlink(missing_ok=True)
             raise self._fail(f"store {final.name}", exc) from exc
         try:
-            atomic_write_bytes(self.path / manifest_name(manifest.snapshot), stored.to_json().encode())
+            atomic_write_bytes(
+                self.path / manifest_name(manifest.snapshot), stored.to_json().encode()
+            )
         except OSError as exc:
             # without its manifest the snapshot is not a backup: do not leave it looking like one
             final.unlink(missing_ok=True)
@@ -105,12 +107,19 @@ class LocalDirectory:
             try:
                 manifest = Manifest.from_json(candidate.read_bytes())
             except (OSError, ValidationError) as exc:
-                log.warning("destination %s: skipping unreadable manifest %s: %s",
-                            self.name, candidate, str(exc).splitlines()[0])
+                log.warning(
+                    "destination %s: skipping unreadable manifest %s: %s",
+                    self.name,
+                    candidate,
+                    str(exc).splitlines()[0],
+                )
                 continue
             if not (self.path / manifest.snapshot).is_file():
-                log.warning("destination %s: manifest %s has no snapshot beside it",
-                            self.name, candidate.name)
+                log.warning(
+                    "destination %s: manifest %s has no snapshot beside it",
+                    self.name,
+                    candidate.name,
+                )
                 continue
             manifests.append(manifest)
         manifests.sort(key=lambda m: (m.created, m.snapshot))
