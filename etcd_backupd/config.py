@@ -176,10 +176,19 @@ class RetentionConfig(_Strict):
     )
 
 
-class LocalDestination(_Strict):
-    type: Literal["local"]
+Compression = Literal["none", "zstd", "gzip"]
+MIB = 1024 * 1024
+
+
+class _DestinationBase(_Strict):
     name: str = Field(description="name used in logs, metrics and --destination")
-    path: Path = Field(description="directory holding snapshots and their manifests")
+    compression: Compression = Field(
+        "none",
+        description='"none" keeps files etcd\'s restore takes as they are; "zstd" or "gzip"',
+    )
+    retention: RetentionConfig | None = Field(
+        None, description="overrides the global [retention] for this destination"
+    )
 
     @field_validator("name")
     @classmethod
@@ -189,7 +198,76 @@ class LocalDestination(_Strict):
         return name
 
 
-DestinationConfig = Annotated[LocalDestination, Field(discriminator="type")]
+class LocalDestination(_DestinationBase):
+    type: Literal["local"]
+    path: Path = Field(description="directory holding snapshots and their manifests")
+
+
+class S3Destination(_DestinationBase):
+    type: Literal["s3"]
+    bucket: str = Field(min_length=3, description="bucket name")
+    prefix: str = Field(
+        "", description="every object the tool writes, lists or deletes lives under it"
+    )
+    region: str | None = Field(None, description="bucket region; boto3's default chain if unset")
+    endpoint_url: str | None = Field(None, description="S3-compatible store (MinIO, Ceph RGW)")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description='"path" for most S3-compatible stores'
+    )
+    ca_bundle: Path | None = Field(None, description="CA bundle to trust for endpoint_url")
+    storage_class: str | None = Field(None, description="e.g. STANDARD_IA, GLACIER_IR")
+    sse: Literal["AES256", "aws:kms"] | None = Field(None, description="server-side encryption")
+    sse_kms_key_id: str | None = Field(None, description='KMS key for sse = "aws:kms"')
+    object_lock_days: int | None = Field(
+        None, gt=0, description="Object Lock retention on each object (bucket needs Object Lock)"
+    )
+    object_lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = Field(
+        "COMPLIANCE", description="Object Lock mode with object_lock_days"
+    )
+    part_size: int = Field(
+        16 * MIB, ge=5 * MIB, le=5 * 1024 * MIB, description="multipart part size in bytes"
+    )
+    max_concurrency: int = Field(4, ge=1, le=64, description="parts uploaded in parallel")
+    max_attempts: int = Field(
+        8, ge=1, le=30, description="attempts per request for throttling and 5xx errors"
+    )
+    access_key_id: str | None = Field(
+        None, description="static credentials; boto3's default chain when unset"
+    )
+    secret_access_key_file: Path | None = Field(
+        None, description="file holding the secret key for access_key_id"
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_a_folder(cls, prefix: str) -> str:
+        if prefix.startswith("/"):
+            raise ValueError("must not start with '/'")
+        if prefix and not prefix.endswith("/"):
+            raise ValueError(f"must end with '/' (e.g. {prefix + '/'!r}) so it names a folder")
+        return prefix
+
+    @model_validator(mode="after")
+    def _consistent(self) -> S3Destination:
+        if self.sse_kms_key_id and self.sse != "aws:kms":
+            raise ValueError('sse_kms_key_id needs sse = "aws:kms"')
+        if (self.access_key_id is None) != (self.secret_access_key_file is None):
+            raise ValueError("access_key_id and secret_access_key_file go together")
+        return self
+
+    def secret_access_key(self) -> str | None:
+        if self.secret_access_key_file is None:
+            return None
+        try:
+            return self.secret_access_key_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"destination {self.name}: secret_access_key_file: cannot read "
+                f"{self.secret_access_key_file}: {exc.strerror}"
+            ) from exc
+
+
+DestinationConfig = Annotated[LocalDestination | S3Destination, Field(discriminator="type")]
 
 
 class Config(_Strict):
@@ -215,7 +293,7 @@ class Config(_Strict):
         return self
 
 
-DESTINATION_TYPES = ("local",)
+DESTINATION_TYPES = ("local", "s3")
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

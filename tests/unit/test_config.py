@@ -16,6 +16,7 @@ from etcd_backupd.config import (
     EtcdConfig,
     LocalDestination,
     RetentionConfig,
+    S3Destination,
     ScheduleConfig,
     load_config,
     parse_config,
@@ -51,10 +52,11 @@ def test_example_config_is_valid_and_documents_every_option() -> None:
         ScheduleConfig,
         RetentionConfig,
         LocalDestination,
+        S3Destination,
     ]
     for model in models:
         for field in model.model_fields:
-            if field in ("etcd", "schedule", "destination", "retention"):
+            if field in ("etcd", "schedule", "destination", "retention", "type", "name"):
                 continue
             assert re.search(rf"^#? ?{field} =", text, re.M), f"{model.__name__}.{field}"
 
@@ -164,3 +166,30 @@ def test_load_config_errors(tmp_path: Path) -> None:
     broken.write_text("[etcd\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(broken)
+
+
+def s3(**settings: object) -> dict[str, object]:
+    return {"destination": [{"name": "s3", "type": "s3", "bucket": "etcd-backups", **settings}]}
+
+
+def test_s3_defaults() -> None:
+    destination = parse_config(s3()).destination[0]
+    assert isinstance(destination, S3Destination)
+    assert (destination.prefix, destination.compression) == ("", "none")
+    assert destination.part_size == 16 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"prefix": "prod"}, "At 'destination[0].prefix': must end with '/'"),
+        ({"prefix": "/prod/"}, "must not start with '/'"),
+        ({"sse_kms_key_id": "k"}, 'sse_kms_key_id needs sse = "aws:kms"'),
+        ({"access_key_id": "AKIA"}, "access_key_id and secret_access_key_file go together"),
+        ({"part_size": 1024}, "At 'destination[0].part_size'"),
+        ({"compression": "lz4"}, "At 'destination[0].compression'"),
+        ({"retention": {"keep_dayly": 3}}, "At 'destination[0].retention.keep_dayly'"),
+    ],
+)
+def test_s3_errors(settings: dict[str, object], expected: str) -> None:
+    assert expected in error_of(s3(**settings))
