@@ -14,10 +14,10 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config
-from .destinations import Destination, SpooledSnapshot, build
+from .destinations import Destination, SpooledSnapshot, Upload, build
 from .errors import BackupError, DestinationError, EtcdError, SnapshotInvalid
 from .etcd import EtcdSource, MemberStatus
-from .fsutil import FILE_MODE, PART_SUFFIX, fsync_dir, remove_stale_parts
+from .fsutil import FILE_MODE, PART_SUFFIX, fsync_dir
 from .manifest import Manifest, MemberInfo, snapshot_name
 from .snapshot.status import SnapshotStatus, verify_snapshot
 
@@ -35,7 +35,6 @@ class DestinationResult:
     ok: bool
     manifest: Manifest | None = None
     error: str | None = None
-    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -75,11 +74,64 @@ def choose_spool_dir(destinations: Sequence[Destination], fallback: Path) -> Pat
         raise DestinationError(
             f"cannot create spool directory {fallback}: {exc.strerror}; set state_dir"
         ) from exc
+    for stale in fallback.glob("*" + PART_SUFFIX):
+        if time.time() - stale.stat().st_mtime > STALE_PART_SECONDS:
+            stale.unlink(missing_ok=True)
+            log.warning("removed %s, left by an interrupted run", stale)
     return fallback
 
 
-def _spool_snapshot(source: EtcdSource, member: MemberStatus, part: Path) -> str:
-    """Stream one member's snapshot into `part`, hashing inline; return the SHA-256 (hex).
+class _Shipment:
+    """The uploads of one streaming attempt; a destination that fails drops out alone."""
+
+    def __init__(self, targets: Sequence[Destination], snapshot: str) -> None:
+        self.uploads: dict[str, Upload] = {}
+        self.failures: dict[str, str] = {}
+        for target in targets:
+            try:
+                self.uploads[target.name] = target.begin(snapshot)
+            except BackupError as exc:
+                self._failed(target.name, exc)
+
+    def _failed(self, name: str, exc: BaseException) -> None:
+        log.error("destination %s failed: %s", name, exc)
+        self.failures[name] = str(exc)
+
+    def write(self, chunk: bytes) -> None:
+        for name, upload in list(self.uploads.items()):
+            try:
+                upload.write(chunk)
+            except BackupError as exc:
+                self._failed(name, exc)
+                self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        upload = self.uploads.pop(name)
+        try:
+            upload.abort()
+        except BackupError as exc:
+            log.warning("destination %s: cleaning up the failed upload: %s", name, exc)
+
+    def abort(self) -> None:
+        for name in list(self.uploads):
+            self._drop(name)
+
+    def commit(self, spooled: SpooledSnapshot, manifest: Manifest) -> dict[str, Manifest]:
+        stored: dict[str, Manifest] = {}
+        for name in list(self.uploads):
+            try:
+                stored[name] = self.uploads[name].commit(spooled, manifest)
+            except BackupError as exc:
+                self._failed(name, exc)
+            del self.uploads[name]
+        return stored
+
+
+def _spool_snapshot(
+    source: EtcdSource, member: MemberStatus, part: Path, shipment: _Shipment
+) -> str:
+    """Stream one member's snapshot into `part` and the uploads, hashing inline; return the
+    SHA-256 (hex).
 
     The file ends up exactly as `etcdctl snapshot save` writes it: database bytes, then the
     32-byte SHA-256 etcd sent after them.
@@ -96,6 +148,7 @@ def _spool_snapshot(source: EtcdSource, member: MemberStatus, part: Path) -> str
             for chunk in stream:
                 digest.update(chunk)
                 out.write(chunk)
+                shipment.write(chunk)
         except OSError as exc:
             stream.cancel()
             raise DestinationError(f"cannot write spool file {part}: {exc.strerror}") from exc
@@ -106,6 +159,7 @@ def _spool_snapshot(source: EtcdSource, member: MemberStatus, part: Path) -> str
             )
         try:
             out.write(stream.digest)
+            shipment.write(stream.digest)
             out.flush()
             os.fsync(out.fileno())
         except OSError as exc:
@@ -140,6 +194,7 @@ def run_cycle(
         list(destinations) if destinations is not None else [build(d) for d in config.destination]
     )
     part: Path | None = None
+    shipment: _Shipment | None = None
 
     def failed(error: BackupError | str) -> CycleResult:
         message = str(error)
@@ -155,16 +210,15 @@ def run_cycle(
 
     try:
         mark = stages.start("snapshot")
+        _housekeeping(targets, started)
         spool = choose_spool_dir(targets, config.state_dir / "spool")
-        for stale in remove_stale_parts(spool, STALE_PART_SECONDS):
-            log.warning("removed %s, left by an interrupted run", stale)
         source = EtcdSource(config.etcd)
         members = source.healthy_members()
         cluster_id = f"{members[0].cluster_id:016x}"
         cluster_name = config.etcd.cluster_name or cluster_id
         name = snapshot_name(cluster_name, started)
         part = spool / (name + PART_SUFFIX)
-        sha256, member = _stream_from_first_working(source, members, part)
+        sha256, member, shipment = _stream_from_first_working(source, members, part, targets, name)
         stages.stop("snapshot", mark)
 
         mark = stages.start("verify")
@@ -181,17 +235,22 @@ def run_cycle(
 
         mark = stages.start("ship")
         manifest = _manifest(name, started, began, status, member, cluster_id, cluster_name)
-        results = tuple(
-            _ship(target, SpooledSnapshot(part, status), manifest) for target in targets
-        )
+        stored = shipment.commit(SpooledSnapshot(part, status), manifest)
         stages.stop("ship", mark)
     except BackupError as exc:
         return failed(exc)
     finally:
+        if shipment is not None:
+            shipment.abort()
         if part is not None:
             part.unlink(missing_ok=True)
 
-    ok = all(r.ok for r in results)
+    results = tuple(
+        DestinationResult(t.name, True, manifest=stored[t.name])
+        if t.name in stored
+        else DestinationResult(t.name, False, error=shipment.failures.get(t.name, "not stored"))
+        for t in targets
+    )
     failures = [f"{r.name}: {r.error}" for r in results if not r.ok]
     if failures:
         stages.current = "ship"
@@ -204,34 +263,56 @@ def run_cycle(
     return CycleResult(
         started=started,
         finished=clock(),
-        ok=ok,
+        ok=not failures,
         manifest=manifest,
         destinations=results,
         error="; ".join(failures) or None,
-        failed_stage=None if ok else "ship",
+        failed_stage="ship" if failures else None,
         stage_seconds=stages.seconds,
     )
 
 
+def _housekeeping(targets: Sequence[Destination], now: datetime) -> None:
+    for target in targets:
+        try:
+            for leftover in target.housekeeping(now):
+                log.warning(
+                    "destination %s: removed %s, left by an interrupted run", target.name, leftover
+                )
+        except BackupError as exc:
+            log.warning("destination %s: housekeeping failed: %s", target.name, exc)
+
+
 def _stream_from_first_working(
-    source: EtcdSource, members: list[MemberStatus], part: Path
-) -> tuple[str, MemberStatus]:
+    source: EtcdSource,
+    members: list[MemberStatus],
+    part: Path,
+    targets: Sequence[Destination],
+    name: str,
+) -> tuple[str, MemberStatus, _Shipment]:
     problems: list[str] = []
     for member in members:
         log.info("streaming snapshot from %s", member.describe())
+        shipment = _Shipment(targets, name)
+        if not shipment.uploads:
+            raise DestinationError(
+                "no destination can take the snapshot: " + "; ".join(shipment.failures.values())
+            )
         try:
-            sha256 = _spool_snapshot(source, member, part)
+            sha256 = _spool_snapshot(source, member, part, shipment)
         except (EtcdError, SnapshotInvalid) as exc:
+            shipment.abort()
             part.unlink(missing_ok=True)
             log.warning("%s", exc)
             problems.append(str(exc))
             continue
         except BaseException:
+            shipment.abort()
             part.unlink(missing_ok=True)
             raise
         fsync_dir(part.parent)
         log.info("snapshot from %s: %d bytes", member.describe(), part.stat().st_size)
-        return sha256, member
+        return sha256, member, shipment
     raise EtcdError("no member delivered a complete snapshot: " + "; ".join(problems))
 
 
@@ -267,15 +348,3 @@ def _manifest(
         ),
         tool_version=__version__,
     )
-
-
-def _ship(target: Destination, spooled: SpooledSnapshot, manifest: Manifest) -> DestinationResult:
-    began = time.monotonic()
-    try:
-        stored = target.store(spooled, manifest)
-    except BackupError as exc:
-        log.error("destination %s failed: %s", target.name, exc)
-        return DestinationResult(
-            target.name, False, error=str(exc), seconds=time.monotonic() - began
-        )
-    return DestinationResult(target.name, True, manifest=stored, seconds=time.monotonic() - began)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 PART_SUFFIX = ".part"
@@ -38,20 +37,3 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
     fsync_dir(path.parent)
 
-
-def remove_stale_parts(directory: Path, older_than: float, now: float | None = None) -> list[Path]:
-    """Delete *.part files a killed run left behind; a file written to recently may be live."""
-    now = time.time() if now is None else now
-    removed: list[Path] = []
-    try:
-        candidates = list(directory.glob("*" + PART_SUFFIX))
-    except OSError:
-        return removed
-    for candidate in candidates:
-        try:
-            if now - candidate.stat().st_mtime > older_than:
-                candidate.unlink()
-                removed.append(candidate)
-        except FileNotFoundError:
-            continue
-    return removed

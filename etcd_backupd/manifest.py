@@ -14,7 +14,7 @@ MANIFEST_SUFFIX = ".manifest.json"
 _TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _NAME_RE = re.compile(
     rf"^{re.escape(SNAPSHOT_PREFIX)}(?P<cluster>[A-Za-z0-9_.-]+)-(?P<stamp>\d{{8}}T\d{{6}}Z)"
-    rf"{re.escape(SNAPSHOT_SUFFIX)}$"
+    rf"{re.escape(SNAPSHOT_SUFFIX)}(?:\.zst|\.gz)?$"
 )
 
 
@@ -35,6 +35,14 @@ def parse_snapshot_name(name: str) -> tuple[str, datetime] | None:
 
 def manifest_name(snapshot: str) -> str:
     return snapshot + MANIFEST_SUFFIX
+
+
+def snapshot_of_manifest(name: str) -> str | None:
+    """The snapshot a manifest name belongs to, or None when the name is not a manifest's."""
+    if not name.endswith(MANIFEST_SUFFIX):
+        return None
+    snapshot = name.removesuffix(MANIFEST_SUFFIX)
+    return snapshot if parse_snapshot_name(snapshot) else None
 
 
 class MemberInfo(BaseModel):

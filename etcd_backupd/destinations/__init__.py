@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..config import DestinationConfig
-from .base import Destination, SpooledSnapshot
+from .base import Destination, SpooledSnapshot, StoredItem, Upload
 
-__all__ = ["Destination", "SpooledSnapshot", "build"]
+__all__ = ["Destination", "SpooledSnapshot", "StoredItem", "Upload", "build"]
 
 
 def build(config: DestinationConfig) -> Destination:
@@ -13,4 +13,6 @@ def build(config: DestinationConfig) -> Destination:
         from .local import LocalDirectory
 
         return LocalDirectory(config)
-    raise AssertionError(f"unhandled destination type {config.type!r}")
+    from .s3 import S3Bucket
+
+    return S3Bucket(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +19,32 @@ class SpooledSnapshot:
     status: SnapshotStatus
 
 
+@dataclass(frozen=True)
+class StoredItem:
+    """One stored snapshot as a listing sees it, with or without a manifest beside it."""
+
+    snapshot: str
+    created: datetime
+    has_manifest: bool
+    has_snapshot: bool
+    locked_until: datetime | None = None
+
+
+class Upload(Protocol):
+    """One snapshot on its way into a destination.
+
+    `write` receives the snapshot bytes while they stream from etcd (a destination that ships from
+    the spooled file afterwards may ignore them); nothing becomes visible before `commit`, which
+    happens only after verification passed; `abort` removes every trace.
+    """
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def commit(self, spooled: SpooledSnapshot, manifest: Manifest) -> Manifest: ...
+
+    def abort(self) -> None: ...
+
+
 class Destination(Protocol):
     """A place snapshots are kept. Implementations never import one another."""
 
@@ -27,15 +54,16 @@ class Destination(Protocol):
         """A local directory where a snapshot may be streamed so that storing it costs no copy."""
         ...
 
-    def store(self, spooled: SpooledSnapshot, manifest: Manifest) -> Manifest:
-        """Keep the snapshot, then its manifest (the commit marker); return the manifest written.
-
-        On failure nothing may remain visible under the snapshot's final name.
-        """
+    def begin(self, snapshot: str) -> Upload:
+        """Start storing the snapshot `snapshot` (its uncompressed name)."""
         ...
 
     def list(self) -> list[Manifest]:
         """Manifests of the stored snapshots, oldest first, without reading the snapshots."""
+        ...
+
+    def inventory(self) -> list[StoredItem]:
+        """Every snapshot and manifest under the destination, from names alone (cheap)."""
         ...
 
     def fetch(self, snapshot: str, target: Path) -> Path:
@@ -43,5 +71,9 @@ class Destination(Protocol):
         ...
 
     def delete(self, snapshots: list[str]) -> None:
-        """Remove snapshots and their manifests."""
+        """Remove snapshots and their manifests (manifest first)."""
+        ...
+
+    def housekeeping(self, now: datetime) -> list[str]:
+        """Remove what interrupted runs left (partial files, incomplete uploads); say what."""
         ...

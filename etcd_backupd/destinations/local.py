@@ -5,18 +5,28 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from ..compression import SUFFIXES, compress_file
 from ..config import LocalDestination as LocalConfig
 from ..errors import DestinationError
 from ..fsutil import DIR_MODE, FILE_MODE, PART_SUFFIX, atomic_write_bytes, fsync_dir
-from ..manifest import MANIFEST_SUFFIX, Manifest, manifest_name
-from .base import SpooledSnapshot
+from ..manifest import (
+    MANIFEST_SUFFIX,
+    Manifest,
+    manifest_name,
+    parse_snapshot_name,
+    snapshot_of_manifest,
+)
+from .base import SpooledSnapshot, StoredItem
 
 log = logging.getLogger(__name__)
+# A .part file untouched this long belongs to a run that was killed; a live stream writes to its
+# file every few milliseconds and gives up after etcd.stall_timeout.
+STALE_PART_AGE = timedelta(hours=1)
 _COPY_BLOCK = 8 * 1024 * 1024
 
 
@@ -24,8 +34,9 @@ class LocalDirectory:
     def __init__(self, config: LocalConfig) -> None:
         self.name = config.name
         self.path = config.path
+        self.compression = config.compression
 
-    def _fail(self, action: str, exc: OSError) -> DestinationError:
+    def error(self, action: str, exc: OSError) -> DestinationError:
         reason = exc.strerror or str(exc)
         hint = {
             errno.ENOSPC: "free space or point the destination elsewhere",
@@ -46,58 +57,22 @@ class LocalDirectory:
         try:
             self.path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:
-            raise self._fail("create the directory", exc) from exc
+            raise self.error("create the directory", exc) from exc
 
     def spool_dir(self) -> Path | None:
         self._ensure_directory()
         return self.path
 
-    def store(self, spooled: SpooledSnapshot, manifest: Manifest) -> Manifest:
+    def begin(self, snapshot: str) -> _LocalUpload:
         self._ensure_directory()
-        final = self.path / manifest.snapshot
-        if final.exists() or (self.path / manifest_name(manifest.snapshot)).exists():
-            raise DestinationError(
-                f"destination {self.name!r}: {final} already exists; not overwriting a backup"
-            )
-        stored = manifest.model_copy(update={"stored_size": spooled.path.stat().st_size})
-        try:
-            self._place(spooled.path, final)
-        except OSError as exc:
-            final.unlink(missing_ok=True)
-            raise self._fail(f"store {final.name}", exc) from exc
-        try:
-            atomic_write_bytes(
-                self.path / manifest_name(manifest.snapshot), stored.to_json().encode()
-            )
-        except OSError as exc:
-            # without its manifest the snapshot is not a backup: do not leave it looking like one
-            final.unlink(missing_ok=True)
-            raise self._fail(f"write the manifest of {final.name}", exc) from exc
-        log.info("destination %s: stored %s (%d bytes)", self.name, final, stored.stored_size)
-        return stored
-
-    def _place(self, source: Path, final: Path) -> None:
-        """Hard-link the spooled file when it sits on this filesystem, else copy it durably."""
-        try:
-            os.link(source, final)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                raise
-        else:
-            fsync_dir(self.path)
-            return
-        part = final.with_name(final.name + PART_SUFFIX)
-        try:
-            with source.open("rb") as src:
-                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-                with os.fdopen(fd, "wb") as dst:
-                    shutil.copyfileobj(src, dst, _COPY_BLOCK)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-            os.rename(part, final)
-        finally:
-            part.unlink(missing_ok=True)
-        fsync_dir(self.path)
+        stored = snapshot + SUFFIXES[self.compression]
+        for taken in (stored, manifest_name(stored)):
+            if (self.path / taken).exists():
+                raise DestinationError(
+                    f"destination {self.name!r}: {self.path / taken} already exists; "
+                    "not overwriting a backup"
+                )
+        return _LocalUpload(self, self.path / stored)
 
     def list(self) -> list[Manifest]:
         if not self.path.is_dir():
@@ -125,12 +100,31 @@ class LocalDirectory:
         manifests.sort(key=lambda m: (m.created, m.snapshot))
         return manifests
 
+    def inventory(self) -> list[StoredItem]:
+        if not self.path.is_dir():
+            return []
+        snapshots: set[str] = set()
+        manifests: set[str] = set()
+        for entry in os.scandir(self.path):
+            if parse_snapshot_name(entry.name):
+                snapshots.add(entry.name)
+            elif (owner := snapshot_of_manifest(entry.name)) is not None:
+                manifests.add(owner)
+        items = []
+        for name in snapshots | manifests:
+            parsed = parse_snapshot_name(name)
+            assert parsed is not None
+            items.append(StoredItem(name, parsed[1], name in manifests, name in snapshots))
+        return sorted(items, key=lambda item: (item.created, item.snapshot))
+
     def fetch(self, snapshot: str, target: Path) -> Path:
         source = self.path / snapshot
         try:
-            shutil.copyfile(source, target)
+            with source.open("rb") as src, target.open("wb") as dst:
+                while block := src.read(_COPY_BLOCK):
+                    dst.write(block)
         except OSError as exc:
-            raise self._fail(f"read {snapshot}", exc) from exc
+            raise self.error(f"read {snapshot}", exc) from exc
         return target
 
     def delete(self, snapshots: list[str]) -> None:
@@ -140,5 +134,90 @@ class LocalDirectory:
                 (self.path / manifest_name(snapshot)).unlink(missing_ok=True)
                 (self.path / snapshot).unlink(missing_ok=True)
             except OSError as exc:
-                raise self._fail(f"delete {snapshot}", exc) from exc
-        fsync_dir(self.path)
+                raise self.error(f"delete {snapshot}", exc) from exc
+        if snapshots:
+            fsync_dir(self.path)
+
+    def housekeeping(self, now: datetime) -> list[str]:
+        removed: list[str] = []
+        if not self.path.is_dir():
+            return removed
+        cutoff = (now - STALE_PART_AGE).timestamp()
+        for part in self.path.glob("*" + PART_SUFFIX):
+            try:
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    removed.append(part.name)
+            except FileNotFoundError:
+                continue
+        return removed
+
+
+class _LocalUpload:
+    """Stores from the spooled file at commit: a hard link when it shares the filesystem."""
+
+    def __init__(self, destination: LocalDirectory, final: Path) -> None:
+        self._destination = destination
+        self._final = final
+        self._placed = False
+
+    def write(self, chunk: bytes) -> None:
+        """The spooled file is complete at commit; nothing to do while it streams."""
+
+    def commit(self, spooled: SpooledSnapshot, manifest: Manifest) -> Manifest:
+        destination = self._destination
+        try:
+            self._place(spooled.path)
+        except OSError as exc:
+            self.abort()
+            raise destination.error(f"store {self._final.name}", exc) from exc
+        self._placed = True
+        stored = manifest.model_copy(
+            update={
+                "snapshot": self._final.name,
+                "stored_size": self._final.stat().st_size,
+                "compression": destination.compression,
+            }
+        )
+        try:
+            atomic_write_bytes(
+                destination.path / manifest_name(self._final.name), stored.to_json().encode()
+            )
+        except OSError as exc:
+            # without its manifest the snapshot is not a backup: do not leave it looking like one
+            self.abort()
+            raise destination.error(f"write the manifest of {self._final.name}", exc) from exc
+        log.info(
+            "destination %s: stored %s (%d bytes)",
+            destination.name,
+            self._final,
+            stored.stored_size,
+        )
+        return stored
+
+    def abort(self) -> None:
+        self._final.unlink(missing_ok=True)
+        self._final.with_name(self._final.name + PART_SUFFIX).unlink(missing_ok=True)
+
+    def _place(self, source: Path) -> None:
+        if self._destination.compression == "none":
+            try:
+                os.link(source, self._final)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+            else:
+                fsync_dir(self._final.parent)
+                return
+        part = self._final.with_name(self._final.name + PART_SUFFIX)
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with os.fdopen(fd, "wb") as out:
+                compress_file(source, out, self._destination.compression)
+                out.flush()
+                os.fsync(out.fileno())
+            os.rename(part, self._final)
+        finally:
+            part.unlink(missing_ok=True)
+        fsync_dir(self._final.parent)
+
