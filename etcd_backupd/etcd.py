@@ -118,12 +118,17 @@ class EtcdSource:
             creds=self._credentials if secure else None,
             opts=_GRPC_OPTIONS,
         )
-        return etcd3.MultiEndpointEtcd3Client(
+        client = etcd3.MultiEndpointEtcd3Client(
             endpoints=[ep],
             timeout=self._config.dial_timeout,
             user=self._config.user(),
             password=self._config.password(),
         )
+        if not secure:
+            # gRPC refuses call credentials on a plaintext channel; the auth token also
+            # travels in the metadata, which is all etcd reads
+            client.call_credentials = None
+        return client
 
     def _status(self, endpoint: str) -> tuple[Any, MemberStatus]:
         client = self._client(endpoint)

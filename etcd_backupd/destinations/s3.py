@@ -1,0 +1,408 @@
+"""An S3 bucket (AWS or any S3-compatible store), through boto3.
+
+The snapshot is uploaded as a multipart upload while it still streams from etcd; the upload is
+completed only after verification passed, so an unverified snapshot never becomes an object.
+Every object this destination writes, lists or deletes lives under the configured prefix.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..compression import SUFFIXES, compressor
+from ..config import S3Destination as S3Config
+from ..errors import DestinationError
+from ..manifest import Manifest, manifest_name, parse_snapshot_name, snapshot_of_manifest
+from .base import SpooledSnapshot, StoredItem
+
+log = logging.getLogger(__name__)
+
+MAX_PARTS = 10_000
+MIN_PART_SIZE = 5 * 1024 * 1024
+DELETE_BATCH = 1_000
+# An upload this old is no live stream of ours: a killed run left it.
+STALE_UPLOAD_AGE = timedelta(days=1)
+# Orphans younger than this may belong to a cycle still running on another host.
+ORPHAN_AGE = timedelta(days=1)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'Error')}: {error.get('Message', str(exc))}"
+    return str(exc)
+
+
+class S3Bucket:
+    def __init__(self, config: S3Config) -> None:
+        self.name = config.name
+        self.config = config
+        self.bucket = config.bucket
+        self.prefix = config.prefix
+        self._client: Any = None
+
+    def error(self, action: str, exc: BaseException) -> DestinationError:
+        where = f"s3://{self.bucket}/{self.prefix}"
+        return DestinationError(
+            f"destination {self.name!r} ({where}): cannot {action}: {_describe(exc)}"
+        )
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            config = self.config
+            boto_config = BotoConfig(
+                retries={"mode": "standard", "max_attempts": config.max_attempts},
+                s3={"addressing_style": config.addressing_style},
+                max_pool_connections=config.max_concurrency + 2,
+                # newer botocore adds CRC checksums to every request by default, which many
+                # S3-compatible stores reject; the parts carry explicit SHA-256 checksums instead
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+            session = boto3.session.Session()
+            self._client = session.client(
+                "s3",
+                region_name=config.region,
+                endpoint_url=config.endpoint_url,
+                verify=str(config.ca_bundle) if config.ca_bundle else None,
+                aws_access_key_id=config.access_key_id,
+                aws_secret_access_key=config.secret_access_key(),
+                config=boto_config,
+            )
+        return self._client
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def spool_dir(self) -> Path | None:
+        return None
+
+    def begin(self, snapshot: str) -> _S3Upload:
+        return _S3Upload(self, snapshot + SUFFIXES[self.config.compression])
+
+    def _list_keys(self) -> list[dict[str, Any]]:
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            )
+            return [obj for page in pages for obj in page.get("Contents", [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise self.error("list objects", exc) from exc
+
+    def inventory(self) -> list[StoredItem]:
+        snapshots: set[str] = set()
+        manifests: set[str] = set()
+        for obj in self._list_keys():
+            name = obj["Key"][len(self.prefix) :]
+            if "/" in name:
+                continue
+            if parse_snapshot_name(name):
+                snapshots.add(name)
+            elif (owner := snapshot_of_manifest(name)) is not None:
+                manifests.add(owner)
+        items = []
+        for name in snapshots | manifests:
+            parsed = parse_snapshot_name(name)
+            assert parsed is not None
+            items.append(StoredItem(name, parsed[1], name in manifests, name in snapshots))
+        return sorted(items, key=lambda item: (item.created, item.snapshot))
+
+    def list(self) -> list[Manifest]:
+        manifests: list[Manifest] = []
+        for item in self.inventory():
+            if not (item.has_manifest and item.has_snapshot):
+                continue
+            try:
+                body = self.client.get_object(
+                    Bucket=self.bucket, Key=self.key(manifest_name(item.snapshot))
+                )["Body"].read()
+                manifests.append(Manifest.from_json(body))
+            except (ClientError, BotoCoreError) as exc:
+                raise self.error(f"read the manifest of {item.snapshot}", exc) from exc
+            except ValueError as exc:
+                log.warning(
+                    "destination %s: skipping unreadable manifest of %s: %s",
+                    self.name,
+                    item.snapshot,
+                    str(exc).splitlines()[0],
+                )
+        manifests.sort(key=lambda m: (m.created, m.snapshot))
+        return manifests
+
+    def fetch(self, snapshot: str, target: Path) -> Path:
+        try:
+            self.client.download_file(self.bucket, self.key(snapshot), str(target))
+        except (ClientError, BotoCoreError) as exc:
+            raise self.error(f"download {snapshot}", exc) from exc
+        return target
+
+    def delete(self, snapshots: list[str]) -> None:
+        # manifests first, in their own batches: a snapshot is never left looking like a backup
+        # while its manifest outlives it
+        keys = [self.key(manifest_name(s)) for s in snapshots] + [self.key(s) for s in snapshots]
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            try:
+                response = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise self.error("delete objects", exc) from exc
+            for failure in response.get("Errors", []):
+                log.warning(
+                    "destination %s: could not delete %s: %s %s",
+                    self.name,
+                    failure.get("Key"),
+                    failure.get("Code"),
+                    failure.get("Message"),
+                )
+
+    def locked_until(self, snapshot: str) -> datetime | None:
+        """The Object Lock retention date of a snapshot object, if any."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key(snapshot))
+        except (ClientError, BotoCoreError) as exc:
+            raise self.error(f"read {snapshot}", exc) from exc
+        until: datetime | None = head.get("ObjectLockRetainUntilDate")
+        return until
+
+    def housekeeping(self, now: datetime) -> list[str]:
+        aborted: list[str] = []
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if now - upload["Initiated"] < STALE_UPLOAD_AGE:
+                        continue
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted.append(f"incomplete upload of {upload['Key']}")
+        except (ClientError, BotoCoreError) as exc:
+            raise self.error("clean up incomplete uploads", exc) from exc
+        return aborted
+
+
+class _S3Upload:
+    """A multipart upload fed while the snapshot streams; parts go up in parallel."""
+
+    def __init__(self, destination: S3Bucket, stored_name: str) -> None:
+        self._destination = destination
+        self._config = destination.config
+        self._stored_name = stored_name
+        self._key = destination.key(stored_name)
+        self._compressor = compressor(self._config.compression)
+        self._buffer = bytearray()
+        self._parts: list[Future[dict[str, Any]]] = []
+        # bounds memory to about part_size x (max_concurrency + 1)
+        self._slots = threading.BoundedSemaphore(self._config.max_concurrency)
+        self._pool = ThreadPoolExecutor(
+            max_workers=self._config.max_concurrency, thread_name_prefix=f"s3-{destination.name}"
+        )
+        self._stored_size = 0
+        self._upload_id: str | None = None
+        arguments: dict[str, Any] = {
+            "Bucket": destination.bucket,
+            "Key": self._key,
+            "ChecksumAlgorithm": "SHA256",
+            "ContentType": "application/octet-stream",
+            "Metadata": {"tool": "etcd-backupd", "compression": self._config.compression},
+        }
+        parsed = parse_snapshot_name(stored_name)
+        assert parsed is not None
+        self._created = parsed[1]
+        arguments.update(self._object_arguments())
+        try:
+            response = destination.client.create_multipart_upload(**arguments)
+        except (ClientError, BotoCoreError) as exc:
+            self._pool.shutdown(wait=False)
+            raise destination.error(f"start the upload of {stored_name}", exc) from exc
+        self._upload_id = response["UploadId"]
+
+    def write(self, chunk: bytes) -> None:
+        self._buffer += self._compressor.compress(chunk)
+        if len(self._buffer) >= self._config.part_size:
+            self._send(bytes(self._buffer[: self._config.part_size]))
+            del self._buffer[: self._config.part_size]
+
+    def _send(self, data: bytes) -> None:
+        number = len(self._parts) + 1
+        if number > MAX_PARTS:
+            raise DestinationError(
+                f"destination {self._destination.name!r}: the snapshot needs more than "
+                f"{MAX_PARTS} parts; raise part_size"
+            )
+        self._raise_failed_part()
+        self._slots.acquire()
+        self._stored_size += len(data)
+        try:
+            self._parts.append(self._pool.submit(self._upload_part, number, data))
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _upload_part(self, number: int, data: bytes) -> dict[str, Any]:
+        try:
+            checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+            response = self._destination.client.upload_part(
+                Bucket=self._destination.bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=checksum,
+            )
+            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+        finally:
+            self._slots.release()
+
+    def _raise_failed_part(self) -> None:
+        for part in self._parts:
+            if part.done() and part.exception() is not None:
+                exc = part.exception()
+                assert exc is not None
+                raise self._destination.error(f"upload {self._stored_name}", exc) from exc
+
+    def commit(self, spooled: SpooledSnapshot, manifest: Manifest) -> Manifest:
+        destination = self._destination
+        try:
+            self._buffer += self._compressor.flush()
+            if self._buffer or not self._parts:
+                self._send(bytes(self._buffer))
+                self._buffer.clear()
+            parts = [future.result() for future in self._parts]
+        except (ClientError, BotoCoreError) as exc:
+            self.abort()
+            raise destination.error(f"upload {self._stored_name}", exc) from exc
+        except DestinationError:
+            self.abort()
+            raise
+        stored = manifest.model_copy(
+            update={
+                "snapshot": self._stored_name,
+                "stored_size": self._stored_size,
+                "compression": self._config.compression,
+            }
+        )
+        complete: dict[str, Any] = {
+            "Bucket": destination.bucket,
+            "Key": self._key,
+            "UploadId": self._upload_id,
+            "MultipartUpload": {"Parts": parts},
+        }
+        try:
+            destination.client.complete_multipart_upload(**complete)
+        except (ClientError, BotoCoreError) as exc:
+            self.abort()
+            raise destination.error(f"complete the upload of {self._stored_name}", exc) from exc
+        self._upload_id = None
+        self._pool.shutdown(wait=True)
+        try:
+            self._describe_object(stored)
+            destination.client.put_object(**self._manifest_arguments(stored))
+        except (ClientError, BotoCoreError) as exc:
+            # without its manifest the object is not a backup: remove it (unless it is locked,
+            # in which case housekeeping reports it as an orphan later)
+            self._remove_completed()
+            raise destination.error(f"write the manifest of {self._stored_name}", exc) from exc
+        log.info(
+            "destination %s: stored s3://%s/%s (%d bytes)",
+            destination.name,
+            destination.bucket,
+            self._key,
+            self._stored_size,
+        )
+        return stored
+
+    def _object_arguments(self) -> dict[str, Any]:
+        """Storage class, encryption and Object Lock, the same for snapshot and manifest."""
+        config = self._config
+        arguments: dict[str, Any] = {}
+        if config.storage_class:
+            arguments["StorageClass"] = config.storage_class
+        if config.sse:
+            arguments["ServerSideEncryption"] = config.sse
+        if config.sse_kms_key_id:
+            arguments["SSEKMSKeyId"] = config.sse_kms_key_id
+        if config.object_lock_days:
+            arguments["ObjectLockMode"] = config.object_lock_mode
+            arguments["ObjectLockRetainUntilDate"] = self._created + timedelta(
+                days=config.object_lock_days
+            )
+        return arguments
+
+    def _describe_object(self, stored: Manifest) -> None:
+        """Tag the object with what its manifest says: the figures survive a lost manifest."""
+        destination = self._destination
+        tags = {
+            "sha256": stored.sha256,
+            "revision": str(stored.revision),
+            "hash": str(stored.hash),
+            "total-keys": str(stored.total_keys),
+            "cluster-id": stored.cluster_id,
+            "created": stored.created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        destination.client.put_object_tagging(
+            Bucket=destination.bucket,
+            Key=self._key,
+            Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]},
+        )
+
+    def _manifest_arguments(self, stored: Manifest) -> dict[str, Any]:
+        body = stored.to_json().encode()
+        arguments: dict[str, Any] = {
+            "Bucket": self._destination.bucket,
+            "Key": self._destination.key(manifest_name(self._stored_name)),
+            "Body": body,
+            "ContentType": "application/json",
+            "ContentMD5": base64.b64encode(hashlib.md5(body).digest()).decode(),
+            **self._object_arguments(),
+        }
+        return arguments
+
+    def _remove_completed(self) -> None:
+        try:
+            self._destination.client.delete_object(Bucket=self._destination.bucket, Key=self._key)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning(
+                "destination %s: could not remove %s after the failure: %s",
+                self._destination.name,
+                self._key,
+                _describe(exc),
+            )
+
+    def abort(self) -> None:
+        for part in self._parts:
+            part.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._upload_id is None:
+            return
+        upload_id, self._upload_id = self._upload_id, None
+        try:
+            self._destination.client.abort_multipart_upload(
+                Bucket=self._destination.bucket, Key=self._key, UploadId=upload_id
+            )
+        except (ClientError, BotoCoreError) as exc:
+            log.warning(
+                "destination %s: could not abort the upload of %s (housekeeping retries after "
+                "a day): %s",
+                self._destination.name,
+                self._key,
+                _describe(exc),
+            )
