@@ -9,15 +9,17 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config, load_config
+from .config import Config, DestinationConfig, load_config
 from .cycle import run_cycle
 from .destinations import build
 from .errors import BackupError, SnapshotInvalid
 from .logs import setup_logging
+from .prune import lock_period, policy_for, prune
 from .snapshot.status import verify_snapshot
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     _output_option(listing)
     listing.add_argument("--destination", "-d", help="only this destination")
 
+    pruning = commands.add_parser(
+        "prune",
+        help="apply the retention policy now",
+        description="Apply each destination's retention policy: print every snapshot with "
+        "keep or delete and the rule that decided, then delete (unless --dry-run). The newest "
+        "verified snapshot is never deleted; objects that are not etcd-backupd's are never "
+        "touched.",
+    )
+    _config_option(pruning)
+    _output_option(pruning)
+    pruning.add_argument("--destination", "-d", help="only this destination")
+    pruning.add_argument("--dry-run", "-n", action="store_true", help="decide, delete nothing")
+
     check = commands.add_parser(
         "check-config",
         help="validate a config file",
@@ -162,12 +177,61 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    chosen = [d for d in config.destination if args.destination in (None, d.name)]
+def _chosen(config: Config, name: str | None) -> list[DestinationConfig]:
+    chosen = [d for d in config.destination if name in (None, d.name)]
     if not chosen:
         names = ", ".join(d.name for d in config.destination)
-        raise BackupError(f"no destination named {args.destination!r}; configured: {names}")
+        raise BackupError(f"no destination named {name!r}; configured: {names}")
+    return chosen
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    now = datetime.now(UTC)
+    results = [
+        prune(
+            build(d),
+            policy_for(config, d),
+            now=now,
+            lock=lock_period(d),
+            dry_run=args.dry_run,
+        )
+        for d in _chosen(config, args.destination)
+    ]
+    if args.output == "json":
+        _print_json(
+            {
+                r.destination: {
+                    "dry_run": r.dry_run,
+                    "snapshots": [
+                        {
+                            "snapshot": d.snapshot.name,
+                            "created": d.snapshot.created.isoformat(),
+                            "action": "keep" if d.keep else "delete",
+                            "reasons": list(d.reasons),
+                        }
+                        for d in r.decisions
+                    ],
+                    "orphans": list(r.orphans),
+                }
+                for r in results
+            }
+        )
+        return EXIT_OK
+    for r in results:
+        verb = "would delete" if r.dry_run else "deleted"
+        print(f"{r.destination}: keep {r.kept}, {verb} {len(r.deleted)}, orphans {len(r.orphans)}")
+        for d in r.decisions:
+            action = "keep  " if d.keep else "delete"
+            print(f"  {action} {d.snapshot.name}  ({', '.join(d.reasons)})")
+        for orphan in r.orphans:
+            print(f"  orphan {orphan}")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    chosen = _chosen(config, args.destination)
     listing = {d.name: build(d).list() for d in chosen}
     if args.output == "json":
         _print_json({name: [m.model_dump(mode="json") for m in ms] for name, ms in listing.items()})
@@ -189,7 +253,9 @@ def _describe_config(config: Config) -> list[str]:
         f"schedule: {cron if isinstance(cron, str) else ', '.join(cron)} "
         f"({config.schedule.timezone})"
     )
-    lines.extend(f"destination {d.name}: {d.type} {d.path}" for d in config.destination)
+    for d in config.destination:
+        where = d.path if d.type == "local" else f"s3://{d.bucket}/{d.prefix}"
+        lines.append(f"destination {d.name}: {d.type} {where} (compression {d.compression})")
     return lines
 
 
@@ -206,6 +272,7 @@ COMMANDS = {
     "once": cmd_once,
     "verify": cmd_verify,
     "list": cmd_list,
+    "prune": cmd_prune,
     "check-config": cmd_check_config,
 }
 

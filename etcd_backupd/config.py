@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .retention import parse_duration
 
 DEFAULT_CRON = "0 */12 * * *"
 ENV_ETCD_PASSWORD = "ETCD_BACKUPD_ETCD_PASSWORD"
@@ -174,6 +175,13 @@ class RetentionConfig(_Strict):
     keep_within: str | None = Field(
         None, description='keep all snapshots this close to the newest one, e.g. "14d"'
     )
+
+    @field_validator("keep_within")
+    @classmethod
+    def _duration(cls, text: str | None) -> str | None:
+        if text is not None:
+            parse_duration(text)
+        return text
 
 
 Compression = Literal["none", "zstd", "gzip"]

@@ -19,6 +19,7 @@ from .errors import BackupError, DestinationError, EtcdError, SnapshotInvalid
 from .etcd import EtcdSource, MemberStatus
 from .fsutil import FILE_MODE, PART_SUFFIX, fsync_dir
 from .manifest import Manifest, MemberInfo, snapshot_name
+from .prune import PruneResult, lock_period, policy_for, prune
 from .snapshot.status import SnapshotStatus, verify_snapshot
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class DestinationResult:
     ok: bool
     manifest: Manifest | None = None
     error: str | None = None
+    pruned: PruneResult | None = None
+    prune_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -245,12 +248,16 @@ def run_cycle(
         if part is not None:
             part.unlink(missing_ok=True)
 
+    mark = stages.start("prune")
     results = tuple(
-        DestinationResult(t.name, True, manifest=stored[t.name])
-        if t.name in stored
-        else DestinationResult(t.name, False, error=shipment.failures.get(t.name, "not stored"))
-        for t in targets
+        _prune(config, target, stored[target.name], started)
+        if target.name in stored
+        else DestinationResult(
+            target.name, False, error=shipment.failures.get(target.name, "not stored")
+        )
+        for target in targets
     )
+    stages.stop("prune", mark)
     failures = [f"{r.name}: {r.error}" for r in results if not r.ok]
     if failures:
         stages.current = "ship"
@@ -270,6 +277,21 @@ def run_cycle(
         failed_stage="ship" if failures else None,
         stage_seconds=stages.seconds,
     )
+
+
+def _prune(
+    config: Config, target: Destination, stored: Manifest, now: datetime
+) -> DestinationResult:
+    """Prune a destination that just received this cycle's snapshot (never one that did not)."""
+    settings = next((d for d in config.destination if d.name == target.name), None)
+    if settings is None:
+        return DestinationResult(target.name, True, manifest=stored)
+    try:
+        pruned = prune(target, policy_for(config, settings), now=now, lock=lock_period(settings))
+    except BackupError as exc:
+        log.error("destination %s: pruning failed: %s", target.name, exc)
+        return DestinationResult(target.name, True, manifest=stored, prune_error=str(exc))
+    return DestinationResult(target.name, True, manifest=stored, pruned=pruned)
 
 
 def _housekeeping(targets: Sequence[Destination], now: datetime) -> None:

@@ -36,4 +36,3 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         part.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-

@@ -220,4 +220,3 @@ class _LocalUpload:
         finally:
             part.unlink(missing_ok=True)
         fsync_dir(self._final.parent)
-
