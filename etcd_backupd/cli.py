@@ -248,7 +248,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     chosen = _chosen(config, args.destination)
-    listing = {d.name: build(d).list() for d in chosen}
+    listing = {d.name: build(d).manifests() for d in chosen}
     if args.output == "json":
         _print_json({name: [m.model_dump(mode="json") for m in ms] for name, ms in listing.items()})
         return EXIT_OK

@@ -58,7 +58,7 @@ class Destination(Protocol):
         """Start storing the snapshot `snapshot` (its uncompressed name)."""
         ...
 
-    def list(self) -> list[Manifest]:
+    def manifests(self) -> list[Manifest]:
         """Manifests of the stored snapshots, oldest first, without reading the snapshots."""
         ...
 

@@ -74,7 +74,7 @@ class LocalDirectory:
                 )
         return _LocalUpload(self, self.path / stored)
 
-    def list(self) -> list[Manifest]:
+    def manifests(self) -> list[Manifest]:
         if not self.path.is_dir():
             return []
         manifests: list[Manifest] = []

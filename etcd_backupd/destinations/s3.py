@@ -119,7 +119,7 @@ class S3Bucket:
             items.append(StoredItem(name, parsed[1], name in manifests, name in snapshots))
         return sorted(items, key=lambda item: (item.created, item.snapshot))
 
-    def list(self) -> list[Manifest]:
+    def manifests(self) -> list[Manifest]:
         manifests: list[Manifest] = []
         for item in self.inventory():
             if not (item.has_manifest and item.has_snapshot):
