@@ -106,8 +106,10 @@ def main() -> None:
     print(f"median etcdctl snapshot save: {save:.2f} s")
     print(f"median etcd-backupd once:     {cycle:.2f} s")
     print(f"ratio once / etcdctl save:    {cycle / save:.3f}  (target <= 1.05)")
-    print(f"once peak RSS: median {statistics.median(once_rss) / 1024:.1f} MiB, "
-          f"max {max(once_rss) / 1024:.1f} MiB  (target <= 64 MiB)")
+    print(
+        f"once peak RSS: median {statistics.median(once_rss) / 1024:.1f} MiB, "
+        f"max {max(once_rss) / 1024:.1f} MiB  (target <= 64 MiB)"
+    )
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"(this driver's own peak RSS: {own / 1024:.1f} MiB, not counted)")
 

@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(os.environ.get("ETCD_BACKUPD_CONFIG", "/etc/etcd-backupd/config.toml"))
 EXIT_OK = 0
-EXIT_FAILED = 1
 EXIT_BUG = 70
 
 
@@ -150,7 +149,7 @@ def cmd_once(args: argparse.Namespace) -> int:
             print(f"  {d.name}: {'ok' if d.ok else 'FAILED: ' + (d.error or '')}")
     else:
         print(f"backup failed at {result.failed_stage}: {result.error}", file=sys.stderr)
-    return EXIT_OK if result.ok else EXIT_FAILED
+    return result.exit_code
 
 
 def verify_file(path: Path) -> SnapshotStatus:

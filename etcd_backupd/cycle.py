@@ -50,6 +50,7 @@ class CycleResult:
     error: str | None = None
     failed_stage: str | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    exit_code: int = 0
 
     @property
     def duration(self) -> float:
@@ -199,16 +200,16 @@ def run_cycle(
     part: Path | None = None
     shipment: _Shipment | None = None
 
-    def failed(error: BackupError | str) -> CycleResult:
-        message = str(error)
-        log.error("backup failed at %s: %s", stages.current, message)
+    def failed(error: BackupError) -> CycleResult:
+        log.error("backup failed at %s: %s", stages.current, error)
         return CycleResult(
             started=started,
             finished=clock(),
             ok=False,
-            error=message,
+            error=str(error),
             failed_stage=stages.current,
             stage_seconds=stages.seconds,
+            exit_code=error.exit_code,
         )
 
     try:
@@ -276,6 +277,7 @@ def run_cycle(
         error="; ".join(failures) or None,
         failed_stage="ship" if failures else None,
         stage_seconds=stages.seconds,
+        exit_code=DestinationError.exit_code if failures else 0,
     )
 
 

@@ -31,7 +31,7 @@ def parse_duration(text: str) -> timedelta:
     compact = text.strip().lower().replace(" ", "")
     if not compact or _DURATION_RE.sub("", compact):
         raise ValueError(
-            f"{text!r} is not a duration; use a number with h, d or w, e.g. \"14d\" or \"1w3d\""
+            f'{text!r} is not a duration; use a number with h, d or w, e.g. "14d" or "1w3d"'
         )
     total = timedelta()
     for amount, unit in _DURATION_RE.findall(compact):

@@ -111,9 +111,17 @@ def test_etcd_restore_accepts_the_stored_file(etcd35: EtcdCluster, tmp_path: Pat
     snapshot = next((tmp_path / "backups").glob("*.db"))
     assert etcd35.binaries.etcdutl is not None
     restored = subprocess.run(
-        [str(etcd35.binaries.etcdutl), "snapshot", "restore", str(snapshot),
-         "--data-dir", str(tmp_path / "restored")],
-        capture_output=True, text=True, check=False,
+        [
+            str(etcd35.binaries.etcdutl),
+            "snapshot",
+            "restore",
+            str(snapshot),
+            "--data-dir",
+            str(tmp_path / "restored"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     # etcdutl checks the SHA-256 trailer before it restores anything
     assert restored.returncode == 0, restored.stderr
@@ -187,7 +195,7 @@ def test_destination_path_that_is_a_file(etcd35: EtcdCluster, tmp_path: Path) ->
     config = write_config(tmp_path, etcd35)
     (tmp_path / "backups").write_text("not a directory")
     result = cli("once", "--config", str(config))
-    assert result.returncode == 1
+    assert result.returncode == 5
     assert "is not a directory" in result.stderr
     assert (tmp_path / "backups").read_text() == "not a directory"
     assert not list((tmp_path / "state" / "spool").glob("*"))
@@ -205,7 +213,9 @@ def test_full_disk_leaves_nothing(etcd35: EtcdCluster, tmp_path: Path) -> None:
     backups.mkdir()
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(backups)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.strip()}")
@@ -218,9 +228,7 @@ def test_full_disk_leaves_nothing(etcd35: EtcdCluster, tmp_path: Path) -> None:
         subprocess.run(["umount", str(backups)], check=True)
 
 
-def test_three_members_one_down_still_backed_up(
-    etcd_cluster3: EtcdCluster, tmp_path: Path
-) -> None:
+def test_three_members_one_down_still_backed_up(etcd_cluster3: EtcdCluster, tmp_path: Path) -> None:
     load_kubernetes_like_keys(etcd_cluster3, count=30)
     leader = etcd_cluster3.leader()
     down = next(m for m in etcd_cluster3.members if m is not leader)

@@ -72,4 +72,3 @@ def test_empty_policy_keeps_everything(tmp_path: Path) -> None:
     result = prune(make_destination(tmp_path), RetentionPolicy(), now=NOW)
     assert result.deleted == ()
     assert len(list(tmp_path.iterdir())) == 8
-
