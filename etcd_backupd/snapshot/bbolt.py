@@ -32,6 +32,8 @@ _BRANCH_ELEMENT = struct.Struct("<IIQ")  # pos, ksize, pgid
 _LEAF_ELEMENT = struct.Struct("<IIII")  # flags, pos, ksize, vsize
 _BUCKET_HEADER = struct.Struct("<QQ")  # root pgid, sequence
 _HEADER_SIZE = _PAGE_HEADER.size
+_HEAD = 2
+_OVERFLOW = 1
 _META_CHECKED = 56  # the checksum covers the meta up to (not including) itself
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
@@ -101,7 +103,7 @@ class BoltReader:
                     f"truncated: file holds {self.file_size} bytes, the database needs "
                     f"{self.db_size} (pgid {self.pgid} x {self.page_size})"
                 )
-            # one byte per page: every reachable page must be referenced exactly once
+            # one byte per page (head or overflow): every page may be referenced only once
             self._seen = bytearray(self.pgid)
         except BaseException:
             os.close(self._fd)
@@ -177,7 +179,8 @@ class BoltReader:
         for reached in range(pgid, pgid + overflow + 1):
             if seen[reached]:
                 raise SnapshotInvalid(f"page {reached} is referenced twice")
-            seen[reached] = 1
+            seen[reached] = _OVERFLOW
+        seen[pgid] = _HEAD
         if overflow:
             head += self._pread(overflow * page_size, (pgid + 1) * page_size)
         return flags, count, memoryview(head)
@@ -235,9 +238,10 @@ class BoltReader:
                 previous = key
                 yield key, value, element_flags
 
-    def unreachable_pages(self) -> int:
-        """Pages in [2, pgid) nothing referenced: free pages, as etcd runs without a freelist."""
-        return self.pgid - 2 - sum(self._seen)
+    def reached_pages(self) -> set[int]:
+        """First pages of the branch and leaf pages iterated so far; pages of [2, pgid) never
+        reached are free (etcd runs without a freelist)."""
+        return {pgid for pgid, seen in enumerate(self._seen) if seen == _HEAD}
 
 
 def _branch_elements(page: memoryview, count: int, pgid: int) -> list[tuple[bytes, int]]:
