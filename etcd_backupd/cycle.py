@@ -3,9 +3,7 @@ the stages; the CLI and the daemon both call `run_cycle` and read its plain-data
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,17 +15,17 @@ from .config import Config
 from .destinations import Destination, SpooledSnapshot, Upload, build
 from .errors import BackupError, DestinationError, EtcdError, SnapshotInvalid
 from .etcd import EtcdSource, MemberStatus
-from .fsutil import FILE_MODE, PART_SUFFIX, fsync_dir
+from .fsutil import PART_SUFFIX, fsync_dir
 from .manifest import Manifest, MemberInfo, snapshot_name
 from .prune import PruneResult, lock_period, policy_for, prune
 from .snapshot.status import SnapshotStatus, verify_snapshot
+from .spool import SpoolWriter
 
 log = logging.getLogger(__name__)
 
 # A .part file untouched this long belongs to a run that was killed; a live stream writes to its
 # file every few milliseconds and gives up after etcd.stall_timeout.
 STALE_PART_SECONDS = 3600.0
-_WRITE_BUFFER = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -134,41 +132,32 @@ class _Shipment:
 def _spool_snapshot(
     source: EtcdSource, member: MemberStatus, part: Path, shipment: _Shipment
 ) -> str:
-    """Stream one member's snapshot into `part` and the uploads, hashing inline; return the
-    SHA-256 (hex).
+    """Stream one member's snapshot into `part` and the uploads; return its SHA-256 (hex).
 
     The file ends up exactly as `etcdctl snapshot save` writes it: database bytes, then the
-    32-byte SHA-256 etcd sent after them.
+    32-byte SHA-256 etcd sent after them, which must match the bytes received.
     """
     stream = source.open_snapshot(member)
-    digest = hashlib.sha256()
     try:
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    except OSError as exc:
+        writer = SpoolWriter(part, shipment.write)
+    except BackupError:
         stream.cancel()
-        raise DestinationError(f"cannot create spool file {part}: {exc.strerror}") from exc
-    with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as out:
-        try:
-            for chunk in stream:
-                digest.update(chunk)
-                out.write(chunk)
-                shipment.write(chunk)
-        except OSError as exc:
-            stream.cancel()
-            raise DestinationError(f"cannot write spool file {part}: {exc.strerror}") from exc
-        if stream.digest != digest.digest():
+        raise
+    try:
+        for chunk in stream:
+            writer.write(chunk)
+        received = writer.data_digest()
+        if stream.digest != received:
             raise SnapshotInvalid(
                 f"snapshot from {member.describe()} does not match the SHA-256 etcd sent with it: "
                 "the data was damaged in transit"
             )
-        try:
-            out.write(stream.digest)
-            shipment.write(stream.digest)
-            out.flush()
-            os.fsync(out.fileno())
-        except OSError as exc:
-            raise DestinationError(f"cannot write spool file {part}: {exc.strerror}") from exc
-    return digest.hexdigest()
+        writer.seal(stream.digest)
+    except BaseException:
+        stream.cancel()
+        writer.close()
+        raise
+    return received.hex()
 
 
 class _Stages:

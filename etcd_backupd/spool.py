@@ -1,0 +1,106 @@
+"""The spool file a snapshot streams into: written, hashed and handed to the uploads on a thread
+of its own, so that disk, SHA-256 and uploads overlap with receiving from etcd."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import DestinationError
+from .fsutil import FILE_MODE
+
+# Chunks travel in batches of about this size; the queue holds a few of them, which bounds the
+# memory between receiving and writing to BATCH_BYTES x QUEUE_BATCHES.
+BATCH_BYTES = 256 * 1024
+QUEUE_BATCHES = 4
+
+
+class SpoolWriter:
+    def __init__(self, path: Path, sink: Callable[[bytes], None]) -> None:
+        self.path = path
+        self._sink = sink
+        self._digest = hashlib.sha256()
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(QUEUE_BATCHES)
+        self._error: OSError | None = None
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        except OSError as exc:
+            raise self._failure(exc) from exc
+        self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
+        self._thread.start()
+
+    def _failure(self, exc: OSError) -> DestinationError:
+        return DestinationError(f"cannot write spool file {self.path}: {exc.strerror}")
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining so the receiving side never blocks on a dead writer
+            try:
+                for chunk in batch:
+                    self._digest.update(chunk)
+                self._write_all(batch)
+                for chunk in batch:
+                    self._sink(chunk)
+            except OSError as exc:
+                self._error = exc
+
+    def _write_all(self, batch: list[bytes]) -> None:
+        views = [memoryview(chunk) for chunk in batch]
+        while views:
+            written = os.writev(self._fd, views)
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if views and written:
+                views[0] = views[0][written:]
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._failure(self._error)
+
+    def write(self, chunk: bytes) -> None:
+        self._batch.append(chunk)
+        self._batch_bytes += len(chunk)
+        if self._batch_bytes >= BATCH_BYTES:
+            self._check()
+            self._queue.put(self._batch)
+            self._batch = []
+            self._batch_bytes = 0
+
+    def _drain(self) -> None:
+        if self._batch:
+            self._queue.put(self._batch)
+            self._batch = []
+        self._queue.put(None)
+        self._thread.join()
+
+    def data_digest(self) -> bytes:
+        """Wait for every chunk to be written; the SHA-256 of all of them."""
+        self._drain()
+        self._check()
+        return self._digest.digest()
+
+    def seal(self, trailer: bytes) -> None:
+        """Append etcd's SHA-256 trailer, hand it to the uploads, fsync and close."""
+        try:
+            self._write_all([trailer])
+            self._sink(trailer)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise self._failure(exc) from exc
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._drain()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
