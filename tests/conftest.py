@@ -14,6 +14,8 @@ from tests.harness.etcd import (
     find_binaries,
     start_cluster,
 )
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.s3 import MotoServer, s3_environment, start_moto
 from tests.harness.tls import make_tls
 
 
@@ -73,3 +75,30 @@ def etcd_auth(etcd_binaries_35: EtcdBinaries, tmp_path: Path) -> Iterator[EtcdCl
 @pytest.fixture
 def etcd_cluster3(etcd_binaries_35: EtcdBinaries, tmp_path: Path) -> Iterator[EtcdCluster]:
     yield from _cluster(etcd_binaries_35, tmp_path / "etcd3", size=3)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    server = start_moto(tmp_path_factory.mktemp("moto"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+    """The shared S3 test server, emptied, with credentials in the environment."""
+    moto_server.reset()
+    for key, value in s3_environment().items():
+        monkeypatch.setenv(key, value)
+    return moto_server
+
+
+@pytest.fixture
+def fault_proxy(s3: MotoServer) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(s3.endpoint_url)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
