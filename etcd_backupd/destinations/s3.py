@@ -179,6 +179,13 @@ class S3Bucket:
         until: datetime | None = head.get("ObjectLockRetainUntilDate")
         return until
 
+    def _upload_started(self, upload: dict[str, Any]) -> datetime:
+        """When an incomplete upload began. Our keys carry their start time, which wins over
+        `Initiated`: some S3-compatible stores report a fixed or missing date there."""
+        started: datetime = upload["Initiated"]
+        parsed = parse_snapshot_name(upload["Key"][len(self.prefix) :])
+        return max(started, parsed[1]) if parsed else started
+
     def housekeeping(self, now: datetime) -> list[str]:
         aborted: list[str] = []
         try:
@@ -187,7 +194,7 @@ class S3Bucket:
             )
             for page in pages:
                 for upload in page.get("Uploads", []):
-                    if now - upload["Initiated"] < STALE_UPLOAD_AGE:
+                    if now - self._upload_started(upload) < STALE_UPLOAD_AGE:
                         continue
                     self.client.abort_multipart_upload(
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
@@ -363,6 +370,18 @@ class _S3Upload:
             Key=self._key,
             Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]},
         )
+        lock = self._object_arguments()
+        if "ObjectLockMode" in lock:
+            # set at creation already; stated again because some S3-compatible stores drop
+            # lock settings given to a multipart upload
+            destination.client.put_object_retention(
+                Bucket=destination.bucket,
+                Key=self._key,
+                Retention={
+                    "Mode": lock["ObjectLockMode"],
+                    "RetainUntilDate": lock["ObjectLockRetainUntilDate"],
+                },
+            )
 
     def _manifest_arguments(self, stored: Manifest) -> dict[str, Any]:
         body = stored.to_json().encode()
