@@ -227,7 +227,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
                         }
                         for d in r.decisions
                     ],
-                    "orphans": list(r.orphans),
                 }
                 for r in results
             }
@@ -235,12 +234,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         return EXIT_OK
     for r in results:
         verb = "would delete" if r.dry_run else "deleted"
-        print(f"{r.destination}: keep {r.kept}, {verb} {len(r.deleted)}, orphans {len(r.orphans)}")
+        print(f"{r.destination}: keep {r.kept}, {verb} {len(r.deleted)}")
         for d in r.decisions:
             action = "keep  " if d.keep else "delete"
             print(f"  {action} {d.snapshot.name}  ({', '.join(d.reasons)})")
-        for orphan in r.orphans:
-            print(f"  orphan {orphan}")
     return EXIT_OK
 
 

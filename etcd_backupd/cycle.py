@@ -17,7 +17,7 @@ from .errors import BackupError, DestinationError, EtcdError, SnapshotInvalid
 from .etcd import EtcdSource, MemberStatus
 from .fsutil import PART_SUFFIX, fsync_dir
 from .manifest import Manifest, MemberInfo, snapshot_name
-from .prune import PruneResult, lock_period, policy_for, prune
+from .prune import PruneResult, lock_period, policy_for, prune, sweep_orphans
 from .snapshot.status import SnapshotStatus, verify_snapshot
 from .spool import SpoolWriter
 
@@ -203,7 +203,7 @@ def run_cycle(
 
     try:
         mark = stages.start("snapshot")
-        _housekeeping(targets, started)
+        _housekeeping(config, targets, started)
         spool = choose_spool_dir(targets, config.state_dir / "spool")
         source = EtcdSource(config.etcd)
         members = source.healthy_members()
@@ -285,13 +285,17 @@ def _prune(
     return DestinationResult(target.name, True, manifest=stored, pruned=pruned)
 
 
-def _housekeeping(targets: Sequence[Destination], now: datetime) -> None:
+def _housekeeping(config: Config, targets: Sequence[Destination], now: datetime) -> None:
+    """Clear what interrupted runs left; a failure here is logged and never stops the backup."""
+    settings = {d.name: d for d in config.destination}
     for target in targets:
         try:
             for leftover in target.housekeeping(now):
                 log.warning(
                     "destination %s: removed %s, left by an interrupted run", target.name, leftover
                 )
+            lock = lock_period(settings[target.name]) if target.name in settings else None
+            sweep_orphans(target, now=now, lock=lock)
         except BackupError as exc:
             log.warning("destination %s: housekeeping failed: %s", target.name, exc)
 

@@ -1,8 +1,8 @@
 """Applying the retention policy to one destination: what is kept, what goes, and why.
 
-The decision itself is `retention.decide` (pure); this module feeds it a destination's inventory
-and carries out the deletions, plus the removal of old orphans (a snapshot without manifest, or
-a manifest without snapshot) that interrupted runs leave.
+The decision itself is `retention.decide` (pure); this module feeds it a destination's snapshots
+and carries out the deletions, and removes the old orphans (a snapshot without manifest, or a
+manifest without snapshot) that interrupted runs leave.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ class PruneResult:
     destination: str
     decisions: tuple[Decision, ...]
     deleted: tuple[str, ...]
-    orphans: tuple[str, ...]
     dry_run: bool
 
     @property
@@ -64,24 +63,20 @@ def prune(
     lock: timedelta | None = None,
     dry_run: bool = False,
 ) -> PruneResult:
-    items = destination.inventory()
-    complete = [
+    """Decide over the destination's snapshots and delete what no rule keeps.
+
+    Only snapshot objects are listed: one becomes visible only after it was verified, so each
+    is a backup; its manifest is deleted with it by name.
+    """
+    candidates = [
         SnapshotRef(
             name=item.snapshot,
             created=item.created,
             locked_until=item.created + lock if lock else None,
         )
-        for item in items
-        if item.has_manifest and item.has_snapshot
+        for item in destination.snapshots()
     ]
-    orphans = [
-        item.snapshot
-        for item in items
-        if not (item.has_manifest and item.has_snapshot)
-        and now - item.created > ORPHAN_AGE
-        and not (lock and item.created + lock > now)
-    ]
-    decisions = tuple(decide(complete, policy, now=now))
+    decisions = tuple(decide(candidates, policy, now=now))
     doomed = [d.snapshot.name for d in decisions if not d.keep]
     for decision in decisions:
         log.debug(
@@ -91,28 +86,38 @@ def prune(
             decision.snapshot.name,
             ", ".join(decision.reasons),
         )
-    if not dry_run:
-        if orphans:
-            log.warning(
-                "destination %s: removing %d orphan(s) older than %s: %s",
-                destination.name,
-                len(orphans),
-                ORPHAN_AGE,
-                ", ".join(orphans),
-            )
-        if doomed or orphans:
-            destination.delete(doomed + orphans)
-        if doomed:
-            log.info(
-                "destination %s: pruned %d snapshot(s), kept %d",
-                destination.name,
-                len(doomed),
-                len(decisions) - len(doomed),
-            )
+    if doomed and not dry_run:
+        destination.delete(doomed)
+        log.info(
+            "destination %s: pruned %d snapshot(s), kept %d",
+            destination.name,
+            len(doomed),
+            len(decisions) - len(doomed),
+        )
     return PruneResult(
         destination=destination.name,
         decisions=decisions,
         deleted=tuple(doomed),
-        orphans=tuple(orphans),
         dry_run=dry_run,
     )
+
+
+def sweep_orphans(destination: Destination, *, now: datetime, lock: timedelta | None) -> list[str]:
+    """Remove snapshots without manifest, and manifests without snapshot, older than a day."""
+    orphans = [
+        item.snapshot
+        for item in destination.inventory()
+        if not (item.has_manifest and item.has_snapshot)
+        and now - item.created > ORPHAN_AGE
+        and not (lock and item.created + lock > now)
+    ]
+    if orphans:
+        log.warning(
+            "destination %s: removing %d orphan(s) older than %s: %s",
+            destination.name,
+            len(orphans),
+            ORPHAN_AGE,
+            ", ".join(orphans),
+        )
+        destination.delete(orphans)
+    return orphans

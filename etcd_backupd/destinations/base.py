@@ -25,7 +25,7 @@ class StoredItem:
 
     snapshot: str
     created: datetime
-    has_manifest: bool
+    has_manifest: bool | None  # None: not looked at (listing snapshots only)
     has_snapshot: bool
     locked_until: datetime | None = None
 
@@ -62,8 +62,12 @@ class Destination(Protocol):
         """Manifests of the stored snapshots, oldest first, without reading the snapshots."""
         ...
 
+    def snapshots(self) -> list[StoredItem]:
+        """The snapshot files or objects, from one listing of names (no manifest is read)."""
+        ...
+
     def inventory(self) -> list[StoredItem]:
-        """Every snapshot and manifest under the destination, from names alone (cheap)."""
+        """Every snapshot and every manifest, paired by name, to find orphans."""
         ...
 
     def fetch(self, snapshot: str, target: Path) -> Path:

@@ -100,6 +100,9 @@ class LocalDirectory:
         manifests.sort(key=lambda m: (m.created, m.snapshot))
         return manifests
 
+    def snapshots(self) -> list[StoredItem]:
+        return [item for item in self.inventory() if item.has_snapshot]
+
     def inventory(self) -> list[StoredItem]:
         if not self.path.is_dir():
             return []

@@ -2,7 +2,8 @@
 
 The snapshot is uploaded as a multipart upload while it still streams from etcd; the upload is
 completed only after verification passed, so an unverified snapshot never becomes an object.
-Every object this destination writes, lists or deletes lives under the configured prefix.
+Every object this destination writes, lists or deletes lives under the configured prefix:
+snapshots at <prefix><name>, their manifests at <prefix>manifests/<name>.manifest.json.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ log = logging.getLogger(__name__)
 MAX_PARTS = 10_000
 MIN_PART_SIZE = 5 * 1024 * 1024
 DELETE_BATCH = 1_000
+# Manifests live in a folder of their own so that pruning lists only snapshots: one object per
+# backup, 1,000 per ListObjectsV2 call.
+MANIFEST_FOLDER = "manifests/"
 # An upload this old is no live stream of ours: a killed run left it.
 STALE_UPLOAD_AGE = timedelta(days=1)
-# Orphans younger than this may belong to a cycle still running on another host.
-ORPHAN_AGE = timedelta(days=1)
 
 
 def _describe(exc: BaseException) -> str:
@@ -92,26 +94,35 @@ class S3Bucket:
     def begin(self, snapshot: str) -> _S3Upload:
         return _S3Upload(self, snapshot + SUFFIXES[self.config.compression])
 
-    def _list_keys(self) -> list[dict[str, Any]]:
+    def manifest_key(self, snapshot: str) -> str:
+        return self.prefix + MANIFEST_FOLDER + manifest_name(snapshot)
+
+    def _names(self, folder: str) -> list[str]:
+        """Names of the objects directly in prefix + folder (one ListObjectsV2 per 1,000)."""
+        base = self.prefix + folder
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self.prefix
+                Bucket=self.bucket, Prefix=base, Delimiter="/"
             )
-            return [obj for page in pages for obj in page.get("Contents", [])]
+            return [obj["Key"][len(base) :] for page in pages for obj in page.get("Contents", [])]
         except (ClientError, BotoCoreError) as exc:
             raise self.error("list objects", exc) from exc
 
+    def snapshots(self) -> list[StoredItem]:
+        items = []
+        for name in self._names(""):
+            parsed = parse_snapshot_name(name)
+            if parsed is not None:
+                items.append(StoredItem(name, parsed[1], has_manifest=None, has_snapshot=True))
+        return sorted(items, key=lambda item: (item.created, item.snapshot))
+
     def inventory(self) -> list[StoredItem]:
-        snapshots: set[str] = set()
-        manifests: set[str] = set()
-        for obj in self._list_keys():
-            name = obj["Key"][len(self.prefix) :]
-            if "/" in name:
-                continue
-            if parse_snapshot_name(name):
-                snapshots.add(name)
-            elif (owner := snapshot_of_manifest(name)) is not None:
-                manifests.add(owner)
+        snapshots = {item.snapshot for item in self.snapshots()}
+        manifests = {
+            owner
+            for name in self._names(MANIFEST_FOLDER)
+            if (owner := snapshot_of_manifest(name)) is not None
+        }
         items = []
         for name in snapshots | manifests:
             parsed = parse_snapshot_name(name)
@@ -126,7 +137,7 @@ class S3Bucket:
                 continue
             try:
                 body = self.client.get_object(
-                    Bucket=self.bucket, Key=self.key(manifest_name(item.snapshot))
+                    Bucket=self.bucket, Key=self.manifest_key(item.snapshot)
                 )["Body"].read()
                 manifests.append(Manifest.from_json(body))
             except (ClientError, BotoCoreError) as exc:
@@ -151,7 +162,7 @@ class S3Bucket:
     def delete(self, snapshots: list[str]) -> None:
         # manifests first, in their own batches: a snapshot is never left looking like a backup
         # while its manifest outlives it
-        keys = [self.key(manifest_name(s)) for s in snapshots] + [self.key(s) for s in snapshots]
+        keys = [self.manifest_key(s) for s in snapshots] + [self.key(s) for s in snapshots]
         for start in range(0, len(keys), DELETE_BATCH):
             batch = keys[start : start + DELETE_BATCH]
             try:
@@ -387,7 +398,7 @@ class _S3Upload:
         body = stored.to_json().encode()
         arguments: dict[str, Any] = {
             "Bucket": self._destination.bucket,
-            "Key": self._destination.key(manifest_name(self._stored_name)),
+            "Key": self._destination.manifest_key(self._stored_name),
             "Body": body,
             "ContentType": "application/json",
             "ContentMD5": base64.b64encode(hashlib.md5(body).digest()).decode(),

@@ -104,13 +104,12 @@ def test_once_ships_to_local_and_s3(etcd35: EtcdCluster, s3: MotoServer, tmp_pat
     stored = keys(client, "prod/")
     snapshots = [k for k in stored if k.endswith(".db")]
     assert len(snapshots) == 1
-    assert stored == sorted([snapshots[0], snapshots[0] + ".manifest.json", "prod/notes.txt"])
+    manifest_key = "prod/manifests/" + snapshots[0].removeprefix("prod/") + ".manifest.json"
+    assert stored == sorted([snapshots[0], manifest_key, "prod/notes.txt"])
     head = client.head_object(Bucket=BUCKET, Key=snapshots[0])
     assert head["ServerSideEncryption"] == "AES256"
     assert head["StorageClass"] == "STANDARD_IA"
-    manifest = json.loads(
-        client.get_object(Bucket=BUCKET, Key=snapshots[0] + ".manifest.json")["Body"].read()
-    )
+    manifest = json.loads(client.get_object(Bucket=BUCKET, Key=manifest_key)["Body"].read())
     tags = {
         t["Key"]: t["Value"]
         for t in client.get_object_tagging(Bucket=BUCKET, Key=snapshots[0])["TagSet"]
@@ -271,7 +270,7 @@ def test_prune_pages_past_1000_and_deletes_in_batches(
     names = [snapshot_name("prod", newest - timedelta(hours=12 * i)) for i in range(1100)]
     for name in names:
         client.put_object(Bucket=BUCKET, Key=f"prod/{name}", Body=b"s")
-        client.put_object(Bucket=BUCKET, Key=f"prod/{manifest_name(name)}", Body=b"{}")
+        client.put_object(Bucket=BUCKET, Key=f"prod/manifests/{manifest_name(name)}", Body=b"{}")
     client.put_object(Bucket=BUCKET, Key="prod/README", Body=b"not ours")
     client.put_object(Bucket=BUCKET, Key=f"other/{names[-1]}", Body=b"outside the prefix")
     settings = S3Destination(
@@ -282,13 +281,18 @@ def test_prune_pages_past_1000_and_deletes_in_batches(
     result = prune(S3Bucket(settings), RetentionPolicy(keep_last=5), now=newest)
 
     assert len(result.deleted) == 1095
-    assert fault_proxy.counts["ListObjectsV2"] == 3
+    # 1,100 snapshots: two pages; 2,190 keys (snapshot and manifest each): three batches
+    assert fault_proxy.counts["ListObjectsV2"] == 2
     assert fault_proxy.counts["DeleteObjects"] == 3
     left = keys(client)
     assert "prod/README" in left
     assert f"other/{names[-1]}" in left
-    kept = {f"prod/{n}" for n in names[:5]} | {f"prod/{manifest_name(n)}" for n in names[:5]}
-    assert {k for k in left if k.startswith("prod/etcd-snapshot")} == kept
+    assert {k for k in left if k.startswith("prod/etcd-snapshot")} == {
+        f"prod/{n}" for n in names[:5]
+    }
+    assert set(keys(client, "prod/manifests/")) == {
+        f"prod/manifests/{manifest_name(n)}" for n in names[:5]
+    }
 
 
 def test_object_locked_snapshots_are_kept(
@@ -309,7 +313,7 @@ def test_object_locked_snapshots_are_kept(
     assert isinstance(settings, S3Destination)
     old = snapshot_name("prod", datetime.now(UTC) - timedelta(days=1))
     client.put_object(Bucket=BUCKET, Key=f"prod/{old}", Body=b"s")
-    client.put_object(Bucket=BUCKET, Key=f"prod/{manifest_name(old)}", Body=b"{}")
+    client.put_object(Bucket=BUCKET, Key=f"prod/manifests/{manifest_name(old)}", Body=b"{}")
     result = prune(
         S3Bucket(settings),
         RetentionPolicy(keep_last=1),

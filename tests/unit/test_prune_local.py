@@ -8,7 +8,7 @@ from pathlib import Path
 from etcd_backupd.config import LocalDestination
 from etcd_backupd.destinations.local import LocalDirectory
 from etcd_backupd.manifest import manifest_name, snapshot_name
-from etcd_backupd.prune import prune
+from etcd_backupd.prune import prune, sweep_orphans
 from etcd_backupd.retention import RetentionPolicy
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -57,9 +57,9 @@ def test_old_orphans_go_young_ones_stay(tmp_path: Path) -> None:
     old_manifest = backup(tmp_path, NOW - timedelta(days=4), snap=False)
     young = backup(tmp_path, NOW - timedelta(hours=2), manifest=False)
 
-    result = prune(make_destination(tmp_path), RetentionPolicy(keep_last=5), now=NOW)
+    removed = sweep_orphans(make_destination(tmp_path), now=NOW, lock=None)
 
-    assert sorted(result.orphans) == sorted([old_snapshot, old_manifest])
+    assert sorted(removed) == sorted([old_snapshot, old_manifest])
     assert (tmp_path / keep).exists()
     assert (tmp_path / young).exists()
     assert not (tmp_path / old_snapshot).exists()
