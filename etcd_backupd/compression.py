@@ -5,12 +5,13 @@ from __future__ import annotations
 import shutil
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Protocol
-
-import zstandard
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from .config import Compression
 from .errors import SnapshotInvalid
+
+if TYPE_CHECKING:
+    import zstandard
 
 SUFFIXES: dict[str, str] = {"none": "", "zstd": ".zst", "gzip": ".gz"}
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -36,6 +37,9 @@ class _Identity:
 
 class _Zstd:
     def __init__(self) -> None:
+        # imported here: most installations never compress, and the module costs memory
+        import zstandard
+
         self._inner = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
 
     def compress(self, data: bytes) -> bytes:
@@ -84,6 +88,8 @@ def compress_file(source: Path, target: BinaryIO, kind: Compression) -> None:
 
 def decompress_file(source: Path, target: Path) -> None:
     """Write the snapshot a compressed file holds to target; a damaged stream is SnapshotInvalid."""
+    import zstandard
+
     kind = detect(source)
     try:
         with source.open("rb") as src, target.open("wb") as dst:
