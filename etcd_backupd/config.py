@@ -233,9 +233,9 @@ class S3Destination(_DestinationBase):
         "COMPLIANCE", description="Object Lock mode with object_lock_days"
     )
     part_size: int = Field(
-        16 * MIB, ge=5 * MIB, le=5 * 1024 * MIB, description="multipart part size in bytes"
+        8 * MIB, ge=5 * MIB, le=5 * 1024 * MIB, description="multipart part size in bytes"
     )
-    max_concurrency: int = Field(4, ge=1, le=64, description="parts uploaded in parallel")
+    max_concurrency: int = Field(8, ge=1, le=64, description="parts uploaded in parallel")
     max_attempts: int = Field(
         8, ge=1, le=30, description="attempts per request for throttling and 5xx errors"
     )

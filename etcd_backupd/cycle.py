@@ -59,8 +59,9 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def choose_spool_dir(destinations: Sequence[Destination], fallback: Path) -> Path:
-    """Stream into the first destination that offers local disk, so storing there costs a link."""
+def choose_spool_dir(destinations: Sequence[Destination], fallback: Path) -> tuple[Path, bool]:
+    """Stream into the first destination that offers local disk, so storing there costs a link;
+    else into a scratch directory. Says whether the spool file will be kept as a backup."""
     for destination in destinations:
         try:
             directory = destination.spool_dir()
@@ -69,7 +70,7 @@ def choose_spool_dir(destinations: Sequence[Destination], fallback: Path) -> Pat
             log.warning("cannot spool into destination %s: %s", destination.name, exc)
             continue
         if directory is not None:
-            return directory
+            return directory, True
     try:
         fallback.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
@@ -80,7 +81,7 @@ def choose_spool_dir(destinations: Sequence[Destination], fallback: Path) -> Pat
         if time.time() - stale.stat().st_mtime > STALE_PART_SECONDS:
             stale.unlink(missing_ok=True)
             log.warning("removed %s, left by an interrupted run", stale)
-    return fallback
+    return fallback, False
 
 
 class _Shipment:
@@ -130,7 +131,7 @@ class _Shipment:
 
 
 def _spool_snapshot(
-    source: EtcdSource, member: MemberStatus, part: Path, shipment: _Shipment
+    source: EtcdSource, member: MemberStatus, part: Path, shipment: _Shipment, durable: bool
 ) -> str:
     """Stream one member's snapshot into `part` and the uploads; return its SHA-256 (hex).
 
@@ -152,7 +153,7 @@ def _spool_snapshot(
                 f"snapshot from {member.describe()} does not match the SHA-256 etcd sent with it: "
                 "the data was damaged in transit"
             )
-        writer.seal(stream.digest)
+        writer.seal(stream.digest, durable=durable)
     except BaseException:
         stream.cancel()
         writer.close()
@@ -204,14 +205,16 @@ def run_cycle(
     try:
         mark = stages.start("snapshot")
         _housekeeping(config, targets, started)
-        spool = choose_spool_dir(targets, config.state_dir / "spool")
+        spool, durable = choose_spool_dir(targets, config.state_dir / "spool")
         source = EtcdSource(config.etcd)
         members = source.healthy_members()
         cluster_id = f"{members[0].cluster_id:016x}"
         cluster_name = config.etcd.cluster_name or cluster_id
         name = snapshot_name(cluster_name, started)
         part = spool / (name + PART_SUFFIX)
-        sha256, member, shipment = _stream_from_first_working(source, members, part, targets, name)
+        sha256, member, shipment = _stream_from_first_working(
+            source, members, part, targets, name, durable
+        )
         stages.stop("snapshot", mark)
 
         mark = stages.start("verify")
@@ -306,6 +309,7 @@ def _stream_from_first_working(
     part: Path,
     targets: Sequence[Destination],
     name: str,
+    durable: bool,
 ) -> tuple[str, MemberStatus, _Shipment]:
     problems: list[str] = []
     for member in members:
@@ -316,7 +320,7 @@ def _stream_from_first_working(
                 "no destination can take the snapshot: " + "; ".join(shipment.failures.values())
             )
         try:
-            sha256 = _spool_snapshot(source, member, part, shipment)
+            sha256 = _spool_snapshot(source, member, part, shipment, durable)
         except (EtcdError, SnapshotInvalid) as exc:
             shipment.abort()
             part.unlink(missing_ok=True)
@@ -327,7 +331,8 @@ def _stream_from_first_working(
             shipment.abort()
             part.unlink(missing_ok=True)
             raise
-        fsync_dir(part.parent)
+        if durable:
+            fsync_dir(part.parent)
         log.info("snapshot from %s: %d bytes", member.describe(), part.stat().st_size)
         return sha256, member, shipment
     raise EtcdError("no member delivered a complete snapshot: " + "; ".join(problems))

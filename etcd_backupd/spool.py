@@ -87,12 +87,14 @@ class SpoolWriter:
         self._check()
         return self._digest.digest()
 
-    def seal(self, trailer: bytes) -> None:
-        """Append etcd's SHA-256 trailer, hand it to the uploads, fsync and close."""
+    def seal(self, trailer: bytes, *, durable: bool) -> None:
+        """Append etcd's SHA-256 trailer, hand it to the uploads, close; fsync when the file is
+        to become a stored backup (a scratch copy that only verification reads need not be)."""
         try:
             self._write_all([trailer])
             self._sink(trailer)
-            os.fsync(self._fd)
+            if durable:
+                os.fsync(self._fd)
         except OSError as exc:
             raise self._failure(exc) from exc
         finally:

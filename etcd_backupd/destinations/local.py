@@ -210,6 +210,12 @@ class _LocalUpload:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                     raise
             else:
+                # a no-op when the spool file was synced already; it may come from scratch
+                fd = os.open(self._final, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 fsync_dir(self._final.parent)
                 return
         part = self._final.with_name(self._final.name + PART_SUFFIX)

@@ -176,7 +176,7 @@ def test_s3_defaults() -> None:
     destination = parse_config(s3()).destination[0]
     assert isinstance(destination, S3Destination)
     assert (destination.prefix, destination.compression) == ("", "none")
-    assert destination.part_size == 16 * 1024 * 1024
+    assert destination.part_size == 8 * 1024 * 1024
 
 
 @pytest.mark.parametrize(
