@@ -17,7 +17,7 @@ from typing import Any
 from . import __version__
 from .compression import decompress_file, detect
 from .config import Config, DestinationConfig, load_config
-from .cycle import run_cycle
+from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .errors import BackupError, SnapshotInvalid
 from .logs import setup_logging
@@ -76,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_option(once)
     _output_option(once)
+    once.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help="push the backup metrics to this Prometheus pushgateway, grouped by cluster",
+    )
+    once.add_argument(
+        "--textfile",
+        metavar="PATH",
+        type=Path,
+        help="write the backup metrics to PATH (*.prom) for node_exporter's textfile collector",
+    )
 
     verify = commands.add_parser(
         "verify",
@@ -123,9 +134,38 @@ def _print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _export_metrics(args: argparse.Namespace, config: Config, result: CycleResult) -> None:
+    """The daemon's metrics for a one-shot job; a failure here never hides the backup's own."""
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import BackupMetrics, push, write_textfile
+
+    metrics = BackupMetrics(CollectorRegistry())
+    held = {}
+    for settings in config.destination:
+        try:
+            held[settings.name] = build(settings).manifests()
+        except BackupError as exc:
+            log.warning("metrics: cannot list destination %s: %s", settings.name, exc)
+    metrics.load(held)
+    metrics.observe(result)
+    cluster_id = result.manifest.cluster_id if result.manifest else None
+    if cluster_id is None:
+        cluster_id = next((ms[-1].cluster_id for ms in held.values() if ms), None)
+    try:
+        if args.textfile:
+            write_textfile(metrics, args.textfile)
+        if args.pushgateway:
+            push(metrics, args.pushgateway, cluster_id)
+    except BackupError as exc:
+        log.error("%s", exc)
+
+
 def cmd_once(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     result = run_cycle(config)
+    if args.textfile or args.pushgateway:
+        _export_metrics(args, config, result)
     if args.output == "json":
         _print_json(
             {

@@ -1,0 +1,180 @@
+"""The Prometheus metric contract: names that dashboards and alerts rely on, updated from plain
+`CycleResult`s and from the destinations' newest manifests, and exported for one-shot jobs
+(pushgateway, node_exporter textfile).
+
+Every metric lives in the registry this object is given: a fresh one per test and per run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import push_to_gateway, write_to_textfile
+
+from . import __version__
+from .cycle import CycleResult
+from .errors import BackupError
+from .manifest import Manifest
+
+STAGES = ("snapshot", "verify", "ship", "prune")
+RESULTS = ("success", "failure", "skipped")
+# A 1 GiB cycle takes seconds to minutes; larger clusters and slow links tens of minutes.
+DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+JOB = "etcd-backupd"
+
+
+class BackupMetrics:
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self._clock = clock
+        self._last_success: float | None = None
+        self.last_success = Gauge(
+            "etcd_backup_last_success_timestamp_seconds",
+            "When the newest verified backup was taken (Unix time).",
+            registry=registry,
+        )
+        age = Gauge(
+            "etcd_backup_last_success_age_seconds",
+            "Seconds since the newest verified backup was taken, computed at scrape time.",
+            registry=registry,
+        )
+        age.set_function(self._age)
+        self.last_size = Gauge(
+            "etcd_backup_last_size_bytes", "Size of the newest verified backup.", registry=registry
+        )
+        self.last_revision = Gauge(
+            "etcd_backup_last_revision", "etcd revision of the newest backup.", registry=registry
+        )
+        self.last_keys = Gauge(
+            "etcd_backup_last_keys",
+            "Entries in the newest backup (TOTAL KEYS of etcdutl snapshot status).",
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "etcd_backup_duration_seconds",
+            "Time spent per stage of a backup cycle.",
+            ["stage"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.runs = Counter(
+            "etcd_backup_runs", "Backup cycles by result.", ["result"], registry=registry
+        )
+        self.failures = Counter(
+            "etcd_backup_failures", "Failed backup cycles by stage.", ["stage"], registry=registry
+        )
+        self.destination_last_success = Gauge(
+            "etcd_backup_destination_last_success_timestamp_seconds",
+            "When the newest backup stored in a destination was taken (Unix time).",
+            ["destination"],
+            registry=registry,
+        )
+        self.destination_snapshots = Gauge(
+            "etcd_backup_destination_snapshots",
+            "Backups a destination holds after pruning.",
+            ["destination"],
+            registry=registry,
+        )
+        self.destination_bytes = Gauge(
+            "etcd_backup_destination_bytes",
+            "Bytes of the backups a destination holds (as stored).",
+            ["destination"],
+            registry=registry,
+        )
+        self.pruned = Counter(
+            "etcd_backup_pruned",
+            "Backups deleted by the retention policy.",
+            ["destination"],
+            registry=registry,
+        )
+        self.next_run = Gauge(
+            "etcd_backup_next_run_timestamp_seconds",
+            "When the next backup is scheduled (Unix time).",
+            registry=registry,
+        )
+        self.info = Gauge(
+            "etcd_backup_info",
+            "Tool version and cluster ID.",
+            ["version", "cluster_id"],
+            registry=registry,
+        )
+        for stage in STAGES:
+            self.failures.labels(stage)
+        for result in RESULTS:
+            self.runs.labels(result)
+
+    def _age(self) -> float:
+        # no backup known: report the age as infinite so a stale alert fires rather than hides
+        if self._last_success is None:
+            return float("inf")
+        return max(0.0, self._clock() - self._last_success)
+
+    def _newest(self, manifest: Manifest) -> None:
+        created = manifest.created.timestamp()
+        if self._last_success is not None and created < self._last_success:
+            return
+        self._last_success = created
+        self.last_success.set(created)
+        self.last_size.set(manifest.size)
+        self.last_revision.set(manifest.revision)
+        self.last_keys.set(manifest.total_keys)
+        self.info.clear()
+        self.info.labels(__version__, manifest.cluster_id).set(1)
+
+    def load(self, held: Mapping[str, Sequence[Manifest]]) -> None:
+        """Take `last_*` and per-destination figures from what the destinations hold, so a
+        restart never reads as "no backup ever" and never hides a stale one."""
+        for destination, manifests in held.items():
+            self.destination_snapshots.labels(destination).set(len(manifests))
+            self.destination_bytes.labels(destination).set(sum(m.stored_size for m in manifests))
+            if manifests:
+                newest = max(manifests, key=lambda m: m.created)
+                self.destination_last_success.labels(destination).set(newest.created.timestamp())
+                self._newest(newest)
+
+    def observe(self, result: CycleResult) -> None:
+        for stage, seconds in result.stage_seconds.items():
+            self.duration.labels(stage).observe(seconds)
+        if result.ok:
+            self.runs.labels("success").inc()
+        else:
+            self.runs.labels("failure").inc()
+            self.failures.labels(result.failed_stage or "snapshot").inc()
+        for destination in result.destinations:
+            if destination.manifest is not None:
+                self.destination_last_success.labels(destination.name).set(
+                    destination.manifest.created.timestamp()
+                )
+            if destination.pruned is not None:
+                self.pruned.labels(destination.name).inc(len(destination.pruned.deleted))
+            if destination.prune_error is not None:
+                self.failures.labels("prune").inc()
+        if result.ok and result.manifest is not None:
+            self._newest(result.manifest)
+
+    def skipped(self) -> None:
+        self.runs.labels("skipped").inc()
+
+
+def push(metrics: BackupMetrics, gateway: str, cluster_id: str | None) -> None:
+    """Push to a Prometheus pushgateway, grouped by cluster so each cluster keeps its own."""
+    try:
+        push_to_gateway(
+            gateway,
+            job=JOB,
+            registry=metrics.registry,
+            grouping_key={"cluster_id": cluster_id or "unknown"},
+        )
+    except OSError as exc:
+        raise BackupError(f"cannot push metrics to {gateway}: {exc}") from exc
+
+
+def write_textfile(metrics: BackupMetrics, path: Path) -> None:
+    """Write for node_exporter's textfile collector; prometheus-client renames into place."""
+    try:
+        write_to_textfile(str(path), metrics.registry)
+    except OSError as exc:
+        raise BackupError(f"cannot write metrics to {path}: {exc.strerror}") from exc

@@ -1,0 +1,103 @@
+"""The metric contract: names, values from manifests and cycle results, age at scrape time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from etcd_backupd.cycle import CycleResult, DestinationResult
+from etcd_backupd.manifest import Manifest, MemberInfo, snapshot_name
+from etcd_backupd.metrics import BackupMetrics
+
+T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def manifest(created: datetime, size: int = 1000, revision: int = 7) -> Manifest:
+    return Manifest(
+        snapshot=snapshot_name("c", created),
+        created=created,
+        duration_seconds=1.0,
+        size=size,
+        stored_size=size // 2,
+        sha256="0" * 64,
+        revision=revision,
+        total_keys=42,
+        live_keys=30,
+        total_size=size - 32,
+        hash=123,
+        etcd_version="3.5.1",
+        cluster_id="00000000000000ab",
+        cluster_name="c",
+        member=MemberInfo(id="1", name="m1", endpoint="http://127.0.0.1:2379", is_leader=True),
+        tool_version="0.1.0",
+    )
+
+
+def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_restart_loads_the_newest_backup_from_destinations() -> None:
+    now = [T0.timestamp()]
+    metrics = BackupMetrics(CollectorRegistry(), clock=lambda: now[0])
+    older, newest = manifest(T0 - timedelta(days=1)), manifest(T0 - timedelta(hours=2), 2000, 9)
+    metrics.load({"local": [older, newest], "s3": [older]})
+    values = samples(metrics.registry)
+    assert values[("etcd_backup_last_success_timestamp_seconds", ())] == newest.created.timestamp()
+    assert values[("etcd_backup_last_success_age_seconds", ())] == 7200
+    assert values[("etcd_backup_last_size_bytes", ())] == 2000
+    assert values[("etcd_backup_last_revision", ())] == 9
+    assert values[("etcd_backup_last_keys", ())] == 42
+    assert values[("etcd_backup_destination_snapshots", (("destination", "local"),))] == 2
+    assert values[("etcd_backup_destination_bytes", (("destination", "local"),))] == 1500
+    s3_last = values[
+        ("etcd_backup_destination_last_success_timestamp_seconds", (("destination", "s3"),))
+    ]
+    assert s3_last == older.created.timestamp()
+    assert (
+        values[("etcd_backup_info", (("cluster_id", "00000000000000ab"), ("version", "0.1.0")))]
+        == 1
+    )
+    now[0] += 600
+    assert samples(metrics.registry)[("etcd_backup_last_success_age_seconds", ())] == 7800
+
+
+def test_no_backup_at_all_reads_as_infinitely_old() -> None:
+    metrics = BackupMetrics(CollectorRegistry())
+    metrics.load({"local": []})
+    assert samples(metrics.registry)[("etcd_backup_last_success_age_seconds", ())] == float("inf")
+
+
+def test_cycle_results_update_counters_and_histogram() -> None:
+    metrics = BackupMetrics(CollectorRegistry(), clock=lambda: T0.timestamp())
+    good = manifest(T0)
+    metrics.observe(
+        CycleResult(
+            started=T0,
+            finished=T0,
+            ok=True,
+            manifest=good,
+            destinations=(DestinationResult("local", True, manifest=good),),
+            stage_seconds={"snapshot": 3.0, "verify": 0.2, "ship": 0.1, "prune": 0.01},
+        )
+    )
+    metrics.observe(
+        CycleResult(started=T0, finished=T0, ok=False, error="x", failed_stage="snapshot")
+    )
+    metrics.skipped()
+    values = samples(metrics.registry)
+    assert values[("etcd_backup_runs_total", (("result", "success"),))] == 1
+    assert values[("etcd_backup_runs_total", (("result", "failure"),))] == 1
+    assert values[("etcd_backup_runs_total", (("result", "skipped"),))] == 1
+    assert values[("etcd_backup_failures_total", (("stage", "snapshot"),))] == 1
+    assert values[("etcd_backup_failures_total", (("stage", "verify"),))] == 0
+    assert values[("etcd_backup_duration_seconds_count", (("stage", "snapshot"),))] == 1
+    assert values[("etcd_backup_duration_seconds_sum", (("stage", "snapshot"),))] == 3.0
+    assert values[("etcd_backup_last_success_age_seconds", ())] == 0
