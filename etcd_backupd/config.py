@@ -153,6 +153,32 @@ class ScheduleConfig(_Strict):
         DEFAULT_CRON, description="5-field cron expression, or a list of them, in timezone"
     )
     timezone: str = Field("UTC", description="time zone the cron expressions are read in")
+    jitter: float = Field(
+        0.0, ge=0, description="wait up to this many seconds after each fire time, at random"
+    )
+    retry_attempts: int = Field(
+        3, ge=0, description="retries of a failed cycle before the next fire time"
+    )
+    retry_backoff: float = Field(
+        60.0, gt=0, description="seconds before the first retry; doubled for each next one"
+    )
+    catch_up: bool = Field(
+        True, description="at start, back up now if the newest backup predates the last fire"
+    )
+    shutdown_timeout: float = Field(
+        300.0, ge=0, description="on SIGTERM, seconds a running cycle may take to finish"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {zone!r} (e.g. UTC, Europe/Berlin)") from exc
+        return zone
 
     @field_validator("cron")
     @classmethod
@@ -197,6 +223,16 @@ class _DestinationBase(_Strict):
     retention: RetentionConfig | None = Field(
         None, description="overrides the global [retention] for this destination"
     )
+    cron: str | list[str] | None = Field(
+        None, description="this destination's own schedule; the global one when unset"
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, cron: str | list[str] | None) -> str | list[str] | None:
+        for expression in [cron] if isinstance(cron, str) else cron or []:
+            validate_cron(expression)
+        return cron
 
     @field_validator("name")
     @classmethod
@@ -278,6 +314,33 @@ class S3Destination(_DestinationBase):
 DestinationConfig = Annotated[LocalDestination | S3Destination, Field(discriminator="type")]
 
 
+class MetricsConfig(_Strict):
+    listen: str = Field(
+        "127.0.0.1:9479",
+        description='host:port of /metrics, /healthz and /readyz; "" turns the server off',
+    )
+    cert: Path | None = Field(None, description="TLS certificate for the metrics server")
+    key: Path | None = Field(None, description="TLS key for the metrics server")
+    client_ca: Path | None = Field(None, description="require client certificates from this CA")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str) -> str:
+        if listen:
+            host, _, port = listen.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{listen!r} is not host:port")
+        return listen
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> MetricsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key must be given together")
+        if self.client_ca is not None and self.cert is None:
+            raise ValueError("client_ca needs cert and key")
+        return self
+
+
 class Config(_Strict):
     state_dir: Path = Field(
         Path("/var/lib/etcd-backupd"),
@@ -290,6 +353,7 @@ class Config(_Strict):
         min_length=1, description="one or more places each snapshot is shipped to"
     )
     retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig())
+    metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Config:

@@ -4,6 +4,7 @@ the stages; the CLI and the daemon both call `run_cycle` and read its plain-data
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from .config import Config
 from .destinations import Destination, SpooledSnapshot, Upload, build
-from .errors import BackupError, DestinationError, EtcdError, SnapshotInvalid
+from .errors import BackupError, Cancelled, DestinationError, EtcdError, SnapshotInvalid
 from .etcd import EtcdSource, MemberStatus
 from .fsutil import PART_SUFFIX, fsync_dir
 from .manifest import Manifest, MemberInfo, snapshot_name
@@ -131,7 +132,12 @@ class _Shipment:
 
 
 def _spool_snapshot(
-    source: EtcdSource, member: MemberStatus, part: Path, shipment: _Shipment, durable: bool
+    source: EtcdSource,
+    member: MemberStatus,
+    part: Path,
+    shipment: _Shipment,
+    durable: bool,
+    cancel: threading.Event,
 ) -> str:
     """Stream one member's snapshot into `part` and the uploads; return its SHA-256 (hex).
 
@@ -146,6 +152,8 @@ def _spool_snapshot(
         raise
     try:
         for chunk in stream:
+            if cancel.is_set():
+                raise Cancelled(f"backup cancelled after {stream.received} bytes")
             writer.write(chunk)
         received = writer.data_digest()
         if stream.digest != received:
@@ -179,6 +187,7 @@ def run_cycle(
     *,
     clock: Callable[[], datetime] = _utcnow,
     destinations: Sequence[Destination] | None = None,
+    cancel: threading.Event | None = None,
 ) -> CycleResult:
     """Take one snapshot, verify it and ship it to every destination. Never raises BackupError."""
     started = clock()
@@ -213,7 +222,7 @@ def run_cycle(
         name = snapshot_name(cluster_name, started)
         part = spool / (name + PART_SUFFIX)
         sha256, member, shipment = _stream_from_first_working(
-            source, members, part, targets, name, durable
+            source, members, part, targets, name, durable, cancel or threading.Event()
         )
         stages.stop("snapshot", mark)
 
@@ -310,6 +319,7 @@ def _stream_from_first_working(
     targets: Sequence[Destination],
     name: str,
     durable: bool,
+    cancel: threading.Event,
 ) -> tuple[str, MemberStatus, _Shipment]:
     problems: list[str] = []
     for member in members:
@@ -320,7 +330,7 @@ def _stream_from_first_working(
                 "no destination can take the snapshot: " + "; ".join(shipment.failures.values())
             )
         try:
-            sha256 = _spool_snapshot(source, member, part, shipment, durable)
+            sha256 = _spool_snapshot(source, member, part, shipment, durable, cancel)
         except (EtcdError, SnapshotInvalid) as exc:
             shipment.abort()
             part.unlink(missing_ok=True)

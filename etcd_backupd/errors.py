@@ -29,3 +29,9 @@ class DestinationError(BackupError):
     """A destination could not store, list, fetch or delete a backup."""
 
     exit_code = 5
+
+
+class Cancelled(BackupError):
+    """A cycle was aborted on shutdown; everything it had written was removed."""
+
+    exit_code = 130

@@ -7,14 +7,23 @@ Every metric lives in the registry this object is given: a fresh one per test an
 
 from __future__ import annotations
 
+import ssl
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import push_to_gateway, write_to_textfile
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import (
+    ThreadingWSGIServer,
+    push_to_gateway,
+    write_to_textfile,
+)
 
 from . import __version__
+from .config import MetricsConfig
 from .cycle import CycleResult
 from .errors import BackupError
 from .manifest import Manifest
@@ -178,3 +187,69 @@ def write_textfile(metrics: BackupMetrics, path: Path) -> None:
         write_to_textfile(str(path), metrics.registry)
     except OSError as exc:
         raise BackupError(f"cannot write metrics to {path}: {exc.strerror}") from exc
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds would drown the backup log."""
+
+
+class MetricsServer:
+    """/metrics, /healthz (process and scheduler alive) and /readyz (config loaded, scheduled)."""
+
+    def __init__(
+        self,
+        metrics: BackupMetrics,
+        config: MetricsConfig,
+        healthy: Callable[[], bool],
+        ready: Callable[[], bool],
+    ) -> None:
+        metrics_app = make_wsgi_app(metrics.registry)
+
+        def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path == "/metrics":
+                body: Iterable[bytes] = metrics_app(environ, start_response)
+                return body
+            checks = {"/healthz": healthy, "/readyz": ready}
+            if path in checks:
+                ok = checks[path]()
+                start_response(
+                    "200 OK" if ok else "503 Service Unavailable",
+                    [("Content-Type", "text/plain")],
+                )
+                return [b"ok\n" if ok else b"not ok\n"]
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"try /metrics, /healthz or /readyz\n"]
+
+        host, _, port = config.listen.rpartition(":")
+        try:
+            self._server = make_server(
+                host.strip("[]"), int(port), app, ThreadingWSGIServer, handler_class=_QuietHandler
+            )
+        except OSError as exc:
+            raise BackupError(
+                f"metrics.listen: cannot listen on {config.listen}: {exc.strerror}"
+            ) from exc
+        if config.cert is not None and config.key is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            try:
+                context.load_cert_chain(str(config.cert), str(config.key))
+                if config.client_ca is not None:
+                    context.verify_mode = ssl.CERT_REQUIRED
+                    context.load_verify_locations(str(config.client_ca))
+            except (OSError, ssl.SSLError) as exc:
+                self._server.server_close()
+                raise BackupError(f"metrics: cannot load TLS files: {exc}") from exc
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_port
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()

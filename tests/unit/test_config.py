@@ -15,6 +15,7 @@ from etcd_backupd.config import (
     Config,
     EtcdConfig,
     LocalDestination,
+    MetricsConfig,
     RetentionConfig,
     S3Destination,
     ScheduleConfig,
@@ -53,10 +54,11 @@ def test_example_config_is_valid_and_documents_every_option() -> None:
         RetentionConfig,
         LocalDestination,
         S3Destination,
+        MetricsConfig,
     ]
     for model in models:
         for field in model.model_fields:
-            if field in ("etcd", "schedule", "destination", "retention", "type", "name"):
+            if field in ("etcd", "schedule", "destination", "retention", "type", "name", "metrics"):
                 continue
             assert re.search(rf"^#? ?{field} =", text, re.M), f"{model.__name__}.{field}"
 
