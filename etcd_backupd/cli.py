@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the backup metrics to PATH (*.prom) for node_exporter's textfile collector",
     )
 
+    run = commands.add_parser(
+        "run",
+        help="run as a service: back up on the configured schedule",
+        description="Run as a long-lived service: take a backup at each fire time of the "
+        "[schedule] cron expressions (and each destination's own), one at a time, retrying "
+        "failures and catching up at start; serve /metrics, /healthz and /readyz; reload the "
+        "config on SIGHUP; finish or cleanly abort the running backup on SIGTERM.",
+    )
+    _config_option(run)
+
     verify = commands.add_parser(
         "verify",
         help="check a snapshot file without etcd",
@@ -206,6 +216,12 @@ def verify_file(path: Path) -> SnapshotStatus:
         return verify_snapshot(plain)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon
+
+    return Daemon(args.config, load_config(args.config)).run()
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     try:
         status = verify_file(args.file)
@@ -322,6 +338,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "once": cmd_once,
+    "run": cmd_run,
     "verify": cmd_verify,
     "list": cmd_list,
     "prune": cmd_prune,

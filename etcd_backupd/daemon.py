@@ -1,0 +1,343 @@
+"""`etcd-backupd run`: cycles on cron schedules, one at a time, with retries, catch-up, a lock
+per state directory, clean shutdown on SIGTERM/SIGINT, reload on SIGHUP, systemd notify and the
+metrics server."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from zoneinfo import ZoneInfo
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.combining import OrTrigger
+from apscheduler.triggers.cron import CronTrigger
+from prometheus_client import CollectorRegistry
+
+from .config import Config, DestinationConfig, load_config
+from .cycle import CycleResult, run_cycle
+from .destinations import build
+from .errors import BackupError
+from .metrics import BackupMetrics, MetricsServer
+from .sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "etcd-backupd.lock"
+# APScheduler 3 drops a fire delayed by more than a second by default; a busy host is no reason
+# to skip a backup.
+MISFIRE_GRACE_SECONDS = 300
+# how far back to look for the fire time before "now" when deciding on a catch-up
+_LOOKBACK = (timedelta(hours=1), timedelta(days=1), timedelta(days=32), timedelta(days=367))
+
+
+class LockHeld(BackupError):
+    exit_code = 75
+
+
+class StateLock:
+    """One daemon per state directory: an flock on a file holding the owner's PID."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_NAME
+        try:
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise BackupError(f"state_dir: cannot create {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            raise LockHeld(
+                f"another etcd-backupd (pid {owner}) already runs with state_dir "
+                f"{state_dir}; stop it first, or give this one its own state_dir"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+def _expressions(cron: str | list[str]) -> list[str]:
+    return [cron] if isinstance(cron, str) else list(cron)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which destinations are due at which times: each destination follows its own cron, or the
+    global one."""
+
+    triggers: dict[str, CronTrigger]  # destination name -> its (combined) trigger
+    zone: ZoneInfo
+
+    @classmethod
+    def of(cls, config: Config) -> Schedule:
+        zone = ZoneInfo(config.schedule.timezone)
+        triggers = {}
+        for destination in config.destination:
+            expressions = _expressions(destination.cron or config.schedule.cron)
+            crons = [CronTrigger.from_crontab(e, timezone=zone) for e in expressions]
+            triggers[destination.name] = crons[0] if len(crons) == 1 else OrTrigger(crons)
+        return cls(triggers, zone)
+
+    def combined(self) -> OrTrigger:
+        return OrTrigger(list(self.triggers.values()))
+
+    def due(self, fire_time: datetime) -> list[str]:
+        """Destinations whose schedule fires at `fire_time` (to the minute)."""
+        minute = fire_time.replace(second=0, microsecond=0)
+        just_before = minute - timedelta(microseconds=1)
+        return [
+            name
+            for name, trigger in self.triggers.items()
+            if trigger.get_next_fire_time(None, just_before) == minute
+        ]
+
+    def previous_fire(self, now: datetime) -> datetime | None:
+        trigger = self.combined()
+        for lookback in _LOOKBACK:
+            fire: datetime | None = trigger.get_next_fire_time(None, now - lookback)
+            if fire is None or fire > now:
+                continue
+            while True:
+                following: datetime | None = trigger.get_next_fire_time(
+                    fire, fire + timedelta(seconds=1)
+                )
+                if following is None or following > now:
+                    return fire
+                fire = following
+        return None
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: Config, notifier: Notifier | None = None):
+        self.config_path = config_path
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.metrics = BackupMetrics(CollectorRegistry())
+        self.stopping = threading.Event()
+        self.cancel = threading.Event()
+        self._cycle_lock = threading.Lock()
+        self._reload_requested = threading.Event()
+        self._scheduler = BackgroundScheduler(timezone=ZoneInfo(config.schedule.timezone))
+        self._scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
+        self._schedule = Schedule.of(config)
+        self._server: MetricsServer | None = None
+        self._cycle_done = threading.Condition()
+
+    def healthy(self) -> bool:
+        return bool(self._scheduler.running) and not self.stopping.is_set()
+
+    def ready(self) -> bool:
+        return self.healthy() and self._scheduler.get_job("backup") is not None
+
+    def _on_skipped(self, event: JobExecutionEvent) -> None:
+        log.warning(
+            "skipped the backup due at %s: the previous one is still running",
+            event.scheduled_run_time,
+        )
+        self.metrics.skipped()
+
+    def _load_held(self) -> None:
+        held = {}
+        for settings in self.config.destination:
+            try:
+                held[settings.name] = build(settings).manifests()
+            except BackupError as exc:
+                log.warning("cannot list destination %s: %s", settings.name, exc)
+        self.metrics.load(held)
+
+    def newest_backup(self) -> datetime | None:
+        times: list[datetime] = []
+        for settings in self.config.destination:
+            try:
+                snapshots = build(settings).snapshots()
+            except BackupError as exc:
+                log.warning("cannot list destination %s: %s", settings.name, exc)
+                continue
+            times.extend(item.created for item in snapshots)
+        return max(times, default=None)
+
+    def _schedule_jobs(self) -> None:
+        self._schedule = Schedule.of(self.config)
+        self._scheduler.add_job(
+            self._fire,
+            self._schedule.combined(),
+            id="backup",
+            replace_existing=True,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=MISFIRE_GRACE_SECONDS,
+        )
+        self._update_next_run()
+
+    def _update_next_run(self) -> None:
+        job = self._scheduler.get_job("backup")
+        if job is not None and job.next_run_time is not None:
+            self.metrics.next_run.set(job.next_run_time.timestamp())
+
+    def _fire(self) -> None:
+        fired = datetime.now(self._schedule.zone)
+        due = self._schedule.due(fired) or [d.name for d in self.config.destination]
+        jitter = self.config.schedule.jitter
+        if jitter and self.stopping.wait(random.uniform(0, jitter)):
+            return
+        self._run_with_retries(due)
+
+    def _run_with_retries(self, due: list[str]) -> None:
+        attempts = 1 + self.config.schedule.retry_attempts
+        backoff = self.config.schedule.retry_backoff
+        for attempt in range(1, attempts + 1):
+            result = self._cycle(due)
+            if result is None or result.ok or self.stopping.is_set():
+                return
+            job = self._scheduler.get_job("backup")
+            next_fire = job.next_run_time if job is not None else None
+            pause = backoff * 2 ** (attempt - 1)
+            if attempt == attempts:
+                log.error("backup failed %d time(s); waiting for the next fire time", attempts)
+                return
+            if (
+                next_fire is not None
+                and datetime.now(next_fire.tzinfo) + timedelta(seconds=pause) >= next_fire
+            ):
+                log.error("backup failed; the next fire time comes before a retry would")
+                return
+            log.warning("backup failed; retry %d of %d in %.0f s", attempt, attempts - 1, pause)
+            if self.stopping.wait(pause):
+                return
+
+    def _cycle(self, due: list[str]) -> CycleResult | None:
+        if not self._cycle_lock.acquire(blocking=False):
+            self.metrics.skipped()
+            log.warning("skipped a backup: another one is still running")
+            return None
+        try:
+            config = self.config
+            chosen = [d for d in config.destination if d.name in due]
+            log.info("backup starting for %s", ", ".join(d.name for d in chosen))
+            self.notifier.status("backing up")
+            result = run_cycle(config, destinations=[build(d) for d in chosen], cancel=self.cancel)
+            self.metrics.observe(result)
+            self._refresh_counts(chosen)
+            summary = (
+                f"last backup {result.manifest.snapshot if result.manifest else ''} ok"
+                if result.ok
+                else f"last backup FAILED at {result.failed_stage}: {result.error}"
+            )
+            self.notifier.status(summary[:200])
+            return result
+        finally:
+            self._update_next_run()
+            self._cycle_lock.release()
+            with self._cycle_done:
+                self._cycle_done.notify_all()
+
+    def _refresh_counts(self, chosen: list[DestinationConfig]) -> None:
+        for settings in chosen:
+            try:
+                manifests = build(settings).manifests()
+            except BackupError as exc:
+                log.warning("cannot list destination %s: %s", settings.name, exc)
+                continue
+            self.metrics.destination_snapshots.labels(settings.name).set(len(manifests))
+            self.metrics.destination_bytes.labels(settings.name).set(
+                sum(m.stored_size for m in manifests)
+            )
+
+    def _catch_up(self) -> None:
+        now = datetime.now(self._schedule.zone)
+        previous = self._schedule.previous_fire(now)
+        newest = self.newest_backup()
+        if previous is None or (newest is not None and newest >= previous):
+            return
+        log.info(
+            "catching up: the newest backup (%s) predates the last fire time %s",
+            newest.isoformat() if newest else "none",
+            previous.isoformat(),
+        )
+        threading.Thread(
+            target=self._run_with_retries,
+            args=([d.name for d in self.config.destination],),
+            name="catch-up",
+            daemon=True,
+        ).start()
+
+    def _reload(self) -> None:
+        try:
+            config = load_config(self.config_path)
+        except BackupError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        self.config = config
+        self._schedule_jobs()
+        log.info("config reloaded from %s", self.config_path)
+
+    def _signal(self, signum: int, _: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload_requested.set()
+        else:
+            log.info("%s received: shutting down", signal.Signals(signum).name)
+            self.stopping.set()
+
+    def run(self) -> int:
+        lock = StateLock(self.config.state_dir)
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, self._signal)
+            self._load_held()
+            self._scheduler.start()
+            self._schedule_jobs()
+            if self.config.metrics.listen:
+                self._server = MetricsServer(
+                    self.metrics, self.config.metrics, self.healthy, self.ready
+                )
+                log.info("metrics on %s", self.config.metrics.listen)
+            job = self._scheduler.get_job("backup")
+            log.info("scheduled; next backup at %s", job.next_run_time if job else "never")
+            self.notifier.ready("scheduled")
+            if self.config.schedule.catch_up:
+                self._catch_up()
+            self._wait()
+            self._shutdown()
+        finally:
+            if self._server is not None:
+                self._server.close()
+            lock.release()
+        return 0
+
+    def _wait(self) -> None:
+        interval = self.notifier.watchdog_interval
+        while not self.stopping.wait(min(interval or 1.0, 1.0)):
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self._reload()
+            if interval is not None:
+                self.notifier.watchdog()
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        self._scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + self.config.schedule.shutdown_timeout
+        with self._cycle_done:
+            while self._cycle_lock.locked() and time.monotonic() < deadline:
+                self._cycle_done.wait(timeout=1.0)
+        if self._cycle_lock.locked():
+            log.warning("the running backup did not finish in time: aborting it cleanly")
+            self.cancel.set()
+            with self._cycle_done:
+                while self._cycle_lock.locked():
+                    self._cycle_done.wait(timeout=1.0)
+        log.info("stopped")
