@@ -36,5 +36,5 @@ def setup_logging(fmt: LogFormat, level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # gRPC and the AWS SDK narrate every connection at INFO; keep the log about backups
-    for noisy in ("grpc", "botocore", "boto3", "urllib3", "s3transfer"):
+    for noisy in ("grpc", "botocore", "boto3", "urllib3", "s3transfer", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

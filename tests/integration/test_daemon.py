@@ -1,0 +1,258 @@
+"""`etcd-backupd run` against real etcd members: schedules, catch-up, retries, signals, the lock,
+sd_notify and metrics that survive a restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from etcd_backupd.config import parse_config
+from etcd_backupd.daemon import Daemon, Schedule
+from tests.harness.etcd import EtcdCluster, free_port, load_kubernetes_like_keys
+
+
+def write_config(tmp_path: Path, cluster: EtcdCluster, port: int, **schedule: object) -> Path:
+    settings = {"cron": "* * * * *", "retry_backoff": 1.0, **schedule}
+    lines = [f"state_dir = {str(tmp_path / 'state')!r}", "[etcd]"]
+    lines += [f"endpoints = {cluster.endpoints!r}", "dial_timeout = 2.0", "[schedule]"]
+    lines += [
+        f"{k} = {v!r}".replace("True", "true").replace("False", "false")
+        for k, v in settings.items()
+    ]
+    lines += ["[metrics]", f"listen = '127.0.0.1:{port}'"]
+    lines += ["[[destination]]", "name = 'local'", "type = 'local'"]
+    lines.append(f"path = {str(tmp_path / 'backups')!r}")
+    config = tmp_path / "config.toml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+class Running:
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "etcd_backupd.cli", "run", "--config", str(config)],
+            stderr=log.open("wb"),
+            env={**os.environ, **(env or {})},
+        )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"never logged {needle!r}:\n{self.text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(config: Path, env: dict[str, str] | None = None) -> Running:
+        running = Running(config, tmp_path / f"daemon{len(started)}.log", env)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+
+
+def scrape(port: int, path: str = "/metrics") -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not exported")
+
+
+def backups(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "backups").glob("*.db"))
+
+
+def test_catches_up_serves_metrics_reloads_and_stops(
+    etcd35: EtcdCluster, tmp_path: Path, daemon: Callable[..., Running]
+) -> None:
+    load_kubernetes_like_keys(etcd35, count=40)
+    port = free_port()
+    config = write_config(tmp_path, etcd35, port)
+    running = daemon(config)
+    running.wait_for("destination local: stored")
+    assert "catching up" in running.text()
+    assert scrape(port, "/healthz") == "ok\n"
+    assert scrape(port, "/readyz") == "ok\n"
+    before = scrape(port)
+    assert metric(before, "etcd_backup_runs_total") == 1
+    assert metric(before, "etcd_backup_last_size_bytes") > 0
+    assert metric(before, "etcd_backup_next_run_timestamp_seconds") > time.time()
+
+    second = subprocess.run(
+        [sys.executable, "-m", "etcd_backupd.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert second.returncode == 75
+    assert "already runs with state_dir" in second.stderr
+
+    config.write_text(config.read_text().replace("[schedule]", "[schedule]\nbogus = 1"))
+    running.process.send_signal(signal.SIGHUP)
+    running.wait_for("reload refused, keeping the running config")
+    assert scrape(port, "/healthz") == "ok\n"
+    config.write_text(config.read_text().replace("bogus = 1\n", ""))
+    running.process.send_signal(signal.SIGHUP)
+    running.wait_for("config reloaded")
+
+    assert running.stop() == 0
+    # a restart reads the same last backup from the destination, not "no backup ever"
+    restarted = daemon(write_config(tmp_path, etcd35, port, catch_up=False))
+    restarted.wait_for("scheduled; next backup")
+    after = scrape(port)
+    for name in (
+        "etcd_backup_last_success_timestamp_seconds",
+        "etcd_backup_last_size_bytes",
+        "etcd_backup_last_revision",
+        "etcd_backup_last_keys",
+    ):
+        assert metric(after, name) == metric(before, name), name
+    assert restarted.stop() == 0
+    assert len(backups(tmp_path)) == 1
+
+
+@pytest.mark.slow
+def test_fires_on_the_minute(
+    etcd35: EtcdCluster, tmp_path: Path, daemon: Callable[..., Running]
+) -> None:
+    port = free_port()
+    running = daemon(write_config(tmp_path, etcd35, port, catch_up=False))
+    running.wait_for("scheduled; next backup")
+    deadline = time.monotonic() + 75
+    while not backups(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(backups(tmp_path)) == 1
+    assert "catching up" not in running.text()
+    assert running.stop() == 0
+
+
+def test_retries_until_etcd_comes_back(
+    etcd35: EtcdCluster, tmp_path: Path, daemon: Callable[..., Running]
+) -> None:
+    member = etcd35.members[0]
+    member.stop()
+    port = free_port()
+    running = daemon(write_config(tmp_path, etcd35, port, retry_attempts=5, retry_backoff=2.0))
+    running.wait_for("backup failed; retry 1 of 5")
+    assert metric(scrape(port), 'etcd_backup_failures_total{stage="snapshot"}') >= 1
+    member.start()
+    etcd35.wait_healthy()
+    running.wait_for("destination local: stored", timeout=60)
+    text = scrape(port)
+    assert 'etcd_backup_runs_total{result="failure"}' in text
+    assert metric(text, 'etcd_backup_runs_total{result="success"}') == 1
+    assert running.stop() == 0
+
+
+def test_sigterm_mid_cycle_aborts_cleanly(
+    etcd35: EtcdCluster, tmp_path: Path, daemon: Callable[..., Running]
+) -> None:
+    client = etcd35.client()
+    value = os.urandom(1_000_000)
+    for i in range(200):
+        client.put(f"/registry/secrets/bulk/{i}", value)
+    client.close()
+    port = free_port()
+    running = daemon(write_config(tmp_path, etcd35, port, shutdown_timeout=0.0))
+    running.wait_for("streaming snapshot from")
+    assert running.stop() == 0
+    assert "aborting it cleanly" in running.text()
+    assert "backup cancelled" in running.text()
+    assert list((tmp_path / "backups").iterdir()) == []
+
+
+def test_notifies_systemd(
+    etcd35: EtcdCluster, tmp_path: Path, daemon: Callable[..., Running]
+) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(30)
+        port = free_port()
+        running = daemon(
+            write_config(tmp_path, etcd35, port),
+            env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"},
+        )
+        messages: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+            any("READY=1" in m for m in messages)
+            and any("WATCHDOG=1" in m for m in messages)
+            and any("STATUS=last backup" in m for m in messages)
+        ):
+            messages.append(sock.recv(4096).decode())
+        assert running.stop() == 0
+    assert any("READY=1" in m for m in messages)
+    assert any("WATCHDOG=1" in m for m in messages)
+    assert any("STATUS=last backup" in m and "ok" in m for m in messages)
+
+
+def test_overlapping_fire_is_skipped_and_counted(etcd35: EtcdCluster, tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "etcd": {"endpoints": etcd35.endpoints},
+            "destination": [{"name": "local", "type": "local", "path": str(tmp_path / "b")}],
+        }
+    )
+    running = Daemon(tmp_path / "config.toml", config)
+    running.metrics = type(running.metrics)(CollectorRegistry())
+    with running._cycle_lock:
+        assert running._cycle(["local"]) is None
+    assert running.metrics.runs.labels("skipped")._value.get() == 1
+    result = running._cycle(["local"])
+    assert result is not None and result.ok
+
+
+def test_each_destination_follows_its_own_schedule(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    config = parse_config(
+        {
+            "schedule": {"cron": "0 */12 * * *"},
+            "destination": [
+                {"name": "disk", "type": "local", "path": "/x", "cron": "0 * * * *"},
+                {"name": "s3", "type": "s3", "bucket": "bkt", "cron": "30 2 * * *"},
+                {"name": "nfs", "type": "local", "path": "/y"},
+            ],
+        }
+    )
+    schedule = Schedule.of(config)
+    assert schedule.due(datetime(2026, 11, 24, 12, 0, 7, tzinfo=UTC)) == ["disk", "nfs"]
+    assert schedule.due(datetime(2026, 11, 24, 13, 0, tzinfo=UTC)) == ["disk"]
+    assert schedule.due(datetime(2026, 11, 24, 2, 30, tzinfo=UTC)) == ["s3"]
+    assert schedule.previous_fire(datetime(2026, 11, 24, 13, 59, tzinfo=UTC)) == datetime(
+        2026, 11, 24, 13, 0, tzinfo=UTC
+    )
