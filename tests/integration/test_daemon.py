@@ -3,7 +3,9 @@ sd_notify and metrics that survive a restart."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -256,3 +258,68 @@ def test_each_destination_follows_its_own_schedule(tmp_path: Path) -> None:
     assert schedule.previous_fire(datetime(2026, 11, 24, 13, 59, tzinfo=UTC)) == datetime(
         2026, 11, 24, 13, 0, tzinfo=UTC
     )
+
+
+@pytest.mark.slow
+def test_prometheus_alerts_on_a_stale_backup_and_resolves(
+    etcd35: EtcdCluster, tmp_path: Path, daemon: Callable[..., Running]
+) -> None:
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("prometheus not installed (Debian prometheus)")
+    port = free_port()
+    running = daemon(write_config(tmp_path, etcd35, port, retry_attempts=0))
+    running.wait_for("destination local: stored")
+    # the test's own thresholds: stale after 15 s, where production uses two periods
+    rules = tmp_path / "rules.yml"
+    rules.write_text(
+        "groups:\n- name: test\n  rules:\n  - alert: EtcdBackupStale\n"
+        "    expr: etcd_backup_last_success_age_seconds > 15\n    for: 2s\n"
+    )
+    web = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: [{str(rules)!r}]\n"
+        "scrape_configs:\n- job_name: etcd-backupd\n"
+        f"  static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+    )
+    server = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{web}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("wb"),
+    )
+
+    def alert_state() -> str | None:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{web}/api/v1/alerts", timeout=2)
+        except OSError:
+            return None
+        alerts = json.loads(body.read())["data"]["alerts"]
+        return alerts[0]["state"] if alerts else "inactive"
+
+    def wait_state(wanted: set[str], timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while (state := alert_state()) not in wanted:
+            assert time.monotonic() < deadline, f"alert still {state}, wanted {wanted}"
+            time.sleep(0.5)
+        assert state is not None
+        return state
+
+    try:
+        assert wait_state({"inactive"}, 30) == "inactive"
+        assert wait_state({"pending", "firing"}, 40) in ("pending", "firing")
+        assert wait_state({"firing"}, 20) == "firing"
+        before = len(backups(tmp_path))
+        # the next per-minute fire backs up again, and the alert resolves
+        assert wait_state({"inactive"}, 75) == "inactive"
+        assert len(backups(tmp_path)) > before
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert running.stop() == 0
