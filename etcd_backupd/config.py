@@ -328,7 +328,7 @@ class MetricsConfig(_Strict):
     def _host_port(cls, listen: str) -> str:
         if listen:
             host, _, port = listen.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
                 raise ValueError(f"{listen!r} is not host:port")
         return listen
 

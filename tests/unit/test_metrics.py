@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import ssl
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from etcd_backupd.config import MetricsConfig
 from etcd_backupd.cycle import CycleResult, DestinationResult
 from etcd_backupd.manifest import Manifest, MemberInfo, snapshot_name
-from etcd_backupd.metrics import BackupMetrics
+from etcd_backupd.metrics import BackupMetrics, MetricsServer
+from tests.harness.tls import make_tls
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -101,3 +108,28 @@ def test_cycle_results_update_counters_and_histogram() -> None:
     assert values[("etcd_backup_duration_seconds_count", (("stage", "snapshot"),))] == 1
     assert values[("etcd_backup_duration_seconds_sum", (("stage", "snapshot"),))] == 3.0
     assert values[("etcd_backup_last_success_age_seconds", ())] == 0
+
+
+def test_metrics_server_with_tls_and_client_certificates(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path / "tls")
+    settings = MetricsConfig(
+        listen="127.0.0.1:0", cert=tls.server_cert, key=tls.server_key, client_ca=tls.ca
+    )
+    metrics = BackupMetrics(CollectorRegistry())
+    server = MetricsServer(metrics, settings, healthy=lambda: True, ready=lambda: False)
+    try:
+        url = f"https://127.0.0.1:{server.port}"
+        trusted = ssl.create_default_context(cafile=str(tls.ca))
+        with pytest.raises(OSError):
+            urllib.request.urlopen(url + "/metrics", context=trusted, timeout=5)
+        trusted.load_cert_chain(str(tls.client_cert), str(tls.client_key))
+        body = urllib.request.urlopen(url + "/metrics", context=trusted, timeout=5).read()
+        assert b"etcd_backup_last_success_age_seconds" in body
+        assert (
+            urllib.request.urlopen(url + "/healthz", context=trusted, timeout=5).read() == b"ok\n"
+        )
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(url + "/readyz", context=trusted, timeout=5)
+        assert not_ready.value.code == 503
+    finally:
+        server.close()
