@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from . import __version__
 from .compression import decompress_file, detect
 from .config import Config, DestinationConfig, load_config
+from .coordination import fire_minute, plan
 from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .errors import BackupError, SnapshotInvalid
@@ -144,7 +146,9 @@ def _print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _export_metrics(args: argparse.Namespace, config: Config, result: CycleResult) -> None:
+def _export_metrics(
+    args: argparse.Namespace, config: Config, result: CycleResult | None, role: str
+) -> None:
     """The daemon's metrics for a one-shot job; a failure here never hides the backup's own."""
     from prometheus_client import CollectorRegistry
 
@@ -158,8 +162,10 @@ def _export_metrics(args: argparse.Namespace, config: Config, result: CycleResul
         except BackupError as exc:
             log.warning("metrics: cannot list destination %s: %s", settings.name, exc)
     metrics.load(held)
-    metrics.observe(result)
-    cluster_id = result.manifest.cluster_id if result.manifest else None
+    metrics.set_role(role)
+    if result is not None:
+        metrics.observe(result)
+    cluster_id = result.manifest.cluster_id if result and result.manifest else None
     if cluster_id is None:
         cluster_id = next((ms[-1].cluster_id for ms in held.values() if ms), None)
     try:
@@ -173,9 +179,16 @@ def _export_metrics(args: argparse.Namespace, config: Config, result: CycleResul
 
 def cmd_once(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    result = run_cycle(config)
+    targets = [build(d) for d in config.destination]
+    decided = plan(config, targets, fire_minute(datetime.now(UTC)), threading.Event())
+    if not decided.destinations:
+        print(f"standby: {decided.reason}; no snapshot taken")
+        if args.textfile or args.pushgateway:
+            _export_metrics(args, config, None, decided.role)
+        return EXIT_OK
+    result = run_cycle(config, destinations=decided.destinations)
     if args.textfile or args.pushgateway:
-        _export_metrics(args, config, result)
+        _export_metrics(args, config, result, decided.role)
     if args.output == "json":
         _print_json(
             {

@@ -99,6 +99,18 @@ class EtcdConfig(_Strict):
         gt=0,
         description="abort a snapshot stream that delivers no data for this many seconds",
     )
+    local_endpoint: str | None = Field(
+        None,
+        description="client URL of the member on this host; with it, only the host whose "
+        "member leads takes the snapshot (see coordination)",
+    )
+
+    @field_validator("local_endpoint")
+    @classmethod
+    def _local_is_a_url(cls, endpoint: str | None) -> str | None:
+        if endpoint is not None:
+            cls._endpoints_are_urls([endpoint])
+        return endpoint
 
     @field_validator("endpoints")
     @classmethod
@@ -167,6 +179,12 @@ class ScheduleConfig(_Strict):
     )
     shutdown_timeout: float = Field(
         300.0, ge=0, description="on SIGTERM, seconds a running cycle may take to finish"
+    )
+    standby_grace: float = Field(
+        120.0,
+        ge=0,
+        description="with coordination, seconds a standby host waits for the leader's "
+        "snapshot of a fire time before it takes one itself",
     )
 
     @field_validator("timezone")
@@ -354,6 +372,23 @@ class Config(_Strict):
     )
     retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig())
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
+    coordination: Literal["leader", "none"] | None = Field(
+        None,
+        description='"leader": of several hosts backing up one cluster, the one whose member '
+        'leads takes each snapshot; "none": every host takes its own. Default: "leader" '
+        "when etcd.local_endpoint is set",
+    )
+
+    @property
+    def coordinated(self) -> bool:
+        mode = self.coordination or ("leader" if self.etcd.local_endpoint else "none")
+        return mode == "leader"
+
+    @model_validator(mode="after")
+    def _leader_needs_local_member(self) -> Config:
+        if self.coordination == "leader" and not self.etcd.local_endpoint:
+            raise ValueError('coordination = "leader" needs etcd.local_endpoint')
+        return self
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Config:

@@ -24,9 +24,11 @@ from apscheduler.triggers.cron import CronTrigger
 from prometheus_client import CollectorRegistry
 
 from .config import Config, DestinationConfig, load_config
+from .coordination import fire_minute, plan
 from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .errors import BackupError
+from .etcd import EtcdSource
 from .metrics import BackupMetrics, MetricsServer
 from .sdnotify import Notifier
 
@@ -159,6 +161,15 @@ class Daemon:
                 log.warning("cannot list destination %s: %s", settings.name, exc)
         self.metrics.load(held)
 
+    def _identify_cluster(self) -> None:
+        """Label the metrics with the cluster ID even before this host has any backup."""
+        try:
+            member = EtcdSource(self.config.etcd).healthy_members()[0]
+        except BackupError as exc:
+            log.warning("cannot reach etcd at start: %s", exc)
+            return
+        self.metrics.set_cluster(f"{member.cluster_id:016x}")
+
     def newest_backup(self) -> datetime | None:
         times: list[datetime] = []
         for settings in self.config.destination:
@@ -194,7 +205,20 @@ class Daemon:
         jitter = self.config.schedule.jitter
         if jitter and self.stopping.wait(random.uniform(0, jitter)):
             return
-        self._run_with_retries(due)
+        self._back_up_fire(fire_minute(fired), due)
+
+    def _back_up_fire(self, fire: datetime, due: list[str]) -> None:
+        """One fire time: back up, or stand by while another host does (coordination)."""
+        targets = [build(d) for d in self.config.destination if d.name in due]
+        decided = plan(self.config, targets, fire, self.stopping)
+        self.metrics.set_role(decided.role)
+        if decided.destinations:
+            self._run_with_retries([t.name for t in decided.destinations])
+        else:
+            # a standby still answers "how old is the cluster's last backup"
+            self._load_held()
+            self.notifier.status(f"standby: {decided.reason}"[:200])
+        self._update_next_run()
 
     def _run_with_retries(self, due: list[str]) -> None:
         attempts = 1 + self.config.schedule.retry_attempts
@@ -269,8 +293,8 @@ class Daemon:
             previous.isoformat(),
         )
         threading.Thread(
-            target=self._run_with_retries,
-            args=([d.name for d in self.config.destination],),
+            target=self._back_up_fire,
+            args=(previous, [d.name for d in self.config.destination]),
             name="catch-up",
             daemon=True,
         ).start()
@@ -298,6 +322,7 @@ class Daemon:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, self._signal)
             self._load_held()
+            self._identify_cluster()
             self._scheduler.start()
             self._schedule_jobs()
             if self.config.metrics.listen:

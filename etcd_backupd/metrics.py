@@ -114,6 +114,13 @@ class BackupMetrics:
             "When the next backup is scheduled (Unix time).",
             registry=registry,
         )
+        self.role = Gauge(
+            "etcd_backup_role",
+            "1 for this host's role at the last fire time: active took the snapshot, standby "
+            "left it to another host.",
+            ["role"],
+            registry=registry,
+        )
         self.info = Gauge(
             "etcd_backup_info",
             "Tool version and cluster ID.",
@@ -140,8 +147,12 @@ class BackupMetrics:
         self.last_size.set(manifest.size)
         self.last_revision.set(manifest.revision)
         self.last_keys.set(manifest.total_keys)
+        self.set_cluster(manifest.cluster_id)
+
+    def set_cluster(self, cluster_id: str) -> None:
+        """The cluster this host backs up; alerts aggregate hosts by it."""
         self.info.clear()
-        self.info.labels(__version__, manifest.cluster_id).set(1)
+        self.info.labels(__version__, cluster_id).set(1)
 
     def load(self, held: Mapping[str, Sequence[Manifest]]) -> None:
         """Take `last_*` and per-destination figures from what the destinations hold, so a
@@ -176,6 +187,10 @@ class BackupMetrics:
 
     def skipped(self) -> None:
         self.runs.labels("skipped").inc()
+
+    def set_role(self, role: str) -> None:
+        for known in ("active", "standby"):
+            self.role.labels(known).set(1 if known == role else 0)
 
 
 def push(metrics: BackupMetrics, gateway: str, cluster_id: str | None) -> None:

@@ -78,6 +78,10 @@ class Destination(Protocol):
         """Remove snapshots and their manifests (manifest first)."""
         ...
 
+    def in_progress(self, since: datetime) -> bool:
+        """Whether a snapshot started at or after `since` is being written (by any host)."""
+        ...
+
     def housekeeping(self, now: datetime) -> list[str]:
         """Remove what interrupted runs left (partial files, incomplete uploads); say what."""
         ...

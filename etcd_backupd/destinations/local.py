@@ -141,6 +141,15 @@ class LocalDirectory:
         if snapshots:
             fsync_dir(self.path)
 
+    def in_progress(self, since: datetime) -> bool:
+        if not self.path.is_dir():
+            return False
+        for part in self.path.glob("*" + PART_SUFFIX):
+            parsed = parse_snapshot_name(part.name.removesuffix(PART_SUFFIX))
+            if parsed is not None and parsed[1] >= since:
+                return True
+        return False
+
     def housekeeping(self, now: datetime) -> list[str]:
         removed: list[str] = []
         if not self.path.is_dir():

@@ -190,6 +190,20 @@ class S3Bucket:
         until: datetime | None = head.get("ObjectLockRetainUntilDate")
         return until
 
+    def in_progress(self, since: datetime) -> bool:
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            )
+            return any(
+                self._upload_started(upload) >= since
+                and parse_snapshot_name(upload["Key"][len(self.prefix) :]) is not None
+                for page in pages
+                for upload in page.get("Uploads", [])
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self.error("list uploads in progress", exc) from exc
+
     def _upload_started(self, upload: dict[str, Any]) -> datetime:
         """When an incomplete upload began. Our keys carry their start time, which wins over
         `Initiated`: some S3-compatible stores report a fixed or missing date there."""
