@@ -195,3 +195,15 @@ def test_s3_defaults() -> None:
 )
 def test_s3_errors(settings: dict[str, object], expected: str) -> None:
     assert expected in error_of(s3(**settings))
+
+
+def test_coordination_defaults_to_leader_with_a_local_member() -> None:
+    assert not parse_config(MINIMAL).coordinated
+    local = {**MINIMAL, "etcd": {"local_endpoint": "https://127.0.0.1:2379"}}
+    assert parse_config(local).coordinated
+    assert not parse_config({**local, "coordination": "none"}).coordinated
+    message = error_of({**MINIMAL, "coordination": "leader"})
+    assert 'coordination = "leader" needs etcd.local_endpoint' in message
+    assert "At 'etcd.local_endpoint'" in error_of(
+        {**MINIMAL, "etcd": {"local_endpoint": "ftp://x"}}
+    )
