@@ -10,7 +10,8 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from .destinations import build
 from .errors import BackupError, SnapshotInvalid
 from .logs import setup_logging
 from .prune import lock_period, policy_for, prune
+from .snapshot.keyspace import KeyValue, diff, live_keys
 from .snapshot.status import SnapshotStatus, verify_snapshot
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="write the backup metrics to PATH (*.prom) for node_exporter's textfile collector",
     )
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="list the keys a snapshot holds, without restoring it",
+        description="Print the live keys of a snapshot file (plain or compressed) as "
+        "'etcdctl get --prefix' would on the restored cluster, in pure Python.",
+    )
+    inspect.add_argument("file", type=Path, help="snapshot file")
+    inspect.add_argument("--prefix", default="", help="only keys starting with this")
+    inspect.add_argument("--keys-only", action="store_true", help="print keys, not values")
+    inspect.add_argument(
+        "--revision", type=int, help="the keyspace as of this revision (default: the newest)"
+    )
+    _output_option(inspect)
+
+    difference = commands.add_parser(
+        "diff",
+        help="what changed in the cluster between two snapshots",
+        description="List keys added, removed and changed between two snapshot files.",
+    )
+    difference.add_argument("old", type=Path, help="the older snapshot")
+    difference.add_argument("new", type=Path, help="the newer snapshot")
+    difference.add_argument("--prefix", default="", help="only keys starting with this")
+    _output_option(difference)
 
     run = commands.add_parser(
         "run",
@@ -215,18 +241,79 @@ def cmd_once(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def verify_file(path: Path) -> SnapshotStatus:
-    """Verify a snapshot file as stored, compressed or not."""
+@contextmanager
+def plain_snapshot(path: Path) -> Iterator[Path]:
+    """The snapshot as etcd wrote it: the file itself, or a decompressed scratch copy."""
     try:
         kind = detect(path)
     except OSError as exc:
         raise SnapshotInvalid(f"cannot read {path}: {exc.strerror}") from exc
     if kind == "none":
-        return verify_snapshot(path)
-    with tempfile.TemporaryDirectory(prefix="etcd-backupd-verify-") as scratch:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="etcd-backupd-") as scratch:
         plain = Path(scratch) / "snapshot.db"
         decompress_file(path, plain)
+        yield plain
+
+
+def verify_file(path: Path) -> SnapshotStatus:
+    """Verify a snapshot file as stored, compressed or not."""
+    with plain_snapshot(path) as plain:
         return verify_snapshot(plain)
+
+
+def _kv_json(kv: KeyValue) -> dict[str, Any]:
+    return {
+        "key": kv.key.decode(errors="backslashreplace"),
+        "value": kv.value.decode(errors="backslashreplace"),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+        "lease": kv.lease,
+    }
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    with plain_snapshot(args.file) as plain:
+        verify_snapshot(plain)
+        keys = live_keys(plain, prefix=args.prefix.encode(), revision=args.revision)
+    if args.output == "json":
+        _print_json([_kv_json(kv) for kv in keys])
+        return EXIT_OK
+    out = sys.stdout.buffer
+    for kv in keys:
+        # the layout of 'etcdctl get --prefix' (and of --keys-only: a key, then an empty line)
+        out.write(kv.key + b"\n" + (b"\n" if args.keys_only else kv.value + b"\n"))
+    out.flush()
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    with plain_snapshot(args.old) as old, plain_snapshot(args.new) as new:
+        verify_snapshot(old)
+        verify_snapshot(new)
+        changes = diff(old, new, prefix=args.prefix.encode())
+    if args.output == "json":
+        _print_json(
+            {
+                "added": [_kv_json(kv) for kv in changes.added],
+                "removed": [_kv_json(kv) for kv in changes.removed],
+                "changed": [{"old": _kv_json(a), "new": _kv_json(b)} for a, b in changes.changed],
+            }
+        )
+        return EXIT_OK
+    for mark, kvs in (("+", changes.added), ("-", changes.removed)):
+        for kv in kvs:
+            print(f"{mark} {kv.key.decode(errors='backslashreplace')}")
+    for _, after in changes.changed:
+        print(f"~ {after.key.decode(errors='backslashreplace')}")
+    print(
+        f"{len(changes.added)} added, {len(changes.removed)} removed, "
+        f"{len(changes.changed)} changed",
+        file=sys.stderr,
+    )
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -352,6 +439,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 COMMANDS = {
     "once": cmd_once,
     "run": cmd_run,
+    "inspect": cmd_inspect,
+    "diff": cmd_diff,
     "verify": cmd_verify,
     "list": cmd_list,
     "prune": cmd_prune,
