@@ -10,14 +10,13 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .compression import decompress_file, detect
+from .compression import plain_snapshot
 from .config import Config, DestinationConfig, load_config
 from .coordination import fire_minute, plan
 from .cycle import CycleResult, run_cycle
@@ -32,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(os.environ.get("ETCD_BACKUPD_CONFIG", "/etc/etcd-backupd/config.toml"))
 EXIT_OK = 0
+EXIT_DRILL_FAILED = 6
 EXIT_BUG = 70
 
 
@@ -115,6 +115,69 @@ def build_parser() -> argparse.ArgumentParser:
     difference.add_argument("new", type=Path, help="the newer snapshot")
     difference.add_argument("--prefix", default="", help="only keys starting with this")
     _output_option(difference)
+
+    restoring = commands.add_parser(
+        "restore",
+        help="restore a snapshot into an etcd data directory",
+        description="Fetch (from a destination), decompress, verify, then run etcd's own "
+        "restore (etcdutl, or etcdctl for 3.4) into --data-dir. A snapshot that fails "
+        "verification is refused before anything on disk is touched; a non-empty data "
+        "directory is refused, or with --force moved aside under a timestamped name.",
+    )
+    restoring.add_argument("file", type=Path, nargs="?", help="a snapshot file")
+    restoring.add_argument("--config", "-c", type=Path, help="config naming the destinations")
+    restoring.add_argument("--destination", "-d", help="restore from this destination")
+    restoring.add_argument(
+        "--snapshot", default="latest", help="snapshot name in the destination, or latest"
+    )
+    restoring.add_argument("--data-dir", type=Path, required=True)
+    restoring.add_argument("--name", default="default", help="this member's name")
+    restoring.add_argument("--initial-advertise-peer-urls", default="http://localhost:2380")
+    restoring.add_argument("--initial-cluster", help="default: NAME=PEER_URL (one member)")
+    restoring.add_argument("--initial-cluster-token", default="etcd-cluster-restored")
+    restoring.add_argument("--force", action="store_true", help="move a non-empty data dir aside")
+    restoring.add_argument("--etcd-bin-dir", type=Path, help="where etcdutl/etcdctl are")
+
+    plan_parser = commands.add_parser(
+        "restore-plan",
+        help="print the disaster-recovery runbook for a cluster",
+        description="Print, as exact commands in order, how to restore the whole cluster from "
+        "one snapshot: stop Kubernetes and etcd, restore on every member with its own name and "
+        "peer URL and a new cluster token, start etcd, check it, start Kubernetes again.",
+    )
+    plan_parser.add_argument(
+        "--member",
+        action="append",
+        required=True,
+        metavar="NAME=PEER_URL",
+        help="a member, e.g. etcd1=https://192.168.7.101:2380 (repeat for each)",
+    )
+    plan_parser.add_argument(
+        "--client-url",
+        action="append",
+        default=[],
+        metavar="NAME=CLIENT_URL",
+        help="a member's client URL for the checks (default: its peer host, port 2379)",
+    )
+    plan_parser.add_argument("--snapshot", required=True, help="snapshot path on the members")
+    plan_parser.add_argument("--data-dir", default="/var/lib/etcd", help="etcd's data dir")
+    plan_parser.add_argument("--token", help="new cluster token (default: dated)")
+    plan_parser.add_argument("--restore-tool", default="etcdutl", help="etcdutl, or etcdctl")
+    plan_parser.add_argument("--etcdctl", default="etcdctl", help="etcdctl for the checks")
+    plan_parser.add_argument("--output", "-o", choices=("markdown", "script"), default="markdown")
+    plan_parser.add_argument(
+        "--script-dir", type=Path, default=Path("."), help="where --output script writes"
+    )
+
+    drilling = commands.add_parser(
+        "drill",
+        help="prove the newest backups restore",
+        description="Restore the newest backup of each destination into a throwaway etcd on "
+        "loopback, check its revision and key count against the manifest and that "
+        "[drill] expect_prefixes hold keys, then delete it. Exits 0 only if every drill passed.",
+    )
+    _config_option(drilling)
+    drilling.add_argument("--destination", "-d", help="only this destination")
 
     run = commands.add_parser(
         "run",
@@ -241,22 +304,6 @@ def cmd_once(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-@contextmanager
-def plain_snapshot(path: Path) -> Iterator[Path]:
-    """The snapshot as etcd wrote it: the file itself, or a decompressed scratch copy."""
-    try:
-        kind = detect(path)
-    except OSError as exc:
-        raise SnapshotInvalid(f"cannot read {path}: {exc.strerror}") from exc
-    if kind == "none":
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="etcd-backupd-") as scratch:
-        plain = Path(scratch) / "snapshot.db"
-        decompress_file(path, plain)
-        yield plain
-
-
 def verify_file(path: Path) -> SnapshotStatus:
     """Verify a snapshot file as stored, compressed or not."""
     with plain_snapshot(path) as plain:
@@ -314,6 +361,122 @@ def cmd_diff(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .restore import Member, find_tools, restore
+
+    config = load_config(args.config) if args.config else None
+    bin_dir = args.etcd_bin_dir or (config.drill.bin_dir if config else None)
+    tools = find_tools(bin_dir)
+    member = Member(args.name, args.initial_advertise_peer_urls, args.data_dir)
+    cluster = args.initial_cluster or f"{args.name}={args.initial_advertise_peer_urls}"
+    now = datetime.now(UTC)
+    if args.file is not None:
+        status = restore(
+            args.file,
+            member,
+            cluster,
+            args.initial_cluster_token,
+            tools,
+            force=args.force,
+            now=now,
+        )
+    else:
+        if config is None or args.destination is None:
+            raise BackupError("name a snapshot FILE, or --config and --destination")
+        (settings,) = _chosen(config, args.destination)
+        destination = build(settings)
+        manifests = destination.manifests()
+        if not manifests:
+            raise BackupError(f"destination {settings.name!r} holds no backup")
+        wanted = (
+            manifests[-1]
+            if args.snapshot == "latest"
+            else next((m for m in manifests if m.snapshot == args.snapshot), None)
+        )
+        if wanted is None:
+            raise BackupError(f"no snapshot {args.snapshot!r} in destination {settings.name!r}")
+        with tempfile.TemporaryDirectory(prefix="etcd-backupd-restore-") as scratch:
+            fetched = destination.fetch(wanted.snapshot, Path(scratch) / wanted.snapshot)
+            status = restore(
+                fetched,
+                member,
+                cluster,
+                args.initial_cluster_token,
+                tools,
+                force=args.force,
+                now=now,
+            )
+    print(
+        f"restored revision {status.revision} ({status.live_keys} keys) into {args.data_dir} "
+        f"with {tools.description}"
+    )
+    return EXIT_OK
+
+
+def cmd_restore_plan(args: argparse.Namespace) -> int:
+    from .runbook import render_markdown, render_scripts
+
+    plan_ = _runbook(args)
+    if args.output == "markdown":
+        print(render_markdown(plan_))
+        return EXIT_OK
+    args.script_dir.mkdir(parents=True, exist_ok=True)
+    for name, script in render_scripts(plan_).items():
+        path = args.script_dir / f"restore-{name}.sh"
+        path.write_text(script)
+        path.chmod(0o755)
+        print(path)
+    return EXIT_OK
+
+
+def _runbook(args: argparse.Namespace) -> Any:
+    from .runbook import Runbook, RunbookMember
+
+    def pairs(items: list[str], what: str) -> dict[str, str]:
+        found = {}
+        for item in items:
+            name, sep, url = item.partition("=")
+            if not sep or not name or not url.startswith(("http://", "https://")):
+                raise BackupError(f"{what} {item!r} is not NAME=URL")
+            found[name] = url
+        return found
+
+    peers = pairs(args.member, "--member")
+    clients = pairs(args.client_url, "--client-url")
+    members = []
+    for name, peer in peers.items():
+        host = peer.split("://", 1)[1].rsplit(":", 1)[0]
+        scheme = peer.split("://", 1)[0]
+        members.append(RunbookMember(name, peer, clients.get(name, f"{scheme}://{host}:2379")))
+    token = args.token or f"etcd-restore-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    return Runbook(
+        members=members,
+        snapshot=args.snapshot,
+        data_dir=args.data_dir,
+        token=token,
+        restore_tool=args.restore_tool,
+        etcdctl=args.etcdctl,
+    )
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    from .restore import drill, find_tools
+
+    config = load_config(args.config)
+    tools = find_tools(config.drill.bin_dir)
+    results = [
+        drill(build(d), tools, config.drill.expect_prefixes)
+        for d in _chosen(config, args.destination)
+    ]
+    for result in results:
+        verdict = "passed" if result.ok else f"FAILED: {result.error}"
+        print(
+            f"{result.destination}: drill of {result.snapshot or '-'} {verdict} "
+            f"({result.seconds:.1f} s)"
+        )
+    return EXIT_OK if all(r.ok for r in results) else EXIT_DRILL_FAILED
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -440,6 +603,9 @@ COMMANDS = {
     "once": cmd_once,
     "run": cmd_run,
     "inspect": cmd_inspect,
+    "restore": cmd_restore,
+    "restore-plan": cmd_restore_plan,
+    "drill": cmd_drill,
     "diff": cmd_diff,
     "verify": cmd_verify,
     "list": cmd_list,

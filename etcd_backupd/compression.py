@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
@@ -107,3 +110,19 @@ def decompress_file(source: Path, target: Path) -> None:
                 raise SnapshotInvalid(f"{source}: {kind} stream is truncated")
     except (zstandard.ZstdError, zlib.error) as exc:
         raise SnapshotInvalid(f"{source}: damaged {kind} stream: {exc}") from exc
+
+
+@contextmanager
+def plain_snapshot(path: Path) -> Iterator[Path]:
+    """The snapshot as etcd wrote it: the file itself, or a decompressed scratch copy."""
+    try:
+        kind = detect(path)
+    except OSError as exc:
+        raise SnapshotInvalid(f"cannot read {path}: {exc.strerror}") from exc
+    if kind == "none":
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="etcd-backupd-") as scratch:
+        plain = Path(scratch) / "snapshot.db"
+        decompress_file(path, plain)
+        yield plain

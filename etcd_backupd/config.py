@@ -359,6 +359,22 @@ class MetricsConfig(_Strict):
         return self
 
 
+class DrillConfig(_Strict):
+    enabled: bool = Field(False, description="run restore drills from the daemon")
+    cron: str = Field("0 3 * * 0", description="when the daemon runs a drill (weekly by default)")
+    expect_prefixes: list[str] = Field(
+        default=["/registry/"], description="key prefixes a restored cluster must hold keys under"
+    )
+    bin_dir: Path | None = Field(
+        None, description="directory of etcd, etcdctl and etcdutl; PATH when unset"
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, cron: str) -> str:
+        return validate_cron(cron)
+
+
 class Config(_Strict):
     state_dir: Path = Field(
         Path("/var/lib/etcd-backupd"),
@@ -372,6 +388,7 @@ class Config(_Strict):
     )
     retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig())
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
+    drill: DrillConfig = Field(default_factory=lambda: DrillConfig())
     coordination: Literal["leader", "none"] | None = Field(
         None,
         description='"leader": of several hosts backing up one cluster, the one whose member '

@@ -30,6 +30,7 @@ from .destinations import build
 from .errors import BackupError
 from .etcd import EtcdSource
 from .metrics import BackupMetrics, MetricsServer
+from .restore import drill, find_tools
 from .sdnotify import Notifier
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,37 @@ class Daemon:
             coalesce=True,
             misfire_grace_time=MISFIRE_GRACE_SECONDS,
         )
+        self._schedule_drill()
         self._update_next_run()
+
+    def _schedule_drill(self) -> None:
+        if not self.config.drill.enabled:
+            if self._scheduler.get_job("drill") is not None:
+                self._scheduler.remove_job("drill")
+            return
+        self._scheduler.add_job(
+            self._drill,
+            CronTrigger.from_crontab(self.config.drill.cron, timezone=self._schedule.zone),
+            id="drill",
+            replace_existing=True,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=MISFIRE_GRACE_SECONDS,
+        )
+
+    def _drill(self) -> None:
+        """Drills share the cycle lock: a drill never slows a backup down."""
+        with self._cycle_lock:
+            try:
+                tools = find_tools(self.config.drill.bin_dir)
+            except BackupError as exc:
+                log.error("drill: %s", exc)
+                for settings in self.config.destination:
+                    self.metrics.observe_drill(settings.name, False, 0.0)
+                return
+            for settings in self.config.destination:
+                result = drill(build(settings), tools, self.config.drill.expect_prefixes)
+                self.metrics.observe_drill(settings.name, result.ok, result.seconds)
 
     def _update_next_run(self) -> None:
         job = self._scheduler.get_job("backup")

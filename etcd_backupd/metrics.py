@@ -114,6 +114,24 @@ class BackupMetrics:
             "When the next backup is scheduled (Unix time).",
             registry=registry,
         )
+        self.drill_last_success = Gauge(
+            "etcd_backup_drill_last_success_timestamp_seconds",
+            "When a restore drill of a destination's newest backup last passed (Unix time).",
+            ["destination"],
+            registry=registry,
+        )
+        self.drill_duration = Gauge(
+            "etcd_backup_drill_duration_seconds",
+            "Duration of the last restore drill of a destination.",
+            ["destination"],
+            registry=registry,
+        )
+        self.drill_failures = Counter(
+            "etcd_backup_drill_failures",
+            "Restore drills that failed.",
+            ["destination"],
+            registry=registry,
+        )
         self.role = Gauge(
             "etcd_backup_role",
             "1 for this host's role at the last fire time: active took the snapshot, standby "
@@ -187,6 +205,13 @@ class BackupMetrics:
 
     def skipped(self) -> None:
         self.runs.labels("skipped").inc()
+
+    def observe_drill(self, destination: str, ok: bool, seconds: float) -> None:
+        self.drill_duration.labels(destination).set(seconds)
+        if ok:
+            self.drill_last_success.labels(destination).set(self._clock())
+        else:
+            self.drill_failures.labels(destination).inc()
 
     def set_role(self, role: str) -> None:
         for known in ("active", "standby"):

@@ -132,6 +132,7 @@ def test_alert_rules_check_and_pass_their_tests() -> None:
         "EtcdBackupAbsent",
         "EtcdBackupDestinationStale",
         "EtcdBackupSizeDrop",
+        "EtcdBackupDrillFailing",
     }
 
 

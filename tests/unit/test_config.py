@@ -13,6 +13,7 @@ from etcd_backupd.config import (
     DEFAULT_CRON,
     ENV_ETCD_PASSWORD,
     Config,
+    DrillConfig,
     EtcdConfig,
     LocalDestination,
     MetricsConfig,
@@ -55,10 +56,20 @@ def test_example_config_is_valid_and_documents_every_option() -> None:
         LocalDestination,
         S3Destination,
         MetricsConfig,
+        DrillConfig,
     ]
     for model in models:
         for field in model.model_fields:
-            if field in ("etcd", "schedule", "destination", "retention", "type", "name", "metrics"):
+            if field in (
+                "etcd",
+                "schedule",
+                "destination",
+                "retention",
+                "type",
+                "name",
+                "metrics",
+                "drill",
+            ):
                 continue
             assert re.search(rf"^#? ?{field} =", text, re.M), f"{model.__name__}.{field}"
 

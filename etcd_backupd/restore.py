@@ -1,0 +1,273 @@
+"""Restoring: etcd's own restore run on a verified snapshot, the disaster-recovery runbook, and
+restore drills that prove on a schedule that the backups restore."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from .compression import plain_snapshot
+from .destinations import Destination
+from .errors import BackupError
+from .manifest import Manifest
+from .snapshot.status import SnapshotStatus, verify_snapshot
+
+log = logging.getLogger(__name__)
+
+# a drill's throwaway member must answer within this long after it starts
+DRILL_START_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class EtcdTools:
+    """etcd's binaries: etcdutl restores 3.5+ snapshots, 3.4's etcdctl restores its own."""
+
+    restore: list[str]
+    etcd: Path | None
+    etcdctl: Path | None
+    description: str
+
+
+def find_tools(bin_dir: Path | None = None) -> EtcdTools:
+    def locate(name: str) -> Path | None:
+        if bin_dir is not None:
+            candidate = bin_dir / name
+            return candidate if os.access(candidate, os.X_OK) else None
+        found = shutil.which(name)
+        return Path(found) if found else None
+
+    etcd, etcdctl, etcdutl = locate("etcd"), locate("etcdctl"), locate("etcdutl")
+    where = f"in {bin_dir}" if bin_dir else "on PATH"
+    if etcdutl is not None:
+        return EtcdTools([str(etcdutl), "snapshot", "restore"], etcd, etcdctl, str(etcdutl))
+    if etcdctl is not None:
+        return EtcdTools([str(etcdctl), "snapshot", "restore"], etcd, etcdctl, str(etcdctl))
+    raise BackupError(
+        f"no etcdutl or etcdctl found {where}: install etcd's tools (the same version as the "
+        "cluster) or name their directory with --etcd-bin-dir"
+    )
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    peer_url: str
+    data_dir: Path
+
+
+def _non_empty(directory: Path) -> bool:
+    return directory.exists() and (not directory.is_dir() or any(directory.iterdir()))
+
+
+def check_data_dir(data_dir: Path, force: bool) -> None:
+    if _non_empty(data_dir) and not force:
+        raise BackupError(
+            f"{data_dir} is not empty: refusing to overwrite it; stop etcd and pass --force to "
+            "move it aside, or choose another --data-dir"
+        )
+
+
+def move_aside(data_dir: Path, now: datetime) -> Path | None:
+    if not _non_empty(data_dir):
+        return None
+    aside = data_dir.with_name(f"{data_dir.name}.before-restore-{now:%Y%m%dT%H%M%SZ}")
+    data_dir.rename(aside)
+    log.info("moved %s aside to %s", data_dir, aside)
+    return aside
+
+
+def run_restore(
+    snapshot: Path,
+    member: Member,
+    initial_cluster: str,
+    token: str,
+    tools: EtcdTools,
+) -> None:
+    command = [
+        *tools.restore,
+        str(snapshot),
+        f"--name={member.name}",
+        f"--initial-cluster={initial_cluster}",
+        f"--initial-cluster-token={token}",
+        f"--initial-advertise-peer-urls={member.peer_url}",
+        f"--data-dir={member.data_dir}",
+    ]
+    log.info("restoring with %s", tools.description)
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    )
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise BackupError(
+            f"{tools.description} snapshot restore failed: {detail[-1] if detail else '?'}"
+        )
+
+
+def restore(
+    source: Path,
+    member: Member,
+    initial_cluster: str,
+    token: str,
+    tools: EtcdTools,
+    *,
+    force: bool,
+    now: datetime,
+) -> SnapshotStatus:
+    """Verify, then restore; nothing on disk is touched unless the snapshot is sound."""
+    check_data_dir(member.data_dir, force)
+    with plain_snapshot(source) as plain:
+        status = verify_snapshot(plain)
+        move_aside(member.data_dir, now)
+        run_restore(plain, member, initial_cluster, token, tools)
+    return status
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class DrillResult:
+    destination: str
+    snapshot: str
+    ok: bool
+    seconds: float
+    error: str | None = None
+
+
+def _etcdctl(tools: EtcdTools, endpoint: str, *args: str) -> str:
+    assert tools.etcdctl is not None
+    result = subprocess.run(
+        [str(tools.etcdctl), f"--endpoints={endpoint}", "--command-timeout=30s", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    )
+    if result.returncode != 0:
+        raise BackupError(f"etcdctl {' '.join(args)}: {result.stderr.strip()[-300:]}")
+    return result.stdout
+
+
+def _count(tools: EtcdTools, endpoint: str, prefix: str) -> int:
+    output = _etcdctl(tools, endpoint, "get", prefix, "--prefix", "--count-only", "-w", "json")
+    count: int = json.loads(output).get("count", 0)
+    return count
+
+
+def drill(
+    destination: Destination,
+    tools: EtcdTools,
+    expect_prefixes: list[str],
+    scratch_root: Path | None = None,
+) -> DrillResult:
+    """Restore the destination's newest backup into a throwaway member and check it."""
+    began = time.monotonic()
+    manifests = destination.manifests()
+    if not manifests:
+        return DrillResult(destination.name, "", False, 0.0, "the destination holds no backup")
+    newest: Manifest = manifests[-1]
+    try:
+        _drill_one(destination, newest, tools, expect_prefixes, scratch_root)
+    except BackupError as exc:
+        log.error("drill of %s from %s failed: %s", newest.snapshot, destination.name, exc)
+        return DrillResult(
+            destination.name, newest.snapshot, False, time.monotonic() - began, str(exc)
+        )
+    seconds = time.monotonic() - began
+    log.info("drill of %s from %s passed in %.1f s", newest.snapshot, destination.name, seconds)
+    return DrillResult(destination.name, newest.snapshot, True, seconds)
+
+
+def _drill_one(
+    destination: Destination,
+    manifest: Manifest,
+    tools: EtcdTools,
+    expect_prefixes: list[str],
+    scratch_root: Path | None,
+) -> None:
+    if tools.etcd is None or tools.etcdctl is None:
+        raise BackupError("a drill needs etcd and etcdctl beside the restore tool")
+    with tempfile.TemporaryDirectory(prefix="etcd-backupd-drill-", dir=scratch_root) as scratch:
+        work = Path(scratch)
+        fetched = destination.fetch(manifest.snapshot, work / manifest.snapshot)
+        peer = f"http://127.0.0.1:{_free_port()}"
+        client = f"http://127.0.0.1:{_free_port()}"
+        member = Member("drill", peer, work / "data")
+        with plain_snapshot(fetched) as plain:
+            status = verify_snapshot(plain)
+            if (status.revision, status.hash) != (manifest.revision, manifest.hash):
+                raise BackupError(
+                    f"the snapshot says revision {status.revision}, hash {status.hash}; its "
+                    f"manifest says revision {manifest.revision}, hash {manifest.hash}"
+                )
+            run_restore(plain, member, f"drill={peer}", "etcd-backupd-drill", tools)
+        fetched.unlink()
+        with (work / "etcd.log").open("wb") as log_file:
+            process = subprocess.Popen(
+                [
+                    str(tools.etcd),
+                    "--name=drill",
+                    f"--data-dir={member.data_dir}",
+                    f"--listen-client-urls={client}",
+                    f"--advertise-client-urls={client}",
+                    f"--listen-peer-urls={peer}",
+                    f"--initial-advertise-peer-urls={peer}",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            _check_drill_member(tools, client, manifest, expect_prefixes, process)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _check_drill_member(
+    tools: EtcdTools,
+    client: str,
+    manifest: Manifest,
+    expect_prefixes: list[str],
+    process: subprocess.Popen[bytes],
+) -> None:
+    deadline = time.monotonic() + DRILL_START_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            raise BackupError(f"the restored etcd exited with status {process.returncode}")
+        try:
+            status = json.loads(_etcdctl(tools, client, "endpoint", "status", "-w", "json"))
+            break
+        except BackupError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    revision = status[0]["Status"]["header"]["revision"]
+    if revision != manifest.revision:
+        raise BackupError(f"restored revision {revision}, manifest says {manifest.revision}")
+    keys = _count(tools, client, "")
+    if keys != manifest.live_keys:
+        raise BackupError(f"restored {keys} keys, manifest says {manifest.live_keys}")
+    for prefix in expect_prefixes:
+        if _count(tools, client, prefix) == 0:
+            raise BackupError(f"no key under {prefix!r} in the restored cluster")
