@@ -166,7 +166,8 @@ def _etcdctl(tools: EtcdTools, endpoint: str, *args: str) -> str:
 
 
 def _count(tools: EtcdTools, endpoint: str, prefix: str) -> int:
-    output = _etcdctl(tools, endpoint, "get", prefix, "--prefix", "--count-only", "-w", "json")
+    # the JSON response counts the whole range whatever the limit
+    output = _etcdctl(tools, endpoint, "get", prefix, "--prefix", "--limit=1", "-w", "json")
     count: int = json.loads(output).get("count", 0)
     return count
 
