@@ -324,7 +324,9 @@ def _kv_json(kv: KeyValue) -> dict[str, Any]:
 def cmd_inspect(args: argparse.Namespace) -> int:
     with plain_snapshot(args.file) as plain:
         verify_snapshot(plain)
-        keys = live_keys(plain, prefix=args.prefix.encode(), revision=args.revision)
+        keys = live_keys(
+            plain, prefix=args.prefix.encode(), revision=args.revision, keys_only=args.keys_only
+        )
     if args.output == "json":
         _print_json([_kv_json(kv) for kv in keys])
         return EXIT_OK

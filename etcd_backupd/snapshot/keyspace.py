@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 
 from ..errors import SnapshotInvalid
 from .bbolt import BoltReader
+from .status import user_key
 
 _KEY_BUCKET = b"key"
 _TOMBSTONE = ord("t")
@@ -42,16 +43,28 @@ def _records(path: Path) -> Iterator[tuple[int, bool, bytes]]:
             return
 
 
-def live_keys(path: Path, *, prefix: bytes = b"", revision: int | None = None) -> list[KeyValue]:
+def live_keys(
+    path: Path, *, prefix: bytes = b"", revision: int | None = None, keys_only: bool = False
+) -> list[KeyValue]:
     """The keys under `prefix` at `revision` (default: the newest), sorted by key.
 
     Revisions older than the last compaction are gone from the snapshot, as from etcd: asking for
-    one gives the state as far as the snapshot still knows it.
+    one gives the state as far as the snapshot still knows it. With `keys_only` the records are
+    not decoded beyond their key, and the other fields are left empty.
     """
     live: dict[bytes, KeyValue] = {}
     for main, tombstone, record in _records(path):
         if revision is not None and main > revision:
             break
+        if keys_only:
+            key = user_key(memoryview(record))
+            if not key.startswith(prefix):
+                continue
+            if tombstone:
+                live.pop(key, None)
+            else:
+                live[key] = KeyValue(key, b"", 0, 0, 0, 0)
+            continue
         message = kv_pb2.KeyValue()
         try:
             message.ParseFromString(record)

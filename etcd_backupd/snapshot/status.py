@@ -90,7 +90,7 @@ def check_trailer(path: Path, expected_sha256: str | None = None) -> tuple[str, 
     return computed.hex(), size
 
 
-def _user_key(value: memoryview) -> bytes:
+def user_key(value: memoryview) -> bytes:
     """Field 1 (key) of an mvccpb.KeyValue, read straight from the protobuf wire format."""
     if len(value) < 2 or value[0] != 0x0A:
         raise SnapshotInvalid("a record in bucket 'key' is not an etcd KeyValue")
@@ -135,11 +135,11 @@ def walk_database(path: Path) -> dict[str, Any]:
                     last_key = key
                     if len(key) < _REVISION_KEY_SIZE:
                         raise SnapshotInvalid("a key in bucket 'key' is not an etcd revision")
-                    user_key = _user_key(item)
+                    owner = user_key(item)
                     if len(key) > _REVISION_KEY_SIZE and key[-1] == _TOMBSTONE:
-                        live.discard(user_key)
+                        live.discard(owner)
                     else:
-                        live.add(user_key)
+                        live.add(owner)
                 elif name == b"meta" and key == b"storageVersion":
                     storage_version = bytes(item).decode(errors="replace")
                 elif name == b"cluster" and key == b"clusterVersion":
