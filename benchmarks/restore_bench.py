@@ -135,7 +135,7 @@ def inspect_race(binaries: EtcdBinaries, args: argparse.Namespace, work: Path) -
                     "",
                     "--prefix",
                     "--keys-only",
-                ]  # fmt: skip
+                ]
             )
             theirs.append(seconds)
             seconds, rss = timed(
