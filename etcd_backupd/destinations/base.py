@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from ..manifest import Manifest
+from ..manifest import Manifest, parse_snapshot_name
 from ..snapshot.status import SnapshotStatus
 
 
@@ -28,6 +28,16 @@ class StoredItem:
     has_manifest: bool | None  # None: not looked at (listing snapshots only)
     has_snapshot: bool
     locked_until: datetime | None = None
+
+
+def pair(snapshots: set[str], manifests: set[str]) -> list[StoredItem]:
+    """Snapshots and manifests matched by name, oldest first; names must be ours."""
+    items = []
+    for name in snapshots | manifests:
+        parsed = parse_snapshot_name(name)
+        assert parsed is not None
+        items.append(StoredItem(name, parsed[1], name in manifests, name in snapshots))
+    return sorted(items, key=lambda item: (item.created, item.snapshot))
 
 
 class Upload(Protocol):

@@ -21,7 +21,7 @@ from ..manifest import (
     parse_snapshot_name,
     snapshot_of_manifest,
 )
-from .base import SpooledSnapshot, StoredItem
+from .base import SpooledSnapshot, StoredItem, pair
 
 log = logging.getLogger(__name__)
 # A .part file untouched this long belongs to a run that was killed; a live stream writes to its
@@ -113,12 +113,7 @@ class LocalDirectory:
                 snapshots.add(entry.name)
             elif (owner := snapshot_of_manifest(entry.name)) is not None:
                 manifests.add(owner)
-        items = []
-        for name in snapshots | manifests:
-            parsed = parse_snapshot_name(name)
-            assert parsed is not None
-            items.append(StoredItem(name, parsed[1], name in manifests, name in snapshots))
-        return sorted(items, key=lambda item: (item.created, item.snapshot))
+        return pair(snapshots, manifests)
 
     def fetch(self, snapshot: str, target: Path) -> Path:
         source = self.path / snapshot

@@ -25,7 +25,7 @@ from ..compression import SUFFIXES, compressor
 from ..config import S3Destination as S3Config
 from ..errors import DestinationError
 from ..manifest import Manifest, manifest_name, parse_snapshot_name, snapshot_of_manifest
-from .base import SpooledSnapshot, StoredItem
+from .base import SpooledSnapshot, StoredItem, pair
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +123,7 @@ class S3Bucket:
             for name in self._names(MANIFEST_FOLDER)
             if (owner := snapshot_of_manifest(name)) is not None
         }
-        items = []
-        for name in snapshots | manifests:
-            parsed = parse_snapshot_name(name)
-            assert parsed is not None
-            items.append(StoredItem(name, parsed[1], name in manifests, name in snapshots))
-        return sorted(items, key=lambda item: (item.created, item.snapshot))
+        return pair(snapshots, manifests)
 
     def manifests(self) -> list[Manifest]:
         manifests: list[Manifest] = []

@@ -12,11 +12,7 @@ from google.protobuf.message import DecodeError
 
 from ..errors import SnapshotInvalid
 from .bbolt import BoltReader
-from .status import user_key
-
-_KEY_BUCKET = b"key"
-_TOMBSTONE = ord("t")
-_REVISION_KEY_SIZE = 17
+from .status import KEY_BUCKET, REVISION_KEY_SIZE, TOMBSTONE, user_key
 
 
 @dataclass(frozen=True)
@@ -33,12 +29,12 @@ def _records(path: Path) -> Iterator[tuple[int, bool, bytes]]:
     """(main revision, is tombstone, KeyValue bytes) for each record of bucket `key`."""
     with BoltReader(path) as reader:
         for name, value, _ in reader.items(reader.root_bucket()):
-            if name != _KEY_BUCKET:
+            if name != KEY_BUCKET:
                 continue
             for key, record, _ in reader.items(reader.bucket_of(name, value)):
-                if len(key) < _REVISION_KEY_SIZE:
+                if len(key) < REVISION_KEY_SIZE:
                     raise SnapshotInvalid("a key in bucket 'key' is not an etcd revision")
-                tombstone = len(key) > _REVISION_KEY_SIZE and key[-1] == _TOMBSTONE
+                tombstone = len(key) > REVISION_KEY_SIZE and key[-1] == TOMBSTONE
                 yield int.from_bytes(key[:8], "big"), tombstone, bytes(record)
             return
 

@@ -22,9 +22,9 @@ SHA256_SIZE = 32
 # etcd's snapshot API appends the digest to whole pages; a page is a multiple of 512 bytes
 TRAILER_MODULUS = 512
 _HASH_BLOCK = 4 * 1024 * 1024
-_KEY_BUCKET = b"key"
-_TOMBSTONE = ord("t")
-_REVISION_KEY_SIZE = 17
+KEY_BUCKET = b"key"
+TOMBSTONE = ord("t")
+REVISION_KEY_SIZE = 17
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def walk_database(path: Path) -> dict[str, Any]:
             if not flags & BUCKET_LEAF_FLAG:
                 raise SnapshotInvalid(f"top-level entry {name!r} is not a bucket")
             checksum = crc32c.crc32c(name, checksum)
-            is_key_bucket = name == _KEY_BUCKET
+            is_key_bucket = name == KEY_BUCKET
             last_key: bytes | None = None
             for key, item, item_flags in reader.items(reader.bucket_of(name, value)):
                 checksum = crc32c.crc32c(key, checksum)
@@ -133,10 +133,10 @@ def walk_database(path: Path) -> dict[str, Any]:
                 total_keys += 1
                 if is_key_bucket:
                     last_key = key
-                    if len(key) < _REVISION_KEY_SIZE:
+                    if len(key) < REVISION_KEY_SIZE:
                         raise SnapshotInvalid("a key in bucket 'key' is not an etcd revision")
                     owner = user_key(item)
-                    if len(key) > _REVISION_KEY_SIZE and key[-1] == _TOMBSTONE:
+                    if len(key) > REVISION_KEY_SIZE and key[-1] == TOMBSTONE:
                         live.discard(owner)
                     else:
                         live.add(owner)
