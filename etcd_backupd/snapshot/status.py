@@ -1,7 +1,7 @@
 """etcd's view of a snapshot file: its SHA-256 trailer, then the figures `etcdutl snapshot status`
 prints (hash, revision, total keys, total size), computed from a read-only bbolt walk.
 
-Facts and algorithm: ../shared/snapshot-format.md, sections 1 to 3 and 5.
+Facts and algorithm: snapshot-format.md, sections 1 to 3 and 5.
 """
 
 from __future__ import annotations
@@ -9,22 +9,53 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import crc32c
+from etcd3.etcdrpc import kv_pb2
+from google.protobuf.message import DecodeError
 
 from ..errors import SnapshotInvalid
-from .bbolt import BUCKET_LEAF_FLAG, BoltReader
+from .bbolt import BUCKET_FLAG, MAGIC, BadMeta, BoltReader, Bucket, Leaf, parse_meta
 
 SHA256_SIZE = 32
-# etcd's snapshot API appends the digest to whole pages; a page is a multiple of 512 bytes
+# etcd's snapshot API appends the digest to whole pages, and pages are multiples of 512 bytes
 TRAILER_MODULUS = 512
-_HASH_BLOCK = 4 * 1024 * 1024
+_READ_BLOCK = 4 * 1024 * 1024
 KEY_BUCKET = b"key"
-TOMBSTONE = ord("t")
+_META_BUCKET = b"meta"
+_CLUSTER_BUCKET = b"cluster"
+_STORAGE_VERSION = b"storageVersion"
+_CLUSTER_VERSION = b"clusterVersion"
+# a revision key is main (8 bytes BE) "_" sub (8 bytes BE), plus "t" on a tombstone
 REVISION_KEY_SIZE = 17
+TOMBSTONE = ord("t")
+_REVISION_MARKS = {b"", bytes([TOMBSTONE])}
+_MAGIC_AT = 16
+# protobuf tag of mvccpb.KeyValue.key: field 1, length-delimited
+_KEY_TAG = 0x0A
+_record_key = attrgetter("key")
+
+
+@dataclass(frozen=True)
+class DatabaseFigures:
+    """What a walk of the bbolt database tells, whatever file holds it."""
+
+    revision: int
+    total_keys: int
+    live_keys: int
+    total_size: int
+    hash: int
+    page_size: int
+    txid: int
+    storage_version: str | None
+    cluster_version: str | None
 
 
 @dataclass(frozen=True)
@@ -51,145 +82,266 @@ def has_trailer(size: int) -> bool:
     return size % TRAILER_MODULUS == SHA256_SIZE
 
 
-def _sha256_of_data(fd: int, length: int) -> bytes:
-    digest = hashlib.sha256()
-    offset = 0
-    while offset < length:
-        block = os.pread(fd, min(_HASH_BLOCK, length - offset), offset)
-        if not block:
-            raise SnapshotInvalid(f"truncated: the file ended at {offset} of {length} bytes")
-        digest.update(block)
-        offset += len(block)
-    return digest.digest()
+def verify_snapshot(
+    path: Path, *, expected_sha256: str | None = None, require_trailer: bool = True
+) -> SnapshotStatus:
+    """Prove a snapshot sound: its SHA-256 trailer, and the bbolt walk.
+
+    `expected_sha256` (hex) is the digest the caller computed while the bytes streamed in: it is
+    compared with the trailer instead of reading the file a second time to hash it. Without it,
+    the file is hashed in a thread while the walk runs (hashlib and pread release the GIL). A
+    trailer mismatch is reported before any damage the walk found, as the surer diagnosis.
+    Without `require_trailer`, a file without a trailer is checked as a raw database by
+    `verify_database`. Raises SnapshotInvalid.
+    """
+    size = _size(path)
+    if not has_trailer(size):
+        if require_trailer or size % TRAILER_MODULUS:
+            raise SnapshotInvalid(_why_no_trailer(path, size))
+        return verify_database(path, expected_sha256=expected_sha256)
+    data_size = size - SHA256_SIZE
+    walked: DatabaseFigures | SnapshotInvalid
+    if expected_sha256 is not None:
+        sha256 = _check_trailer(path, data_size, bytes.fromhex(expected_sha256))
+        walked = walk_database(path)
+    else:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            digest = pool.submit(_sha256_of, path, data_size)
+            try:
+                walked = walk_database(path)
+            except SnapshotInvalid as exc:
+                walked = exc
+            sha256 = _check_trailer(path, data_size, digest.result())
+    if isinstance(walked, SnapshotInvalid):
+        raise walked
+    if walked.total_size != data_size:
+        raise SnapshotInvalid(
+            f"the database holds {walked.total_size} bytes but the file holds {data_size} "
+            "before its trailer: pages are missing or extra"
+        )
+    return SnapshotStatus(
+        valid=True, sha256=sha256, file_size=size, has_trailer=True, **asdict(walked)
+    )
 
 
-def check_trailer(path: Path, expected_sha256: str | None = None) -> tuple[str, int]:
-    """Check the SHA-256 trailer; return the digest (hex) and the file size."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise SnapshotInvalid(f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        size = os.fstat(fd).st_size
-        if not has_trailer(size):
-            raise SnapshotInvalid(
-                f"no SHA-256 trailer ({size} bytes is not whole pages plus 32): truncated, or not "
-                "saved from etcd's snapshot API (a raw member/snap/db copy?)"
-            )
-        trailer = os.pread(fd, SHA256_SIZE, size - SHA256_SIZE)
-        if expected_sha256 is not None:
-            computed = bytes.fromhex(expected_sha256)
-        else:
-            computed = _sha256_of_data(fd, size - SHA256_SIZE)
-    finally:
-        os.close(fd)
-    if trailer != computed:
+def verify_database(path: Path, *, expected_sha256: str | None = None) -> SnapshotStatus:
+    """Check a raw bbolt file without a trailer (a copy of member/snap/db): the walk, then the
+    SHA-256 of the whole file, compared with `expected_sha256` when one is given."""
+    size = _size(path)
+    figures = walk_database(path)
+    if size % figures.page_size:
+        raise SnapshotInvalid(
+            f"truncated: {size} bytes is not whole pages of {figures.page_size} bytes"
+        )
+    sha256 = _sha256_of(path, size).hex()
+    if expected_sha256 is not None and sha256 != expected_sha256.lower():
+        raise SnapshotInvalid(
+            f"SHA-256 of the file is {sha256}, not the expected {expected_sha256}"
+        )
+    return SnapshotStatus(
+        valid=True, sha256=sha256, file_size=size, has_trailer=False, **asdict(figures)
+    )
+
+
+def _check_trailer(path: Path, data_size: int, digest: bytes) -> str:
+    """Check that the 32 bytes after the data are `digest`, the SHA-256 of the data."""
+    with _reading(path) as fd:
+        trailer = os.pread(fd, SHA256_SIZE, data_size)
+    if trailer != digest:
         raise SnapshotInvalid(
             "SHA-256 of the data does not match the snapshot's trailer: the file is damaged"
         )
-    return computed.hex(), size
+    return digest.hex()
 
 
-def user_key(value: memoryview) -> bytes:
-    """Field 1 (key) of an mvccpb.KeyValue, read straight from the protobuf wire format."""
-    if len(value) < 2 or value[0] != 0x0A:
-        raise SnapshotInvalid("a record in bucket 'key' is not an etcd KeyValue")
+def walk_database(path: Path) -> DatabaseFigures:
+    """Run bbolt's structural check and compute etcd's figures in one walk."""
+    try:
+        with BoltReader(path) as reader:
+            return _figures(reader)
+    except OSError as exc:
+        raise SnapshotInvalid(f"cannot read {path}: {exc.strerror}") from exc
+    except (IndexError, ValueError, OverflowError, struct.error) as exc:
+        # the reader checks every bound it relies on; this net catches only a damage it did
+        # not foresee, so that it still reads as a damaged file, not as a crash
+        raise SnapshotInvalid(f"damaged database: {type(exc).__name__}: {exc}") from exc
+
+
+def user_key(record: bytes | memoryview) -> bytes:
+    """The user key of an mvccpb.KeyValue, read from the wire without decoding the rest.
+
+    etcd always writes the key first, as field 1; anything else is not an etcd record.
+    """
+    if len(record) < 2 or record[0] != _KEY_TAG:
+        raise SnapshotInvalid("bucket 'key' holds a record that is not an etcd KeyValue")
     length = 0
     shift = 0
     index = 1
     while True:
-        if index >= len(value) or shift > 63:
-            raise SnapshotInvalid("a record in bucket 'key' has a damaged key length")
-        byte = value[index]
+        if index >= len(record) or shift > 63:
+            raise SnapshotInvalid("bucket 'key' holds a record with a damaged key length")
+        byte = record[index]
         index += 1
         length |= (byte & 0x7F) << shift
         if byte < 0x80:
             break
         shift += 7
-    if index + length > len(value):
-        raise SnapshotInvalid("a record in bucket 'key' is truncated")
-    return bytes(value[index : index + length])
+    if index + length > len(record):
+        raise SnapshotInvalid("bucket 'key' holds a record cut short")
+    return bytes(record[index : index + length])
 
 
-def walk_database(path: Path) -> dict[str, Any]:
-    """Check the bbolt structure and compute etcd's figures; raises SnapshotInvalid."""
-    with BoltReader(path) as reader:
-        checksum = 0
-        total_keys = 0
-        revision = 0
-        live: set[bytes] = set()
-        storage_version: str | None = None
-        cluster_version: str | None = None
-        for name, value, flags in reader.items(reader.root_bucket()):
-            if not flags & BUCKET_LEAF_FLAG:
-                raise SnapshotInvalid(f"top-level entry {name!r} is not a bucket")
-            checksum = crc32c.crc32c(name, checksum)
-            is_key_bucket = name == KEY_BUCKET
-            last_key: bytes | None = None
-            for key, item, item_flags in reader.items(reader.bucket_of(name, value)):
-                checksum = crc32c.crc32c(key, checksum)
-                if not item_flags & BUCKET_LEAF_FLAG:
-                    checksum = crc32c.crc32c(item, checksum)
-                total_keys += 1
-                if is_key_bucket:
-                    last_key = key
-                    if len(key) < REVISION_KEY_SIZE:
-                        raise SnapshotInvalid("a key in bucket 'key' is not an etcd revision")
-                    owner = user_key(item)
-                    if len(key) > REVISION_KEY_SIZE and key[-1] == TOMBSTONE:
-                        live.discard(owner)
-                    else:
-                        live.add(owner)
-                elif name == b"meta" and key == b"storageVersion":
-                    storage_version = bytes(item).decode(errors="replace")
-                elif name == b"cluster" and key == b"clusterVersion":
-                    cluster_version = bytes(item).decode(errors="replace")
-            if is_key_bucket and last_key is not None:
-                revision = int.from_bytes(last_key[:8], "big")
-        return {
-            "revision": revision,
-            "total_keys": total_keys,
-            "live_keys": len(live),
-            "total_size": reader.db_size,
-            "hash": checksum,
-            "page_size": reader.page_size,
-            "txid": reader.meta.txid,
-            "storage_version": storage_version,
-            "cluster_version": cluster_version,
-        }
+def _figures(reader: BoltReader) -> DatabaseFigures:
+    checksum = 0
+    total_keys = 0
+    revision = 0
+    live_keys = 0
+    storage_version: str | None = None
+    cluster_version: str | None = None
+    for bucket in reader.buckets():
+        checksum = crc32c.crc32c(bucket.name, checksum)
+        if bucket.name == KEY_BUCKET:
+            checksum, entries, revision, live_keys = _key_bucket(reader, bucket, checksum)
+            total_keys += entries
+            continue
+        for leaf in reader.leaves(bucket):
+            total_keys += len(leaf.keys)
+            checksum = _feed(leaf, checksum)
+            if bucket.name == _META_BUCKET:
+                storage_version = _text_of(leaf, _STORAGE_VERSION, storage_version)
+            elif bucket.name == _CLUSTER_BUCKET:
+                cluster_version = _text_of(leaf, _CLUSTER_VERSION, cluster_version)
+    reader.check_unreached()
+    return DatabaseFigures(
+        revision=revision,
+        total_keys=total_keys,
+        live_keys=live_keys,
+        total_size=reader.db_size,
+        hash=checksum,
+        page_size=reader.page_size,
+        txid=reader.meta.txid,
+        storage_version=storage_version,
+        cluster_version=cluster_version,
+    )
 
 
-def verify_snapshot(
-    path: Path, *, expected_sha256: str | None = None, require_trailer: bool = True
-) -> SnapshotStatus:
-    """Prove a snapshot sound: trailer first, then the bbolt walk. Raises SnapshotInvalid.
-
-    `expected_sha256` is the digest the caller computed while the bytes streamed: it is compared
-    with the trailer instead of hashing the file a second time. Without `require_trailer`, a raw
-    database file (no trailer) is walked as it is.
-    """
-    if require_trailer or has_trailer(_size(path)):
-        sha256, size = check_trailer(path, expected_sha256)
-        trailer = True
-    else:
-        size = _size(path)
-        fd = os.open(path, os.O_RDONLY)
+def _key_bucket(reader: BoltReader, bucket: Bucket, checksum: int) -> tuple[int, int, int, int]:
+    """The checksum carried on, the entries, the revision and the live keys of bucket `key`,
+    which holds nearly every entry: its loop does per page what it can, not per entry."""
+    decode = kv_pb2.KeyValue.FromString
+    # user key -> whether its newest revision is a tombstone (the bucket is in revision order)
+    deleted: dict[bytes, bool] = {}
+    entries = 0
+    last = b""
+    for leaf in reader.leaves(bucket):
+        keys = leaf.keys
+        if not keys:
+            continue
+        checksum = _feed(leaf, checksum)
+        entries += len(keys)
+        marks = [key[REVISION_KEY_SIZE:] for key in keys]
+        if min(map(len, keys)) < REVISION_KEY_SIZE or not _REVISION_MARKS.issuperset(marks):
+            raise SnapshotInvalid("bucket 'key' holds a key that is not an etcd revision")
         try:
-            sha256 = _sha256_of_data(fd, size).hex()
-        finally:
-            os.close(fd)
-        trailer = False
+            records = list(map(decode, leaf.values))
+        except DecodeError as exc:
+            raise SnapshotInvalid(
+                "bucket 'key' holds a record that is not an etcd KeyValue near revision "
+                f"{int.from_bytes(keys[0][:8], 'big')}"
+            ) from exc
+        deleted.update(zip(map(_record_key, records), map(bool, marks), strict=True))
+        last = keys[-1]
+    revision = int.from_bytes(last[:8], "big")
+    return checksum, entries, revision, list(deleted.values()).count(False)
+
+
+def _feed(leaf: Leaf, checksum: int) -> int:
+    """CRC-32C over the page's keys and values, as etcd's hash reads them."""
+    if leaf.packed is not None:
+        return int(crc32c.crc32c(leaf.packed, checksum))
+    for key, value, flags in zip(leaf.keys, leaf.values, leaf.flags, strict=True):
+        checksum = crc32c.crc32c(key, checksum)
+        # etcd reads a nested bucket's value as nil, so its header never reaches the hash
+        if not flags & BUCKET_FLAG:
+            checksum = crc32c.crc32c(value, checksum)
+    return checksum
+
+
+def _text_of(leaf: Leaf, key: bytes, default: str | None) -> str | None:
+    if key not in leaf.keys:
+        return default
+    return bytes(leaf.values[leaf.keys.index(key)]).decode("utf-8", "replace")
+
+
+def _why_no_trailer(path: Path, size: int) -> str:
+    """The likeliest story of a file without a trailer, for the operator."""
+    with _reading(path) as fd:
+        head = os.pread(fd, TRAILER_MODULUS, 0)
+    if int.from_bytes(head[_MAGIC_AT : _MAGIC_AT + 4], "little") != MAGIC:
+        return f"not an etcd snapshot: {_kind_of(head)} ({size} bytes is not whole pages plus 32)"
     try:
-        figures = walk_database(path)
-    except (ValueError, IndexError, struct.error) as exc:
-        # the reader checks bounds itself; this is the net under a damage it did not foresee
-        raise SnapshotInvalid(f"damaged database: {exc}") from exc
-    if trailer and figures["total_size"] != size - SHA256_SIZE:
-        raise SnapshotInvalid(
-            f"the database holds {figures['total_size']} bytes but the file holds "
-            f"{size - SHA256_SIZE} before its trailer: pages are missing or extra"
+        meta = parse_meta(head)
+    except BadMeta:
+        meta = None
+    if meta is not None and size < meta.pgid * meta.page_size:
+        return (
+            f"truncated: file holds {size} bytes, database needs {meta.pgid * meta.page_size} "
+            f"(pgid {meta.pgid} x {meta.page_size})"
         )
-    return SnapshotStatus(valid=True, sha256=sha256, file_size=size, has_trailer=trailer, **figures)
+    if size % TRAILER_MODULUS == 0:
+        return (
+            "no SHA-256 trailer: not a snapshot saved from etcd's snapshot API "
+            "(a raw member/snap/db copy?)"
+        )
+    return (
+        f"truncated: {size} bytes is not whole pages plus 32, the SHA-256 trailer etcd's "
+        "snapshot API appends"
+    )
+
+
+def _kind_of(head: bytes) -> str:
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip-compressed data, decompress it first"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd-compressed data, decompress it first"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "no bbolt header"
+    if all(c.isprintable() or c.isspace() for c in text):
+        return "a text file"
+    return "no bbolt header"
+
+
+def _sha256_of(path: Path, length: int) -> bytes:
+    digest = hashlib.sha256()
+    view = memoryview(bytearray(_READ_BLOCK))
+    with _reading(path) as fd:
+        offset = 0
+        while offset < length:
+            count = os.preadv(fd, [view[: min(_READ_BLOCK, length - offset)]], offset)
+            if count == 0:
+                raise SnapshotInvalid(f"truncated: the file ended at {offset} of {length} bytes")
+            digest.update(view[:count])
+            offset += count
+    return digest.digest()
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[int]:
+    """A read-only descriptor; failing to open or read through it reads as SnapshotInvalid."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise SnapshotInvalid(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        yield fd
+    except OSError as exc:
+        raise SnapshotInvalid(f"cannot read {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
 
 
 def _size(path: Path) -> int:
