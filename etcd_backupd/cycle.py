@@ -16,17 +16,13 @@ from .config import Config
 from .destinations import Destination, SpooledSnapshot, Upload, build
 from .errors import BackupError, Cancelled, DestinationError, EtcdError, SnapshotInvalid
 from .etcd import EtcdSource, MemberStatus
-from .fsutil import PART_SUFFIX, fsync_dir
+from .fsutil import PART_SUFFIX, fsync_dir, remove_stale_parts
 from .manifest import Manifest, MemberInfo, snapshot_name
 from .prune import PruneResult, lock_period, policy_for, prune, sweep_orphans
 from .snapshot.status import SnapshotStatus, verify_snapshot
 from .spool import SpoolWriter
 
 log = logging.getLogger(__name__)
-
-# A .part file untouched this long belongs to a run that was killed; a live stream writes to its
-# file every few milliseconds and gives up after etcd.stall_timeout.
-STALE_PART_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -78,10 +74,8 @@ def choose_spool_dir(destinations: Sequence[Destination], fallback: Path) -> tup
         raise DestinationError(
             f"cannot create spool directory {fallback}: {exc.strerror}; set state_dir"
         ) from exc
-    for stale in fallback.glob("*" + PART_SUFFIX):
-        if time.time() - stale.stat().st_mtime > STALE_PART_SECONDS:
-            stale.unlink(missing_ok=True)
-            log.warning("removed %s, left by an interrupted run", stale)
+    for stale in remove_stale_parts(fallback, datetime.now(UTC)):
+        log.warning("removed %s, left by an interrupted run", fallback / stale)
     return fallback, False
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime, timedelta
 from pathlib import Path
 
 PART_SUFFIX = ".part"
+# A .part file untouched this long belongs to a run that was killed; a live stream writes to its
+# file every few milliseconds and gives up after etcd.stall_timeout.
+STALE_PART_AGE = timedelta(hours=1)
 # Backups hold every Secret of the cluster: readable by the owner only.
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -36,3 +40,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         part.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def remove_stale_parts(directory: Path, now: datetime) -> list[str]:
+    """Delete the .part files interrupted runs left in a directory; return their names."""
+    removed: list[str] = []
+    if not directory.is_dir():
+        return removed
+    cutoff = (now - STALE_PART_AGE).timestamp()
+    for part in directory.glob("*" + PART_SUFFIX):
+        try:
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
+                removed.append(part.name)
+        except FileNotFoundError:
+            continue
+    return removed

@@ -27,7 +27,6 @@ class StoredItem:
     created: datetime
     has_manifest: bool | None  # None: not looked at (listing snapshots only)
     has_snapshot: bool
-    locked_until: datetime | None = None
 
 
 def pair(snapshots: set[str], manifests: set[str]) -> list[StoredItem]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -13,7 +13,14 @@ from pydantic import ValidationError
 from ..compression import SUFFIXES, compress_file
 from ..config import LocalDestination as LocalConfig
 from ..errors import DestinationError
-from ..fsutil import DIR_MODE, FILE_MODE, PART_SUFFIX, atomic_write_bytes, fsync_dir
+from ..fsutil import (
+    DIR_MODE,
+    FILE_MODE,
+    PART_SUFFIX,
+    atomic_write_bytes,
+    fsync_dir,
+    remove_stale_parts,
+)
 from ..manifest import (
     MANIFEST_SUFFIX,
     Manifest,
@@ -24,9 +31,6 @@ from ..manifest import (
 from .base import SpooledSnapshot, StoredItem, pair
 
 log = logging.getLogger(__name__)
-# A .part file untouched this long belongs to a run that was killed; a live stream writes to its
-# file every few milliseconds and gives up after etcd.stall_timeout.
-STALE_PART_AGE = timedelta(hours=1)
 _COPY_BLOCK = 8 * 1024 * 1024
 
 
@@ -152,18 +156,7 @@ class LocalDirectory:
         return False
 
     def housekeeping(self, now: datetime) -> list[str]:
-        removed: list[str] = []
-        if not self.path.is_dir():
-            return removed
-        cutoff = (now - STALE_PART_AGE).timestamp()
-        for part in self.path.glob("*" + PART_SUFFIX):
-            try:
-                if part.stat().st_mtime < cutoff:
-                    part.unlink()
-                    removed.append(part.name)
-            except FileNotFoundError:
-                continue
-        return removed
+        return remove_stale_parts(self.path, now)
 
 
 class _LocalUpload:

@@ -30,7 +30,6 @@ from .base import SpooledSnapshot, StoredItem, pair
 log = logging.getLogger(__name__)
 
 MAX_PARTS = 10_000
-MIN_PART_SIZE = 5 * 1024 * 1024
 DELETE_BATCH = 1_000
 # Manifests live in a folder of their own so that pruning lists only snapshots: one object per
 # backup, 1,000 per ListObjectsV2 call.
@@ -175,15 +174,6 @@ class S3Bucket:
                     failure.get("Code"),
                     failure.get("Message"),
                 )
-
-    def locked_until(self, snapshot: str) -> datetime | None:
-        """The Object Lock retention date of a snapshot object, if any."""
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self.key(snapshot))
-        except (ClientError, BotoCoreError) as exc:
-            raise self.error(f"read {snapshot}", exc) from exc
-        until: datetime | None = head.get("ObjectLockRetainUntilDate")
-        return until
 
     def in_progress(self, since: datetime) -> bool:
         try:
