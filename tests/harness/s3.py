@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -17,7 +16,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from .etcd import free_port
+from .etcd import free_port, stop_process
 from .tls import TLSFiles
 
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -77,15 +76,8 @@ class MotoServer:
         raise TimeoutError("moto_server did not answer")
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            os.kill(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self._process.pid, signal.SIGKILL)
-                self._process.wait()
+        if self._process is not None:
+            stop_process(self._process, timeout=10)
         self._process = None
 
     def reset(self) -> None:
