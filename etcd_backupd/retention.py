@@ -3,40 +3,64 @@
 - keep_last N keeps the N newest.
 - keep_hourly/daily/weekly/monthly/yearly N keep the newest snapshot of each of the N most
   recent periods that hold a snapshot (periods are counted over the snapshots that exist, not
-  over the calendar, so an outage does not use up slots). Periods are UTC; weeks are ISO weeks.
-- keep_within D keeps every snapshot no older than D before the newest snapshot (not before
-  the clock: weeks of failed backups never age the good ones out).
+  over the calendar, so an outage does not use up slots). Periods are UTC; weeks are ISO weeks,
+  so 2027-01-01 belongs to 2026-W53.
+- keep_within D keeps every snapshot created at most D before the newest verified snapshot
+  (not before the clock: weeks of failed backups never age the good ones out).
 - Each rule walks all snapshots on its own; a snapshot kept by one rule still counts for the
-  others. A snapshot is kept when any rule keeps it.
+  others. A snapshot is kept when any rule keeps it. A count of 0 turns its rule off.
 - Unbreakable: the newest verified snapshot is kept, and so is every snapshot whose Object Lock
-  retention has not ended. An empty policy keeps everything.
-- Only verified snapshots fill rule slots: an unverified one could be the bad copy, and letting
-  it take a daily slot would push a good snapshot of that day out. Unverified snapshots are
-  kept only by keep_within (they are recent and may be looked at) or an Object Lock.
+  retention has not ended (the store would refuse the delete anyway). A policy with no rule
+  switched on keeps everything.
+
+Unverified snapshots (not proven restorable) are handled so that they can never cost a good one:
+- They fill no keep_last or period slot: a bad copy taking the day's slot would push that day's
+  good snapshot out.
+- keep_within is anchored on the newest *verified* snapshot, so a run of bad snapshots does not
+  slide the window past the good ones.
+- An unverified snapshot newer than every verified one is kept: it may hold the only copy of the
+  latest state (verification itself may be what is broken), and if none is verified, pruning
+  must not empty the destination. Once a newer snapshot verifies, the older unverified ones go
+  unless keep_within or a lock keeps them.
+So the decisions about verified snapshots are the same as if the unverified ones did not exist.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 
 _DURATION_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
-_DURATION_RE = re.compile(r"(\d+)([hdw])")
+# restic reads "m" as months; elsewhere it means minutes. Calendar units cannot be a timedelta
+# anyway, so both are refused with the spelling that says exactly what is meant.
+_CALENDAR_UNITS = {
+    "m": 'months or minutes? write days or hours, e.g. "30d"',
+    "y": 'years differ in length: write days, e.g. "365d"',
+}
+_DURATION_TOKEN = re.compile(r"(\d+)([a-z]+)")
+_DURATION_HELP = 'write whole numbers with h (hours), d (days) or w (weeks), e.g. "14d" or "1w3d"'
 
 
 def parse_duration(text: str) -> timedelta:
-    """Durations like "14d", "2w", "36h", "1w3d12h" (h hours, d days, w weeks)."""
-    compact = text.strip().lower().replace(" ", "")
-    if not compact or _DURATION_RE.sub("", compact):
-        raise ValueError(
-            f'{text!r} is not a duration; use a number with h, d or w, e.g. "14d" or "1w3d"'
-        )
+    """A duration such as "14d", "2w", "36h" or "1w 3d 12h" (h hours, d days, w weeks)."""
+    compact = "".join(text.split()).lower()
+    tokens = _DURATION_TOKEN.findall(compact)
+    if not compact or "".join(amount + unit for amount, unit in tokens) != compact:
+        raise ValueError(f"{text!r} is not a duration: {_DURATION_HELP}")
     total = timedelta()
-    for amount, unit in _DURATION_RE.findall(compact):
-        total += int(amount) * _DURATION_UNITS[unit]
-    if total <= timedelta():
+    for amount, unit in tokens:
+        if unit in _CALENDAR_UNITS:
+            raise ValueError(f'{text!r}: "{unit}" is not accepted ({_CALENDAR_UNITS[unit]})')
+        if unit not in _DURATION_UNITS:
+            raise ValueError(f'{text!r}: unknown unit "{unit}"; {_DURATION_HELP}')
+        try:
+            total += int(amount) * _DURATION_UNITS[unit]
+        except (OverflowError, ValueError):
+            raise ValueError(f"{text!r} is too long a duration") from None
+    if not total:
         raise ValueError(f"{text!r} must be longer than zero")
     return total
 
@@ -54,11 +78,19 @@ class RetentionPolicy:
     def __post_init__(self) -> None:
         for field in fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, int) and value < 0:
+            zero = timedelta() if isinstance(value, timedelta) else 0
+            if value is not None and value < zero:
                 raise ValueError(f"{field.name} must not be negative")
 
     def is_empty(self) -> bool:
+        """No rule switched on (None and 0 both mean off): everything is kept."""
         return not any(getattr(self, field.name) for field in fields(self))
+
+
+def _require_aware(what: str, moment: datetime) -> None:
+    # a naive time would be read in the host's zone, making the result depend on the machine
+    if moment.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got {moment.isoformat()}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +100,11 @@ class SnapshotRef:
     verified: bool = True
     locked_until: datetime | None = None
 
+    def __post_init__(self) -> None:
+        _require_aware(f"{self.name}: created", self.created)
+        if self.locked_until is not None:
+            _require_aware(f"{self.name}: locked_until", self.locked_until)
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -76,68 +113,86 @@ class Decision:
     reasons: tuple[str, ...]
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
-
-
 def _iso_week(moment: datetime) -> str:
-    year, week, _ = _utc(moment).isocalendar()
+    year, week, _ = moment.isocalendar()
     return f"{year}-W{week:02d}"
 
 
+# Each maps a UTC time to the label of its period; labels double as the reason text.
 _PERIODS: dict[str, Callable[[datetime], str]] = {
-    "hourly": lambda t: _utc(t).strftime("%Y-%m-%d %H:00"),
-    "daily": lambda t: _utc(t).strftime("%Y-%m-%d"),
+    "hourly": lambda t: t.strftime("%Y-%m-%d %H:00"),
+    "daily": lambda t: t.strftime("%Y-%m-%d"),
     "weekly": _iso_week,
-    "monthly": lambda t: _utc(t).strftime("%Y-%m"),
-    "yearly": lambda t: _utc(t).strftime("%Y"),
+    "monthly": lambda t: t.strftime("%Y-%m"),
+    "yearly": lambda t: t.strftime("%Y"),
 }
 
 
 def decide(
     snapshots: Iterable[SnapshotRef], policy: RetentionPolicy, *, now: datetime | None = None
 ) -> list[Decision]:
-    """Keep or delete for each snapshot, newest first, with the rules that kept it."""
-    ordered = sorted(snapshots, key=lambda s: (_utc(s.created), s.name), reverse=True)
+    """Keep or delete for each snapshot, newest first (ties by name), with the rules that kept it.
+
+    `now` only matters for Object Lock: without it every lock is taken as still binding.
+    Snapshot names must be unique.
+    """
+    if now is not None:
+        _require_aware("now", now)
+    ordered = sorted(snapshots, key=lambda s: (s.created.astimezone(UTC), s.name), reverse=True)
+    duplicates = sorted(
+        name for name, count in Counter(s.name for s in ordered).items() if count > 1
+    )
+    if duplicates:
+        raise ValueError(f"snapshot names must be unique: {', '.join(duplicates)}")
     reasons: dict[str, list[str]] = {s.name: [] for s in ordered}
+    verified = [s for s in ordered if s.verified]
+    newest_verified = verified[0] if verified else None
+
     if policy.is_empty():
         for snapshot in ordered:
             reasons[snapshot.name].append("no retention rule set")
-    verified = [s for s in ordered if s.verified]
-    if verified:
-        reasons[verified[0].name].append("newest verified")
+    if newest_verified is not None:
+        reasons[newest_verified.name].append("newest verified")
     if policy.keep_last:
         for position, snapshot in enumerate(verified[: policy.keep_last], start=1):
             reasons[snapshot.name].append(f"last {position}")
-    for period, bucket_of in _PERIODS.items():
-        limit = getattr(policy, f"keep_{period}")
+    for period, label_of in _PERIODS.items():
+        limit: int | None = getattr(policy, f"keep_{period}")
         if not limit:
             continue
         seen: set[str] = set()
         for snapshot in verified:
-            bucket = bucket_of(snapshot.created)
-            if bucket in seen:
+            label = label_of(snapshot.created.astimezone(UTC))
+            if label in seen:
                 continue
-            seen.add(bucket)
-            reasons[snapshot.name].append(f"{period} {bucket}")
+            seen.add(label)
+            reasons[snapshot.name].append(f"{period} {label}")
             if len(seen) == limit:
                 break
-    if policy.keep_within and ordered:
-        cutoff = _utc(ordered[0].created) - policy.keep_within
+    if policy.keep_within and newest_verified is not None:
+        cutoff = newest_verified.created - policy.keep_within
         for snapshot in ordered:
-            if _utc(snapshot.created) >= cutoff:
-                reasons[snapshot.name].append(f"within {_format(policy.keep_within)}")
+            if snapshot.created >= cutoff:
+                reasons[snapshot.name].append(f"within {_format_duration(policy.keep_within)}")
+    for snapshot in ordered:
+        if snapshot.verified:
+            break
+        reasons[snapshot.name].append("unverified, no verified snapshot is newer")
     for snapshot in ordered:
         locked = snapshot.locked_until
         if locked is not None and (now is None or locked > now):
-            reasons[snapshot.name].append(f"object-locked until {_utc(locked):%Y-%m-%dT%H:%MZ}")
+            reasons[snapshot.name].append(
+                f"object-locked until {locked.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+            )
     return [
         Decision(s, bool(reasons[s.name]), tuple(reasons[s.name]) or ("no rule kept it",))
         for s in ordered
     ]
 
 
-def _format(duration: timedelta) -> str:
-    hours = int(duration.total_seconds() // 3600)
-    days, hours = divmod(hours, 24)
+def _format_duration(duration: timedelta) -> str:
+    """Whole hours in the form parse_duration reads ("14d", "1d12h"); anything finer as-is."""
+    if duration % timedelta(hours=1):
+        return str(duration)
+    days, hours = divmod(duration // timedelta(hours=1), 24)
     return (f"{days}d" if days else "") + (f"{hours}h" if hours else "") or "0h"
