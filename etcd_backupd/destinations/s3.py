@@ -64,7 +64,7 @@ class S3Bucket:
         if self._client is None:
             config = self.config
             boto_config = BotoConfig(
-                retries={"mode": "standard", "max_attempts": config.max_attempts},
+                retries={"mode": "standard", "total_max_attempts": config.max_attempts},
                 s3={"addressing_style": config.addressing_style},
                 max_pool_connections=config.max_concurrency + 2,
                 # newer botocore adds CRC checksums to every request by default, which many
