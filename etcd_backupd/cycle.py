@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from .config import Config
 from .destinations import Destination, SpooledSnapshot, Upload, build
 from .errors import BackupError, Cancelled, DestinationError, EtcdError, SnapshotInvalid
 from .etcd import EtcdSource, MemberStatus
-from .fsutil import PART_SUFFIX, fsync_dir, remove_stale_parts
+from .fsutil import PART_SUFFIX, fsync_dir, fsync_file, remove_stale_parts
 from .manifest import Manifest, MemberInfo, snapshot_name
 from .prune import PruneResult, lock_period, policy_for, prune, sweep_orphans
 from .snapshot.status import SnapshotStatus, verify_snapshot
@@ -130,7 +131,6 @@ def _spool_snapshot(
     member: MemberStatus,
     part: Path,
     shipment: _Shipment,
-    durable: bool,
     cancel: threading.Event,
 ) -> str:
     """Stream one member's snapshot into `part` and the uploads; return its SHA-256 (hex).
@@ -155,7 +155,7 @@ def _spool_snapshot(
                 f"snapshot from {member.describe()} does not match the SHA-256 etcd sent with it: "
                 "the data was damaged in transit"
             )
-        writer.seal(stream.digest, durable=durable)
+        writer.seal(stream.digest)
     except BaseException:
         stream.cancel()
         writer.close()
@@ -216,12 +216,12 @@ def run_cycle(
         name = snapshot_name(cluster_name, started)
         part = spool / (name + PART_SUFFIX)
         sha256, member, shipment = _stream_from_first_working(
-            source, members, part, targets, name, durable, cancel or threading.Event()
+            source, members, part, targets, name, cancel or threading.Event()
         )
         stages.stop("snapshot", mark)
 
         mark = stages.start("verify")
-        status = verify_snapshot(part, expected_sha256=sha256)
+        status = _verify_and_sync(part, sha256, durable)
         stages.stop("verify", mark)
         log.info(
             "verified %s: revision %d, %d keys, hash %d, %d bytes",
@@ -312,7 +312,6 @@ def _stream_from_first_working(
     part: Path,
     targets: Sequence[Destination],
     name: str,
-    durable: bool,
     cancel: threading.Event,
 ) -> tuple[str, MemberStatus, _Shipment]:
     problems: list[str] = []
@@ -324,7 +323,7 @@ def _stream_from_first_working(
                 "no destination can take the snapshot: " + "; ".join(shipment.failures.values())
             )
         try:
-            sha256 = _spool_snapshot(source, member, part, shipment, durable, cancel)
+            sha256 = _spool_snapshot(source, member, part, shipment, cancel)
         except (EtcdError, SnapshotInvalid) as exc:
             shipment.abort()
             part.unlink(missing_ok=True)
@@ -335,11 +334,31 @@ def _stream_from_first_working(
             shipment.abort()
             part.unlink(missing_ok=True)
             raise
-        if durable:
-            fsync_dir(part.parent)
         log.info("snapshot from %s: %d bytes", member.describe(), part.stat().st_size)
         return sha256, member, shipment
     raise EtcdError("no member delivered a complete snapshot: " + "; ".join(problems))
+
+
+def _verify_and_sync(part: Path, sha256: str, durable: bool) -> SnapshotStatus:
+    """Verify the spooled snapshot while, if it is to be kept, the disk catches up with it:
+    verification reads the page cache, so neither waits for the other."""
+    if not durable:
+        return verify_snapshot(part, expected_sha256=sha256)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync") as pool:
+        synced = pool.submit(_make_durable, part)
+        try:
+            status = verify_snapshot(part, expected_sha256=sha256)
+        finally:
+            synced.result()
+    return status
+
+
+def _make_durable(part: Path) -> None:
+    try:
+        fsync_file(part)
+        fsync_dir(part.parent)
+    except OSError as exc:
+        raise DestinationError(f"cannot write {part} to disk: {exc.strerror}") from exc
 
 
 def _manifest(

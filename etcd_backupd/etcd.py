@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 DEFAULT_CLIENT_PORT = 2379
 # etcd sends 32 KiB chunks; the default 4 MiB cap is ample, but members configured with a larger
 # --max-request-bytes may send more, and a refused message would fail the whole stream.
-_GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+# The snapshot is a unary-stream call: read on the consuming thread, its ~35,000 messages per GiB
+# skip gRPC's hand-off between threads, which cost about a third of the receiving CPU time.
+_GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+]
 _SHA256_SIZE = 32
 
 

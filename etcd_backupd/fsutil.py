@@ -23,6 +23,15 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a file written through another descriptor: fsync acts on the file, not the fd."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to <path>.part, fsync, rename over path, fsync the directory."""
     part = path.with_name(path.name + PART_SUFFIX)

@@ -13,13 +13,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import crc32c
-from etcd3.etcdrpc import kv_pb2
-from google.protobuf.message import DecodeError
 
 from ..errors import SnapshotInvalid
 from .bbolt import BUCKET_FLAG, MAGIC, BadMeta, BoltReader, Bucket, Leaf, parse_meta
@@ -40,7 +37,6 @@ _REVISION_MARKS = {b"", bytes([TOMBSTONE])}
 _MAGIC_AT = 16
 # protobuf tag of mvccpb.KeyValue.key: field 1, length-delimited
 _KEY_TAG = 0x0A
-_record_key = attrgetter("key")
 
 
 @dataclass(frozen=True)
@@ -172,6 +168,12 @@ def user_key(record: bytes | memoryview) -> bytes:
 
     etcd always writes the key first, as field 1; anything else is not an etcd record.
     """
+    if len(record) >= 2 and record[0] == _KEY_TAG and record[1] < 0x80:
+        # nearly every key is shorter than 128 bytes: its length is a single varint byte
+        end = 2 + record[1]
+        if end <= len(record):
+            return bytes(record[2:end])
+        raise SnapshotInvalid("bucket 'key' holds a record cut short")
     if len(record) < 2 or record[0] != _KEY_TAG:
         raise SnapshotInvalid("bucket 'key' holds a record that is not an etcd KeyValue")
     length = 0
@@ -228,7 +230,6 @@ def _figures(reader: BoltReader) -> DatabaseFigures:
 def _key_bucket(reader: BoltReader, bucket: Bucket, checksum: int) -> tuple[int, int, int, int]:
     """The checksum carried on, the entries, the revision and the live keys of bucket `key`,
     which holds nearly every entry: its loop does per page what it can, not per entry."""
-    decode = kv_pb2.KeyValue.FromString
     # user key -> whether its newest revision is a tombstone (the bucket is in revision order)
     deleted: dict[bytes, bool] = {}
     entries = 0
@@ -243,13 +244,12 @@ def _key_bucket(reader: BoltReader, bucket: Bucket, checksum: int) -> tuple[int,
         if min(map(len, keys)) < REVISION_KEY_SIZE or not _REVISION_MARKS.issuperset(marks):
             raise SnapshotInvalid("bucket 'key' holds a key that is not an etcd revision")
         try:
-            records = list(map(decode, leaf.values))
-        except DecodeError as exc:
+            user_keys = list(map(user_key, leaf.values))
+        except SnapshotInvalid as exc:
             raise SnapshotInvalid(
-                "bucket 'key' holds a record that is not an etcd KeyValue near revision "
-                f"{int.from_bytes(keys[0][:8], 'big')}"
+                f"{exc} near revision {int.from_bytes(keys[0][:8], 'big')}"
             ) from exc
-        deleted.update(zip(map(_record_key, records), map(bool, marks), strict=True))
+        deleted.update(zip(user_keys, map(bool, marks), strict=True))
         last = keys[-1]
     revision = int.from_bytes(last[:8], "big")
     return checksum, entries, revision, list(deleted.values()).count(False)

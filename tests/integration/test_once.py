@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
-from etcd_backupd.config import ENV_ETCD_PASSWORD
+from etcd_backupd.config import ENV_ETCD_PASSWORD, load_config
+from etcd_backupd.cycle import run_cycle
 from etcd_backupd.manifest import parse_snapshot_name
+from etcd_backupd.spool import SpoolWriter
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys
 from tests.harness.tls import make_other_ca
 
@@ -297,3 +299,37 @@ def test_help_explains_each_command(command: str) -> None:
     result = cli(command, "--help")
     assert result.returncode == 0
     assert "usage: etcd-backupd" in result.stdout
+
+
+def test_a_member_that_stops_sending_is_cut_off_and_nothing_is_left(
+    etcd35: EtcdCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = etcd35.client()
+    value = os.urandom(1_000_000)
+    for i in range(40):
+        client.put(f"/registry/secrets/bulk/{i}", value)
+    client.close()
+    config = load_config(write_config(tmp_path, etcd35, stall_timeout=1))
+    member = etcd35.members[0]
+    assert member.pid is not None
+    stream_chunk = SpoolWriter.write
+
+    def freeze_etcd_at_the_first_chunk(writer: SpoolWriter, chunk: bytes) -> None:
+        if not frozen:
+            os.kill(member.pid, signal.SIGSTOP)
+            frozen.append(True)
+        stream_chunk(writer, chunk)
+
+    frozen: list[bool] = []
+    monkeypatch.setattr(SpoolWriter, "write", freeze_etcd_at_the_first_chunk)
+    began = time.monotonic()
+    try:
+        result = run_cycle(config)
+    finally:
+        os.kill(member.pid, signal.SIGCONT)
+    assert frozen
+    assert time.monotonic() - began < 30
+    assert not result.ok
+    assert result.exit_code == 3
+    assert result.error is not None and "stalled: no data for 1 s" in result.error
+    assert stored_files(tmp_path) == []
