@@ -13,19 +13,19 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .compression import plain_snapshot
-from .config import Config, DestinationConfig, load_config
-from .coordination import fire_minute, plan
-from .cycle import CycleResult, run_cycle
-from .destinations import build
 from .errors import BackupError, SnapshotInvalid
 from .logs import setup_logging
-from .prune import lock_period, policy_for, prune
-from .snapshot.keyspace import KeyValue, diff, live_keys
-from .snapshot.status import SnapshotStatus, verify_snapshot
+
+# Each command imports what it uses: `verify` and `inspect` then start without gRPC and pydantic,
+# and every command starts faster.
+if TYPE_CHECKING:
+    from .config import Config, DestinationConfig
+    from .cycle import CycleResult
+    from .snapshot.keyspace import KeyValue
+    from .snapshot.status import SnapshotStatus
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,7 @@ def _export_metrics(
     """The daemon's metrics for a one-shot job; a failure here never hides the backup's own."""
     from prometheus_client import CollectorRegistry
 
+    from .destinations import build
     from .metrics import BackupMetrics, push, write_textfile
 
     metrics = BackupMetrics(CollectorRegistry())
@@ -267,6 +268,11 @@ def _export_metrics(
 
 
 def cmd_once(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .coordination import fire_minute, plan
+    from .cycle import run_cycle
+    from .destinations import build
+
     config = load_config(args.config)
     targets = [build(d) for d in config.destination]
     decided = plan(config, targets, fire_minute(datetime.now(UTC)), threading.Event())
@@ -306,6 +312,9 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 def verify_file(path: Path) -> SnapshotStatus:
     """Verify a snapshot file as stored, compressed or not."""
+    from .compression import plain_snapshot
+    from .snapshot.status import verify_snapshot
+
     with plain_snapshot(path) as plain:
         return verify_snapshot(plain)
 
@@ -322,6 +331,10 @@ def _kv_json(kv: KeyValue) -> dict[str, Any]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from .compression import plain_snapshot
+    from .snapshot.keyspace import live_keys
+    from .snapshot.status import verify_snapshot
+
     with plain_snapshot(args.file) as plain:
         verify_snapshot(plain)
         keys = live_keys(
@@ -339,6 +352,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from .compression import plain_snapshot
+    from .snapshot.keyspace import diff
+    from .snapshot.status import verify_snapshot
+
     with plain_snapshot(args.old) as old, plain_snapshot(args.new) as new:
         verify_snapshot(old)
         verify_snapshot(new)
@@ -366,6 +383,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .destinations import build
     from .restore import Member, find_tools, restore
 
     config = load_config(args.config) if args.config else None
@@ -464,6 +483,8 @@ def _runbook(args: argparse.Namespace) -> Any:
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .destinations import build
     from .restore import drill, find_tools
 
     config = load_config(args.config)
@@ -482,6 +503,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
     from .daemon import Daemon
 
     return Daemon(args.config, load_config(args.config)).run()
@@ -522,6 +544,10 @@ def _chosen(config: Config, name: str | None) -> list[DestinationConfig]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .destinations import build
+    from .prune import lock_period, policy_for, prune
+
     config = load_config(args.config)
     now = datetime.now(UTC)
     results = [
@@ -563,6 +589,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .destinations import build
+
     config = load_config(args.config)
     chosen = _chosen(config, args.destination)
     listing = {d.name: build(d).manifests() for d in chosen}
@@ -593,6 +622,8 @@ def _describe_config(config: Config) -> list[str]:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import load_config
+
     config = load_config(args.config)
     config.etcd.password()
     print(f"{args.config}: valid")

@@ -10,11 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from .config import Compression
 from .errors import SnapshotInvalid
 
 if TYPE_CHECKING:
     import zstandard
+
+    from .config import Compression
 
 SUFFIXES: dict[str, str] = {"none": "", "zstd": ".zst", "gzip": ".gz"}
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import crc32c
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -68,7 +69,7 @@ class S3Bucket:
                 s3={"addressing_style": config.addressing_style},
                 max_pool_connections=config.max_concurrency + 2,
                 # newer botocore adds CRC checksums to every request by default, which many
-                # S3-compatible stores reject; the parts carry explicit SHA-256 checksums instead
+                # S3-compatible stores reject; the parts carry explicit CRC-32C checksums instead
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             )
@@ -224,7 +225,9 @@ class _S3Upload:
         self._stored_name = stored_name
         self._key = destination.key(stored_name)
         self._compressor = compressor(self._config.compression)
-        self._buffer = bytearray()
+        # compressed bytes not yet sent, joined into a part once there are part_size of them
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self._parts: list[Future[dict[str, Any]]] = []
         # bounds memory to about part_size x (max_concurrency + 1)
         self._slots = threading.BoundedSemaphore(self._config.max_concurrency)
@@ -236,7 +239,7 @@ class _S3Upload:
         arguments: dict[str, Any] = {
             "Bucket": destination.bucket,
             "Key": self._key,
-            "ChecksumAlgorithm": "SHA256",
+            "ChecksumAlgorithm": "CRC32C",
             "ContentType": "application/octet-stream",
             "Metadata": {"tool": "etcd-backupd", "compression": self._config.compression},
         }
@@ -252,10 +255,20 @@ class _S3Upload:
         self._upload_id = response["UploadId"]
 
     def write(self, chunk: bytes) -> None:
-        self._buffer += self._compressor.compress(chunk)
-        if len(self._buffer) >= self._config.part_size:
-            self._send(bytes(self._buffer[: self._config.part_size]))
-            del self._buffer[: self._config.part_size]
+        data = self._compressor.compress(chunk)
+        if not data:
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= self._config.part_size:
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        # a part may exceed part_size by less than one chunk; S3 asks only that it not be smaller
+        data = b"".join(self._pending)
+        self._pending = []
+        self._pending_size = 0
+        self._send(data)
 
     def _send(self, data: bytes) -> None:
         number = len(self._parts) + 1
@@ -275,17 +288,19 @@ class _S3Upload:
 
     def _upload_part(self, number: int, data: bytes) -> dict[str, Any]:
         try:
-            checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+            # CRC-32C guards each part in transit at a twentieth of SHA-256's cost; the
+            # snapshot's own SHA-256 is checked once, as it streams in
+            checksum = base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode()
             response = self._destination.client.upload_part(
                 Bucket=self._destination.bucket,
                 Key=self._key,
                 UploadId=self._upload_id,
                 PartNumber=number,
                 Body=data,
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=checksum,
+                ChecksumAlgorithm="CRC32C",
+                ChecksumCRC32C=checksum,
             )
-            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumCRC32C": checksum}
         finally:
             self._slots.release()
 
@@ -299,10 +314,12 @@ class _S3Upload:
     def commit(self, spooled: SpooledSnapshot, manifest: Manifest) -> Manifest:
         destination = self._destination
         try:
-            self._buffer += self._compressor.flush()
-            if self._buffer or not self._parts:
-                self._send(bytes(self._buffer))
-                self._buffer.clear()
+            tail = self._compressor.flush()
+            if tail:
+                self._pending.append(tail)
+                self._pending_size += len(tail)
+            if self._pending or not self._parts:
+                self._send_pending()
             parts = [future.result() for future in self._parts]
         except (ClientError, BotoCoreError) as exc:
             self.abort()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import pytest
 
 from etcd_backupd import cycle
@@ -106,7 +108,7 @@ def test_once_ships_to_local_and_s3(etcd35: EtcdCluster, s3: MotoServer, tmp_pat
     assert len(snapshots) == 1
     manifest_key = "prod/manifests/" + snapshots[0].removeprefix("prod/") + ".manifest.json"
     assert stored == sorted([snapshots[0], manifest_key, "prod/notes.txt"])
-    head = client.head_object(Bucket=BUCKET, Key=snapshots[0])
+    head = client.head_object(Bucket=BUCKET, Key=snapshots[0], ChecksumMode="ENABLED")
     assert head["ServerSideEncryption"] == "AES256"
     assert head["StorageClass"] == "STANDARD_IA"
     manifest = json.loads(client.get_object(Bucket=BUCKET, Key=manifest_key)["Body"].read())
@@ -120,6 +122,15 @@ def test_once_ships_to_local_and_s3(etcd35: EtcdCluster, s3: MotoServer, tmp_pat
     body = client.get_object(Bucket=BUCKET, Key=snapshots[0])["Body"].read()
     assert body == local_copy.read_bytes()
     assert manifest["stored_size"] == len(body)
+    # each part carried its CRC-32C; the store's composite checksum is the CRC-32C of theirs
+    # (etcd streams 32 KiB chunks, so every part but the last is exactly part_size)
+    part_size = data["destination"][1]["part_size"]
+    part_crcs = b"".join(
+        crc32c.crc32c(body[at : at + part_size]).to_bytes(4, "big")
+        for at in range(0, len(body), part_size)
+    )
+    composite = base64.b64encode(crc32c.crc32c(part_crcs).to_bytes(4, "big")).decode()
+    assert head["ChecksumCRC32C"] == composite
     assert uploads_in_progress(client) == []
 
     listed = subprocess.run(
