@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -332,21 +333,34 @@ def _kv_json(kv: KeyValue) -> dict[str, Any]:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .compression import plain_snapshot
-    from .snapshot.keyspace import live_keys
-    from .snapshot.status import verify_snapshot
+    from .snapshot.keyspace import live_key_names, live_keys
+    from .snapshot.status import check_trailer
 
-    with plain_snapshot(args.file) as plain:
-        verify_snapshot(plain)
-        keys = live_keys(
-            plain, prefix=args.prefix.encode(), revision=args.revision, keys_only=args.keys_only
-        )
-    if args.output == "json":
-        _print_json([_kv_json(kv) for kv in keys])
-        return EXIT_OK
+    prefix = args.prefix.encode()
+    with plain_snapshot(args.file) as plain, ThreadPoolExecutor(max_workers=1) as pool:
+        # the SHA-256 proves the file is what etcd sent; the walk checks every page it reads
+        trailer = pool.submit(check_trailer, plain)
+        try:
+            if args.keys_only:
+                names = live_key_names(plain, prefix=prefix, revision=args.revision)
+            else:
+                keys = live_keys(plain, prefix=prefix, revision=args.revision)
+        except SnapshotInvalid:
+            trailer.result()  # a damaged trailer is the surer diagnosis
+            raise
+        trailer.result()
     out = sys.stdout.buffer
-    for kv in keys:
-        # the layout of 'etcdctl get --prefix' (and of --keys-only: a key, then an empty line)
-        out.write(kv.key + b"\n" + (b"\n" if args.keys_only else kv.value + b"\n"))
+    if args.keys_only:
+        if args.output == "json":
+            _print_json([{"key": name.decode(errors="backslashreplace")} for name in names])
+        else:
+            # the layout of 'etcdctl get --prefix --keys-only': a key, then an empty line
+            out.write(b"".join(name + b"\n\n" for name in names))
+    elif args.output == "json":
+        _print_json([_kv_json(kv) for kv in keys])
+    else:
+        # the layout of 'etcdctl get --prefix': a key, then its value, each on a line
+        out.write(b"".join(kv.key + b"\n" + kv.value + b"\n" for kv in keys))
     out.flush()
     return EXIT_OK
 

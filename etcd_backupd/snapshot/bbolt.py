@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from operator import add, lt
@@ -490,26 +490,51 @@ def _branch(page: bytes, count: int, pgid: int) -> tuple[list[bytes], list[int]]
 
 def _leaf(page: bytes, count: int, where: str) -> Leaf:
     table_end = _HEADER + count * LEAF_ELEMENT.size
-    if table_end > len(page):
+    size = len(page)
+    if table_end > size:
         raise SnapshotInvalid(f"{where} holds {count} elements that do not fit")
     view = memoryview(page)
     if count == 0:
         return Leaf([], [], (), view[table_end:table_end])
-    # flags, pos, ksize, vsize of every element, one after the other
-    words = struct.unpack_from(f"<{4 * count}I", page, _HEADER)
+    # flags, pos, ksize, vsize of every element, one after the other; a plain loop over them
+    # measured faster than building each column with map(), from 2 elements a page to 100
+    words = _element_table(count)(page, _HEADER)
+    keys: list[bytes] = []
+    values: list[memoryview] = []
+    contiguous = True
+    element_at = _HEADER
+    end = start = element_at + words[1]
+    previous = b""
+    for index in range(count):
+        pos, key_size, value_size = words[4 * index + 1 : 4 * index + 4]
+        key_start = element_at + pos
+        key_end = key_start + key_size
+        value_end = key_end + value_size
+        if value_end > size:
+            raise SnapshotInvalid(f"{where}: element {index} runs past the page")
+        key = page[key_start:key_end]
+        if index and key <= previous:
+            raise SnapshotInvalid(f"{where} has keys out of order")
+        if key_start != end:
+            contiguous = False
+        keys.append(key)
+        values.append(view[key_end:value_end])
+        previous = key
+        end = value_end
+        element_at += LEAF_ELEMENT.size
     flags = words[0::4]
-    key_starts = _starts(count, LEAF_ELEMENT.size, words[1::4])
-    key_ends = list(map(add, key_starts, words[2::4]))
-    value_ends = list(map(add, key_ends, words[3::4]))
-    if max(value_ends) > len(page):
-        raise SnapshotInvalid(
-            f"{where}: element {_first_past(value_ends, len(page))} runs past the page"
-        )
-    keys = list(map(page.__getitem__, map(slice, key_starts, key_ends)))
-    if not _strictly_ascending(keys):
-        raise SnapshotInvalid(f"{where} has keys out of order")
-    values = list(map(view.__getitem__, map(slice, key_ends, value_ends)))
     packed = None
-    if key_starts[1:] == value_ends[:-1] and not any(map(BUCKET_FLAG.__and__, flags)):
-        packed = view[key_starts[0] : value_ends[-1]]
+    if contiguous and not any(map(BUCKET_FLAG.__and__, flags)):
+        packed = view[start:end]
     return Leaf(keys, values, flags, packed)
+
+
+def _element_table(count: int) -> Callable[[bytes, int], tuple[int, ...]]:
+    """An unpacker of `count` 16-byte elements as u32 words, made once per count."""
+    unpack = _ELEMENT_TABLES.get(count)
+    if unpack is None:
+        unpack = _ELEMENT_TABLES[count] = struct.Struct(f"<{4 * count}I").unpack_from
+    return unpack
+
+
+_ELEMENT_TABLES: dict[int, Callable[[bytes, int], tuple[int, ...]]] = {}

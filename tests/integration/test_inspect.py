@@ -56,6 +56,19 @@ def test_inspect_matches_etcdctl_get(etcd_any: EtcdCluster, tmp_path: Path) -> N
         at_past.stdout.decode() == etcd_any.etcdctl("get", "", "--prefix", f"--rev={past}").stdout
     )
 
+    keys_then = cli(
+        "inspect", str(snapshot), "--keys-only", "--prefix", "/registry/p", "--revision", str(past)
+    )
+    assert keys_then.returncode == 0, keys_then.stderr
+    assert (
+        keys_then.stdout.decode()
+        == etcd_any.etcdctl("get", "/registry/p", "--prefix", "--keys-only", f"--rev={past}").stdout
+    )
+    names = json.loads(cli("inspect", str(snapshot), "--keys-only", "-o", "json").stdout)
+    assert [n["key"] for n in names] == etcd_any.etcdctl(
+        "get", "", "--prefix", "--keys-only"
+    ).stdout.split()
+
     listed = json.loads(cli("inspect", str(snapshot), "-o", "json").stdout)
     leased = next(kv for kv in listed if kv["key"].endswith("kube-controller-manager"))
     assert leased["lease"] == lease
@@ -100,11 +113,15 @@ def test_diff_between_two_backups(etcd35: EtcdCluster, tmp_path: Path) -> None:
 
 
 def test_inspect_refuses_a_damaged_snapshot(etcd35: EtcdCluster, tmp_path: Path) -> None:
+    load_kubernetes_like_keys(etcd35, count=50)
     snapshot = tmp_path / "s.db"
     etcd35.etcdctl("snapshot", "save", str(snapshot))
     data = bytearray(snapshot.read_bytes())
     data[len(data) // 2] ^= 0x40
     snapshot.write_bytes(bytes(data))
-    result = cli("inspect", str(snapshot))
-    assert result.returncode == 4
-    assert b"Traceback" not in result.stderr
+    for flags in ([], ["--keys-only"]):
+        result = cli("inspect", str(snapshot), *flags)
+        assert result.returncode == 4
+        assert b"does not match the snapshot's trailer" in result.stderr
+        assert b"Traceback" not in result.stderr
+        assert result.stdout == b""
