@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # a drill's throwaway member must answer within this long after it starts
 DRILL_START_TIMEOUT = 120.0
+DRILL_POLL_INTERVAL = 0.05
 
 
 @dataclass(frozen=True)
@@ -211,16 +213,20 @@ def _drill_one(
         peer = f"http://127.0.0.1:{_free_port()}"
         client = f"http://127.0.0.1:{_free_port()}"
         member = Member("drill", peer, work / "data")
-        with plain_snapshot(fetched) as plain:
+        with plain_snapshot(fetched) as plain, ThreadPoolExecutor(max_workers=1) as pool:
             # the trailer must be the digest the manifest recorded; etcd's restore then checks
-            # the data against the trailer, so the file need not be hashed twice
-            status = verify_snapshot(plain, expected_sha256=manifest.sha256)
+            # the data against the trailer, so the file need not be hashed twice. The drill's
+            # data dir is scratch, so the walk runs alongside the restore instead of before it.
+            walked = pool.submit(verify_snapshot, plain, expected_sha256=manifest.sha256)
+            try:
+                run_restore(plain, member, f"drill={peer}", "etcd-backupd-drill", tools)
+            finally:
+                status = walked.result()
             if (status.revision, status.hash) != (manifest.revision, manifest.hash):
                 raise BackupError(
                     f"the snapshot says revision {status.revision}, hash {status.hash}; its "
                     f"manifest says revision {manifest.revision}, hash {manifest.hash}"
                 )
-            run_restore(plain, member, f"drill={peer}", "etcd-backupd-drill", tools)
         fetched.unlink()
         with (work / "etcd.log").open("wb") as log_file:
             process = subprocess.Popen(
@@ -239,12 +245,9 @@ def _drill_one(
         try:
             _check_drill_member(tools, client, manifest, expect_prefixes, process)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            # a throwaway member whose data is deleted next needs no graceful shutdown
+            process.kill()
+            process.wait()
 
 
 def _check_drill_member(
@@ -264,7 +267,7 @@ def _check_drill_member(
         except BackupError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)
+            time.sleep(DRILL_POLL_INTERVAL)
     revision = status[0]["Status"]["header"]["revision"]
     if revision != manifest.revision:
         raise BackupError(f"restored revision {revision}, manifest says {manifest.revision}")
