@@ -346,10 +346,9 @@ def _verify_and_sync(part: Path, sha256: str, durable: bool) -> SnapshotStatus:
         return verify_snapshot(part, expected_sha256=sha256)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync") as pool:
         synced = pool.submit(_make_durable, part)
-        try:
-            status = verify_snapshot(part, expected_sha256=sha256)
-        finally:
-            synced.result()
+        # a damaged snapshot is reported as such, once the flush has ended, whatever its outcome
+        status = verify_snapshot(part, expected_sha256=sha256)
+        synced.result()
     return status
 
 
