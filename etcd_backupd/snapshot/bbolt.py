@@ -118,15 +118,34 @@ class Bucket(NamedTuple):
 class Leaf(NamedTuple):
     """The entries of one leaf page, in key order.
 
-    `packed` is every key and value back to back in entry order, exactly the bytes etcd's hash
-    reads from this page, when the page is laid out that way (bbolt always writes it so) and
-    holds no nested bucket; None otherwise, and the entries must then be fed one by one.
+    Each value is `page[value_starts[i]:value_ends[i]]`: readers of a few bytes of each value
+    index the page instead of paying for a view of every value. `plain` says the page holds
+    no nested bucket and its keys and values lie back to back in entry order (bbolt always
+    writes them so): `packed` is then exactly the bytes etcd's hash reads from this page.
     """
 
+    page: bytes
     keys: list[bytes]
-    values: list[memoryview]
+    value_starts: list[int]
+    value_ends: list[int]
     flags: tuple[int, ...]
-    packed: memoryview | None
+    plain: bool
+
+    @property
+    def values(self) -> list[memoryview]:
+        view = memoryview(self.page)
+        return list(map(view.__getitem__, map(slice, self.value_starts, self.value_ends)))
+
+    @property
+    def packed(self) -> memoryview | None:
+        """Every key and value of a plain page back to back; None when the page is not plain
+        and its entries must be read one by one."""
+        if not self.plain:
+            return None
+        if not self.keys:
+            return memoryview(b"")
+        start = self.value_starts[0] - len(self.keys[0])
+        return memoryview(self.page)[start : self.value_ends[-1]]
 
 
 class BoltReader:
@@ -388,8 +407,8 @@ class BoltReader:
             _, flags, count, _ = PAGE_HEADER.unpack_from(image)
             if flags != LEAF_PAGE:
                 raise SnapshotInvalid(f"inline {where} has flags {flags:#x}, not a leaf page")
-            leaf = _leaf(image, count, f"inline {where}")
-            if leaf.packed is None:
+            leaf = _leaf(image, count, where, None)
+            if not leaf.plain:
                 self._check_nested(leaf)
             yield leaf
             return
@@ -407,7 +426,7 @@ class BoltReader:
                     raise _out_of_range(pgid, where)
                 stack.extend(reversed(list(zip(children, keys, [*keys[1:], high], strict=True))))
                 continue
-            leaf = _leaf(page, count, f"page {pgid} of {where}")
+            leaf = _leaf(page, count, where, pgid)
             keys = leaf.keys
             if keys:
                 if keys[0] < low or (high is not None and keys[-1] >= high):
@@ -415,7 +434,7 @@ class BoltReader:
                 if previous and keys[0] <= previous:
                     raise SnapshotInvalid(f"keys out of order at page {pgid} of {where}")
                 previous = keys[-1]
-            if nested and leaf.packed is None:
+            if nested and not leaf.plain:
                 self._check_nested(leaf)
             yield leaf
 
@@ -488,22 +507,22 @@ def _branch(page: bytes, count: int, pgid: int) -> tuple[list[bytes], list[int]]
     return keys, children
 
 
-def _leaf(page: bytes, count: int, where: str) -> Leaf:
+def _leaf(page: bytes, count: int, where: str, pgid: int | None) -> Leaf:
     table_end = _HEADER + count * LEAF_ELEMENT.size
     size = len(page)
     if table_end > size:
-        raise SnapshotInvalid(f"{where} holds {count} elements that do not fit")
-    view = memoryview(page)
+        raise SnapshotInvalid(f"{_place(where, pgid)} holds {count} elements that do not fit")
     if count == 0:
-        return Leaf([], [], (), view[table_end:table_end])
+        return Leaf(page, [], [], [], (), True)
     # flags, pos, ksize, vsize of every element, one after the other; a plain loop over them
     # measured faster than building each column with map(), from 2 elements a page to 100
     words = _element_table(count)(page, _HEADER)
     keys: list[bytes] = []
-    values: list[memoryview] = []
+    value_starts: list[int] = []
+    value_ends: list[int] = []
     contiguous = True
     element_at = _HEADER
-    end = start = element_at + words[1]
+    end = element_at + words[1]
     previous = b""
     for index in range(count):
         pos, key_size, value_size = words[4 * index + 1 : 4 * index + 4]
@@ -511,22 +530,26 @@ def _leaf(page: bytes, count: int, where: str) -> Leaf:
         key_end = key_start + key_size
         value_end = key_end + value_size
         if value_end > size:
-            raise SnapshotInvalid(f"{where}: element {index} runs past the page")
+            raise SnapshotInvalid(f"{_place(where, pgid)}: element {index} runs past the page")
         key = page[key_start:key_end]
         if index and key <= previous:
-            raise SnapshotInvalid(f"{where} has keys out of order")
+            raise SnapshotInvalid(f"{_place(where, pgid)} has keys out of order")
         if key_start != end:
             contiguous = False
         keys.append(key)
-        values.append(view[key_end:value_end])
+        value_starts.append(key_end)
+        value_ends.append(value_end)
         previous = key
         end = value_end
         element_at += LEAF_ELEMENT.size
     flags = words[0::4]
-    packed = None
-    if contiguous and not any(map(BUCKET_FLAG.__and__, flags)):
-        packed = view[start:end]
-    return Leaf(keys, values, flags, packed)
+    # any flag, not only the bucket flag, sends the entries one by one to their readers
+    return Leaf(page, keys, value_starts, value_ends, flags, contiguous and not any(flags))
+
+
+def _place(where: str, pgid: int | None) -> str:
+    """Where a leaf sits, for a message: built only when there is something to report."""
+    return f"inline {where}" if pgid is None else f"page {pgid} of {where}"
 
 
 def _element_table(count: int) -> Callable[[bytes, int], tuple[int, ...]]:

@@ -47,15 +47,15 @@ def live_key_names(path: Path, *, prefix: bytes = b"", revision: int | None = No
     with BoltReader(path) as reader:
         bucket = _key_bucket(reader)
         for leaf in reader.leaves(bucket) if bucket is not None else ():
-            revisions, records = leaf.keys, leaf.values
+            revisions = leaf.keys
             if not revisions:
                 continue
             if revision is not None and _main(revisions[-1]) > revision:
                 kept = sum(1 for r in revisions if _main(r) <= revision)
                 if kept:
-                    replay(revisions[:kept], records[:kept], live)
+                    replay(leaf, kept, live)
                 break
-            replay(revisions, records, live)
+            replay(leaf, len(revisions), live)
     return sorted(filter(methodcaller("startswith", prefix), live) if prefix else live)
 
 

@@ -172,34 +172,29 @@ def walk_database(path: Path) -> DatabaseFigures:
         raise SnapshotInvalid(f"damaged database: {type(exc).__name__}: {exc}") from exc
 
 
-def user_key(record: bytes | memoryview) -> bytes:
-    """The user key of an mvccpb.KeyValue, read from the wire without decoding the rest.
+def user_key(page: bytes, start: int, end: int) -> bytes:
+    """The user key of the mvccpb.KeyValue at `page[start:end]`, read from the wire without
+    decoding the rest.
 
     etcd always writes the key first, as field 1; anything else is not an etcd record.
     """
-    if len(record) >= 2 and record[0] == _KEY_TAG and record[1] < 0x80:
-        # nearly every key is shorter than 128 bytes: its length is a single varint byte
-        end = 2 + record[1]
-        if end <= len(record):
-            return bytes(record[2:end])
-        raise SnapshotInvalid("bucket 'key' holds a record cut short")
-    if len(record) < 2 or record[0] != _KEY_TAG:
+    if end - start < 2 or page[start] != _KEY_TAG:
         raise SnapshotInvalid("bucket 'key' holds a record that is not an etcd KeyValue")
     length = 0
     shift = 0
-    index = 1
+    index = start + 1
     while True:
-        if index >= len(record) or shift > 63:
+        if index >= end or shift > 63:
             raise SnapshotInvalid("bucket 'key' holds a record with a damaged key length")
-        byte = record[index]
+        byte = page[index]
         index += 1
         length |= (byte & 0x7F) << shift
         if byte < 0x80:
             break
         shift += 7
-    if index + length > len(record):
+    if index + length > end:
         raise SnapshotInvalid("bucket 'key' holds a record cut short")
-    return bytes(record[index : index + length])
+    return page[index : index + length]
 
 
 def _figures(reader: BoltReader) -> DatabaseFigures:
@@ -248,34 +243,42 @@ def _key_bucket(reader: BoltReader, bucket: Bucket, checksum: int) -> tuple[int,
             continue
         checksum = _feed(leaf, checksum)
         entries += len(keys)
-        replay(keys, leaf.values, live)
+        replay(leaf, len(keys), live)
         last = keys[-1]
     revision = int.from_bytes(last[:8], "big")
     return checksum, entries, revision, len(live)
 
 
-def replay(revisions: list[bytes], records: list[memoryview], live: dict[bytes, None]) -> None:
-    """Apply one leaf page of bucket `key` (revision keys, KeyValue records, in revision order)
-    to `live`, the user keys whose newest revision is not a tombstone."""
-    longest = max(map(len, revisions))
-    if min(map(len, revisions)) < REVISION_KEY_SIZE or longest > REVISION_KEY_SIZE + 1:
-        raise SnapshotInvalid("bucket 'key' holds a key that is not an etcd revision")
+def replay(leaf: Leaf, count: int, live: dict[bytes, None]) -> None:
+    """Apply the first `count` entries of a leaf page of bucket `key` (revision keys, KeyValue
+    records, in revision order) to `live`, the user keys whose newest revision is not a
+    tombstone.
+
+    One plain loop over the page: with the two or three records a page of Kubernetes objects
+    holds, any per-page setup (map, dict.fromkeys) costs more than it saves.
+    """
+    page = leaf.page
+    # the first `count` entries: the revision keys bound the zip
+    entries = zip(leaf.keys[:count], leaf.value_starts, leaf.value_ends, strict=False)
     try:
-        names = list(map(user_key, records))
+        for revision, start, end in entries:
+            put = len(revision) == REVISION_KEY_SIZE
+            if not put and (len(revision) != REVISION_KEY_SIZE + 1 or revision[-1] != TOMBSTONE):
+                raise SnapshotInvalid("bucket 'key' holds a key that is not an etcd revision")
+            # nearly every key is shorter than 128 bytes: its length is one varint byte
+            length = page[start + 1] if end - start >= 2 and page[start] == _KEY_TAG else 0x80
+            if length < 0x80 and start + 2 + length <= end:
+                name = page[start + 2 : start + 2 + length]
+            else:
+                name = user_key(page, start, end)
+            if put:
+                live[name] = None
+            else:
+                live.pop(name, None)
     except SnapshotInvalid as exc:
         raise SnapshotInvalid(
-            f"{exc} near revision {int.from_bytes(revisions[0][:8], 'big')}"
+            f"{exc} near revision {int.from_bytes(leaf.keys[0][:8], 'big')}"
         ) from exc
-    if longest == REVISION_KEY_SIZE:
-        live.update(dict.fromkeys(names))
-        return
-    for revision, name in zip(revisions, names, strict=True):
-        if len(revision) == REVISION_KEY_SIZE:
-            live[name] = None
-        elif revision[REVISION_KEY_SIZE] == TOMBSTONE:
-            live.pop(name, None)
-        else:
-            raise SnapshotInvalid("bucket 'key' holds a key that is not an etcd revision")
 
 
 def _feed(leaf: Leaf, checksum: int) -> int:

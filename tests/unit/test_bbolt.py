@@ -230,10 +230,15 @@ def test_parse_meta_says_why_a_meta_is_bad(offset: int, value: bytes, reason: st
 
 def test_user_key_reads_field_one_with_a_long_length() -> None:
     key = b"/registry/" + b"k" * 300
-    assert user_key(record(key, b"v" * 1000, 5)) == key
+    encoded = record(key, b"v" * 1000, 5)
+    assert user_key(b"pad" + encoded + b"pad", 3, 3 + len(encoded)) == key
+    short = record(b"/short", b"v", 5)
+    assert user_key(b"pad" + short, 3, 3 + len(short)) == b"/short"
     for damaged in [b"", b"\x12\x01a", b"\x0a\xff", b"\x0a\x05ab"]:
+        # the bytes after the record belong to the next one: the key must end within its own
+        page = b"pad" + damaged + b"cdefghij\x01"
         with pytest.raises(SnapshotInvalid):
-            user_key(damaged)
+            user_key(page, 3, 3 + len(damaged))
 
 
 # --- etcd's figures ------------------------------------------------------------------------
