@@ -355,7 +355,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             _print_json([{"key": name.decode(errors="backslashreplace")} for name in names])
         else:
             # the layout of 'etcdctl get --prefix --keys-only': a key, then an empty line
-            out.write(b"".join(name + b"\n\n" for name in names))
+            out.write(b"\n\n".join(names))
+            out.write(b"\n\n" if names else b"")
     elif args.output == "json":
         _print_json([_kv_json(kv) for kv in keys])
     else:
