@@ -437,6 +437,8 @@ class BoltReader:
             if nested and not leaf.plain:
                 self._check_nested(leaf)
             yield leaf
+            # a leaf with overflow pages can hold megabytes: let it go before reading the next
+            del leaf, page
 
     def _check_nested(self, leaf: Leaf) -> None:
         for key, value, flags in zip(leaf.keys, leaf.values, leaf.flags, strict=True):

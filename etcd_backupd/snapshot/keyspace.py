@@ -41,8 +41,8 @@ def _key_bucket(reader: BoltReader) -> Bucket | None:
 
 
 def live_key_names(path: Path, *, prefix: bytes = b"", revision: int | None = None) -> list[bytes]:
-    """The keys under `prefix` at `revision` (default: the newest), sorted: what `live_keys`
-    gives with `keys_only`, a page of records at a time instead of one record at a time."""
+    """The keys under `prefix` at `revision` (default: the newest), sorted: the names of what
+    `live_keys` gives, found a page of records at a time instead of one record at a time."""
     live: dict[bytes, None] = {}
     with BoltReader(path) as reader:
         bucket = _key_bucket(reader)
@@ -56,6 +56,7 @@ def live_key_names(path: Path, *, prefix: bytes = b"", revision: int | None = No
                     replay(leaf, kept, live)
                 break
             replay(leaf, len(revisions), live)
+            del leaf  # a page of large values is megabytes: not held while the next is read
     return sorted(filter(methodcaller("startswith", prefix), live) if prefix else live)
 
 

@@ -245,6 +245,8 @@ def _key_bucket(reader: BoltReader, bucket: Bucket, checksum: int) -> tuple[int,
         entries += len(keys)
         replay(leaf, len(keys), live)
         last = keys[-1]
+        # not held while the walk reads the next page: a page of large values is megabytes
+        del leaf
     revision = int.from_bytes(last[:8], "big")
     return checksum, entries, revision, len(live)
 
