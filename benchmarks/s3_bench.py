@@ -17,6 +17,7 @@ awscli is installed into its own venv under benchmarks/.awscli (it pins its own 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -107,14 +108,19 @@ def upload_race(args: argparse.Namespace, work: Path) -> None:
             save_cp.append(save + copy)
             moto.reset()
             make_bucket(moto.client(), BUCKET)
+            report = work / "once.json"
             seconds, rss = timed(
-                [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config)],
-                env=env,
-            )
+                [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config),
+                 "--output", "json"],
+                env=env, stdout=report,
+            )  # fmt: skip
             once.append(seconds)
+            stages = json.loads(report.read_text())["stage_seconds"]
             print(
                 f"round {round_no}: save {save:.2f} s + aws s3 cp {copy:.2f} s = "
-                f"{save + copy:.2f} s; once {seconds:.2f} s ({rss / 1024:.0f} MiB peak RSS)",
+                f"{save + copy:.2f} s; once {seconds:.2f} s ({rss / 1024:.0f} MiB peak RSS; "
+                f"stream and parts {stages['snapshot']:.2f} s, verify {stages['verify']:.2f} s, "
+                f"complete and manifest {stages['ship']:.2f} s)",
                 flush=True,
             )
     finally:
