@@ -149,9 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument(
         "--member",
         action="append",
-        required=True,
+        default=[],
         metavar="NAME=PEER_URL",
-        help="a member, e.g. etcd1=https://192.168.7.101:2380 (repeat for each)",
+        help="a member, e.g. etcd1=https://192.168.7.101:2380 (repeat for each); replaces the "
+        "config's [restore] members",
+    )
+    plan_parser.add_argument(
+        "--config", "-c", type=Path, help="take the members from this config's [restore] table"
     )
     plan_parser.add_argument(
         "--client-url",
@@ -481,6 +485,17 @@ def _runbook(args: argparse.Namespace) -> Any:
 
     peers = pairs(args.member, "--member")
     clients = pairs(args.client_url, "--client-url")
+    if not peers and args.config:
+        from .config import load_config
+
+        restore = load_config(args.config).restore
+        peers = dict(restore.members)
+        clients = {**restore.client_urls, **clients}
+    if not peers:
+        raise BackupError(
+            "no members: give --member NAME=PEER_URL for each member, or --config with a "
+            "[restore] members table"
+        )
     members = []
     for name, peer in peers.items():
         host = peer.split("://", 1)[1].rsplit(":", 1)[0]

@@ -375,6 +375,39 @@ class DrillConfig(_Strict):
         return validate_cron(cron)
 
 
+class RestoreConfig(_Strict):
+    members: dict[str, str] = Field(
+        default_factory=dict,
+        description="the cluster's members for restore-plan: name = peer URL (the member's "
+        "--initial-advertise-peer-urls)",
+    )
+    client_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description="a member's client URL for the runbook's checks; default: its peer host, "
+        "port 2379",
+    )
+
+    @field_validator("members", "client_urls")
+    @classmethod
+    def _names_and_urls(cls, urls: dict[str, str]) -> dict[str, str]:
+        for name, url in urls.items():
+            if not _NAME_RE.match(name):
+                raise ValueError(
+                    f"member name {name!r} may hold only letters, digits, '.', '_' and '-'"
+                )
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{name}: {url!r} is not an http(s)://host:port URL")
+        return urls
+
+    @model_validator(mode="after")
+    def _client_urls_of_members(self) -> RestoreConfig:
+        unknown = sorted(self.client_urls.keys() - self.members.keys())
+        if unknown:
+            raise ValueError(f"client_urls names members not in members: {', '.join(unknown)}")
+        return self
+
+
 class Config(_Strict):
     state_dir: Path = Field(
         Path("/var/lib/etcd-backupd"),
@@ -389,6 +422,7 @@ class Config(_Strict):
     retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig())
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
     drill: DrillConfig = Field(default_factory=lambda: DrillConfig())
+    restore: RestoreConfig = Field(default_factory=lambda: RestoreConfig())
     coordination: Literal["leader", "none"] | None = Field(
         None,
         description='"leader": of several hosts backing up one cluster, the one whose member '

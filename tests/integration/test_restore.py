@@ -260,3 +260,29 @@ def test_restore_plan_rejects_bad_members(flag: str) -> None:
     result = cli(*args, flag, "etcd2")
     assert result.returncode != 0
     assert "is not NAME=URL" in result.stderr
+
+
+def test_restore_plan_takes_the_members_from_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[[destination]]\nname = 'local'\ntype = 'local'\n"
+        f"path = {str(tmp_path / 'backups')!r}\n"
+        "[restore]\n"
+        "members = { etcd1 = 'https://10.0.0.1:2380', etcd2 = 'https://10.0.0.2:2380' }\n"
+        "client_urls = { etcd2 = 'https://10.0.0.2:12379' }\n"
+    )
+    plan = cli("restore-plan", "--config", str(config), "--snapshot", "/s.db")
+    assert plan.returncode == 0, plan.stderr
+    for name, peer in [("etcd1", "https://10.0.0.1:2380"), ("etcd2", "https://10.0.0.2:2380")]:
+        assert f"--name {name}" in plan.stdout or f"--name={name}" in plan.stdout
+        assert peer in plan.stdout
+    assert "https://10.0.0.1:2379" in plan.stdout and "https://10.0.0.2:12379" in plan.stdout
+
+    given = cli("restore-plan", "--config", str(config), "--snapshot", "/s.db",
+                "--member", "etcd7=https://10.0.0.7:2380")  # fmt: skip
+    assert given.returncode == 0, given.stderr
+    assert "10.0.0.7:2380" in given.stdout and "10.0.0.1" not in given.stdout
+
+    nobody = cli("restore-plan", "--snapshot", "/s.db")
+    assert nobody.returncode != 0
+    assert "no members: give --member NAME=PEER_URL" in nobody.stderr

@@ -17,6 +17,7 @@ from etcd_backupd.config import (
     EtcdConfig,
     LocalDestination,
     MetricsConfig,
+    RestoreConfig,
     RetentionConfig,
     S3Destination,
     ScheduleConfig,
@@ -57,6 +58,7 @@ def test_example_config_is_valid_and_documents_every_option() -> None:
         S3Destination,
         MetricsConfig,
         DrillConfig,
+        RestoreConfig,
     ]
     for model in models:
         for field in model.model_fields:
@@ -69,6 +71,7 @@ def test_example_config_is_valid_and_documents_every_option() -> None:
                 "name",
                 "metrics",
                 "drill",
+                "restore",
             ):
                 continue
             assert re.search(rf"^#? ?{field} =", text, re.M), f"{model.__name__}.{field}"
@@ -218,3 +221,25 @@ def test_coordination_defaults_to_leader_with_a_local_member() -> None:
     assert "At 'etcd.local_endpoint'" in error_of(
         {**MINIMAL, "etcd": {"local_endpoint": "ftp://x"}}
     )
+
+
+def test_restore_members_for_the_runbook() -> None:
+    members = {"etcd1": "https://10.0.0.1:2380", "etcd2": "https://10.0.0.2:2380"}
+    config = parse_config({**MINIMAL, "restore": {"members": members}})
+    assert config.restore.members == members
+    assert parse_config(MINIMAL).restore.members == {}
+
+
+@pytest.mark.parametrize(
+    ("restore", "expected"),
+    [
+        ({"members": {"etcd1": "10.0.0.1:2380"}}, "At 'restore.members': etcd1: '10.0.0.1:2380'"),
+        ({"members": {"a b": "https://10.0.0.1:2380"}}, "member name 'a b' may hold only"),
+        (
+            {"members": {"etcd1": "https://10.0.0.1:2380"}, "client_urls": {"etcd9": "http://x"}},
+            "client_urls names members not in members: etcd9",
+        ),
+    ],
+)
+def test_restore_member_errors(restore: dict[str, object], expected: str) -> None:
+    assert expected in error_of({**MINIMAL, "restore": restore})
