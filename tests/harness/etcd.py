@@ -262,6 +262,18 @@ def enable_auth(cluster: EtcdCluster, password: str) -> None:
     cluster.password = password
 
 
+def load_large_values(cluster: EtcdCluster, count: int) -> None:
+    """`count` secrets of 1 MB each: a database large enough that a snapshot takes a while to
+    stream, for tests that act in the middle of one."""
+    client = cluster.client()
+    value = os.urandom(1_000_000)
+    try:
+        for i in range(count):
+            client.put(f"/registry/secrets/bulk/{i}", value)
+    finally:
+        client.close()
+
+
 def load_kubernetes_like_keys(cluster: EtcdCluster, count: int = 200) -> dict[str, bytes]:
     """Keys shaped like a Kubernetes cluster's, with overwrites and deletes; the live keys."""
     client = cluster.client()

@@ -20,7 +20,12 @@ from prometheus_client import CollectorRegistry
 
 from etcd_backupd.config import parse_config
 from etcd_backupd.daemon import Daemon, Schedule
-from tests.harness.etcd import EtcdCluster, free_port, load_kubernetes_like_keys
+from tests.harness.etcd import (
+    EtcdCluster,
+    free_port,
+    load_kubernetes_like_keys,
+    load_large_values,
+)
 
 
 def write_config(tmp_path: Path, cluster: EtcdCluster, port: int, **schedule: object) -> Path:
@@ -181,11 +186,7 @@ def test_retries_until_etcd_comes_back(
 def test_sigterm_mid_cycle_aborts_cleanly(
     etcd35: EtcdCluster, tmp_path: Path, daemon: Callable[..., Running]
 ) -> None:
-    client = etcd35.client()
-    value = os.urandom(1_000_000)
-    for i in range(200):
-        client.put(f"/registry/secrets/bulk/{i}", value)
-    client.close()
+    load_large_values(etcd35, 200)
     port = free_port()
     running = daemon(write_config(tmp_path, etcd35, port, shutdown_timeout=0.0))
     running.wait_for("streaming snapshot from")

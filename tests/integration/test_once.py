@@ -18,7 +18,7 @@ from etcd_backupd.config import ENV_ETCD_PASSWORD, load_config
 from etcd_backupd.cycle import run_cycle
 from etcd_backupd.manifest import parse_snapshot_name
 from etcd_backupd.spool import SpoolWriter
-from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys
+from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys, load_large_values
 from tests.harness.tls import make_other_ca
 
 
@@ -250,11 +250,7 @@ def test_three_members_one_down_still_backed_up(etcd_cluster3: EtcdCluster, tmp_
 def test_kill_mid_stream_leaves_no_backup_and_next_run_cleans_up(
     etcd35: EtcdCluster, tmp_path: Path
 ) -> None:
-    client = etcd35.client()
-    value = os.urandom(1_000_000)
-    for i in range(150):
-        client.put(f"/registry/secrets/bulk/{i}", value)
-    client.close()
+    load_large_values(etcd35, 150)
     config = write_config(tmp_path, etcd35)
     backups = tmp_path / "backups"
     process = subprocess.Popen(
@@ -304,11 +300,7 @@ def test_help_explains_each_command(command: str) -> None:
 def test_a_member_that_stops_sending_is_cut_off_and_nothing_is_left(
     etcd35: EtcdCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = etcd35.client()
-    value = os.urandom(1_000_000)
-    for i in range(40):
-        client.put(f"/registry/secrets/bulk/{i}", value)
-    client.close()
+    load_large_values(etcd35, 40)
     config = load_config(write_config(tmp_path, etcd35, stall_timeout=1))
     member = etcd35.members[0]
     assert member.pid is not None
