@@ -447,6 +447,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 tools,
                 force=args.force,
                 now=now,
+                expected_sha256=wanted.sha256,
             )
     print(
         f"restored revision {status.revision} ({status.live_keys} keys) into {args.data_dir} "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .compression import plain_snapshot
 from .destinations import Destination
-from .errors import BackupError
+from .errors import BackupError, SnapshotInvalid
 from .manifest import Manifest
 from .snapshot.status import SnapshotStatus, verify_snapshot
 
@@ -127,11 +127,18 @@ def restore(
     *,
     force: bool,
     now: datetime,
+    expected_sha256: str | None = None,
 ) -> SnapshotStatus:
-    """Verify, then restore; nothing on disk is touched unless the snapshot is sound."""
+    """Verify, then restore; nothing on disk is touched unless the snapshot is sound and, when
+    its manifest's digest is given, is the snapshot the manifest describes."""
     check_data_dir(member.data_dir, force)
     with plain_snapshot(source) as plain:
         status = verify_snapshot(plain)
+        if expected_sha256 is not None and status.sha256 != expected_sha256:
+            raise SnapshotInvalid(
+                f"{source.name} has SHA-256 {status.sha256}, but its manifest says "
+                f"{expected_sha256}: it is not the snapshot the manifest describes"
+            )
         move_aside(member.data_dir, now)
         run_restore(plain, member, initial_cluster, token, tools)
     return status

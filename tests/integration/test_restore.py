@@ -141,6 +141,18 @@ def test_refusals_touch_nothing(etcd35: EtcdCluster, tmp_path: Path) -> None:
     assert not (tmp_path / "fresh").exists()
     assert "Traceback" not in refused.stderr
 
+    # a sound snapshot that is not the one its manifest describes is refused too
+    manifest_path = next((tmp_path / "backups").glob("*.manifest.json"))
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "sha256": "ab" * 32}))
+    refused = cli("restore", "--config", str(config), "--destination", "local",
+                  "--snapshot", "latest", "--data-dir", str(busy), "--force",
+                  "--etcd-bin-dir", bins)  # fmt: skip
+    assert refused.returncode == 4
+    assert "but its manifest says" in refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("busy")) == ["busy"]
+    manifest_path.write_text(json.dumps(manifest))
+
     forced = cli(
         "restore", str(snapshot), "--data-dir", str(busy), "--force", "--etcd-bin-dir", bins
     )
