@@ -32,6 +32,19 @@ _CRON_FIELD_RANGES = (
 _MONTH_NAMES = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 _DAY_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME_RULE = "may hold only letters, digits, '.', '_' and '-'"
+
+
+def _url_problem(url: str) -> str | None:
+    """What is wrong with an http(s)://host:port URL, or None when nothing is."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an http(s)://host:port URL"
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        return "has an invalid port"
+    return None
 
 
 class _Strict(BaseModel):
@@ -116,20 +129,16 @@ class EtcdConfig(_Strict):
     @classmethod
     def _endpoints_are_urls(cls, endpoints: list[str]) -> list[str]:
         for endpoint in endpoints:
-            parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{endpoint!r} is not an http(s)://host:port URL")
-            try:
-                parts.port  # noqa: B018 - parsing the port is the check
-            except ValueError as exc:
-                raise ValueError(f"{endpoint!r} has an invalid port") from exc
+            problem = _url_problem(endpoint if "://" in endpoint else f"http://{endpoint}")
+            if problem:
+                raise ValueError(f"{endpoint!r} {problem}")
         return endpoints
 
     @field_validator("cluster_name")
     @classmethod
     def _cluster_name_is_safe(cls, name: str | None) -> str | None:
         if name is not None and not _NAME_RE.match(name):
-            raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+            raise ValueError(_NAME_RULE)
         return name
 
     @model_validator(mode="after")
@@ -256,7 +265,7 @@ class _DestinationBase(_Strict):
     @classmethod
     def _name_is_safe(cls, name: str) -> str:
         if not _NAME_RE.match(name):
-            raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+            raise ValueError(_NAME_RULE)
         return name
 
 
@@ -392,12 +401,10 @@ class RestoreConfig(_Strict):
     def _names_and_urls(cls, urls: dict[str, str]) -> dict[str, str]:
         for name, url in urls.items():
             if not _NAME_RE.match(name):
-                raise ValueError(
-                    f"member name {name!r} may hold only letters, digits, '.', '_' and '-'"
-                )
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{name}: {url!r} is not an http(s)://host:port URL")
+                raise ValueError(f"member name {name!r} {_NAME_RULE}")
+            problem = _url_problem(url)
+            if problem:
+                raise ValueError(f"{name}: {url!r} {problem}")
         return urls
 
     @model_validator(mode="after")
