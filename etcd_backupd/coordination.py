@@ -8,13 +8,15 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from .config import Config
 from .destinations import Destination
 from .errors import BackupError
-from .etcd import EtcdSource
+from .etcd import EtcdSource, identify_cluster
+from .manifest import Cluster
+from .retention import is_future
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,14 @@ def local_role(config: Config) -> tuple[Role, str]:
     return "standby", f"the local member {member.describe()} follows"
 
 
-def _covered(destination: Destination, fire: datetime) -> bool:
-    return any(item.created >= fire for item in destination.snapshots())
+def _covered(destination: Destination, fire: datetime, cluster: Cluster) -> bool:
+    """Whether the destination holds a backup of this cluster taken at or after `fire`: another
+    cluster's, or one dated in the future, says nothing about this fire time."""
+    now = datetime.now(UTC)
+    return any(
+        cluster.owns(m) and m.created >= fire and not is_future(m.created, now)
+        for m in destination.manifests()
+    )
 
 
 def plan(
@@ -85,10 +93,15 @@ def plan(
         )
         if stopping.wait(_POLL_SECONDS):
             return Plan("standby", "stopping", ())
+    try:
+        cluster = identify_cluster(config.etcd)
+    except BackupError as exc:
+        log.warning("standby: %s", exc)
+        return Plan("active", "cannot tell this cluster's backups", tuple(targets))
     missing = []
     for target in targets:
         try:
-            if not _covered(target, fire):
+            if not _covered(target, fire, cluster):
                 missing.append(target)
         except BackupError as exc:
             log.warning("standby: cannot list destination %s: %s", target.name, exc)

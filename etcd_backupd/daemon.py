@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from zoneinfo import ZoneInfo
@@ -28,9 +28,11 @@ from .coordination import fire_minute, plan
 from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .errors import BackupError
-from .etcd import EtcdSource
+from .etcd import identify_cluster
+from .manifest import Cluster, Manifest
 from .metrics import BackupMetrics, MetricsServer
 from .restore import drill, find_tools
+from .retention import is_future
 from .sdnotify import Notifier
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,8 @@ class Daemon:
         self._schedule = Schedule.of(config)
         self._server: MetricsServer | None = None
         self._cycle_done = threading.Condition()
+        # whose backups count in a destination other clusters may share; None until known
+        self.cluster: Cluster | None = None
 
     def healthy(self) -> bool:
         return bool(self._scheduler.running) and not self.stopping.is_set()
@@ -153,11 +157,20 @@ class Daemon:
         )
         self.metrics.skipped()
 
-    def _load_held(self) -> None:
+    def _ours(self, settings: DestinationConfig) -> list[Manifest]:
+        """This cluster's backups in a destination; raises BackupError."""
+        if self.cluster is None:
+            self._identify_cluster()
+        cluster = self.cluster
+        if cluster is None:
+            raise BackupError("cannot tell this cluster's backups until etcd answers")
+        return [m for m in build(settings).manifests() if cluster.owns(m)]
+
+    def _load_held(self, chosen: list[DestinationConfig] | None = None) -> None:
         held = {}
-        for settings in self.config.destination:
+        for settings in self.config.destination if chosen is None else chosen:
             try:
-                held[settings.name] = build(settings).manifests()
+                held[settings.name] = self._ours(settings)
             except BackupError as exc:
                 log.warning("cannot list destination %s: %s", settings.name, exc)
         self.metrics.load(held)
@@ -165,22 +178,22 @@ class Daemon:
     def _identify_cluster(self) -> None:
         """Label the metrics with the cluster ID even before this host has any backup."""
         try:
-            member = EtcdSource(self.config.etcd).healthy_members()[0]
+            self.cluster = identify_cluster(self.config.etcd)
         except BackupError as exc:
             log.warning("cannot reach etcd at start: %s", exc)
             return
-        self.metrics.set_cluster(f"{member.cluster_id:016x}")
+        if self.cluster.id is not None:
+            self.metrics.set_cluster(self.cluster.id)
 
     def newest_backup(self) -> datetime | None:
+        now = datetime.now(UTC)
         times: list[datetime] = []
         for settings in self.config.destination:
             try:
-                snapshots = build(settings).snapshots()
+                times.extend(m.created for m in self._ours(settings))
             except BackupError as exc:
                 log.warning("cannot list destination %s: %s", settings.name, exc)
-                continue
-            times.extend(item.created for item in snapshots)
-        return max(times, default=None)
+        return max((t for t in times if not is_future(t, now)), default=None)
 
     def _schedule_jobs(self) -> None:
         self._schedule = Schedule.of(self.config)
@@ -221,8 +234,20 @@ class Daemon:
                 for settings in self.config.destination:
                     self.metrics.observe_drill(settings.name, False, 0.0)
                 return
+            if self.cluster is None:
+                self._identify_cluster()
             for settings in self.config.destination:
-                result = drill(build(settings), tools, self.config.drill.expect_prefixes)
+                if self.cluster is None:
+                    log.error("drill of %s: cannot tell this cluster's backups", settings.name)
+                    self.metrics.observe_drill(settings.name, False, 0.0)
+                    continue
+                result = drill(
+                    build(settings),
+                    tools,
+                    self.config.drill.expect_prefixes,
+                    cluster=self.cluster,
+                    now=datetime.now(UTC),
+                )
                 self.metrics.observe_drill(settings.name, result.ok, result.seconds)
 
     def _update_next_run(self) -> None:
@@ -285,8 +310,10 @@ class Daemon:
             log.info("backup starting for %s", ", ".join(d.name for d in chosen))
             self.notifier.status("backing up")
             result = run_cycle(config, destinations=[build(d) for d in chosen], cancel=self.cancel)
+            if result.manifest is not None:
+                self.cluster = Cluster(result.manifest.cluster_name, result.manifest.cluster_id)
             self.metrics.observe(result)
-            self._refresh_counts(chosen)
+            self._load_held(chosen)
             summary = (
                 f"last backup {result.manifest.snapshot if result.manifest else ''} ok"
                 if result.ok
@@ -299,18 +326,6 @@ class Daemon:
             self._cycle_lock.release()
             with self._cycle_done:
                 self._cycle_done.notify_all()
-
-    def _refresh_counts(self, chosen: list[DestinationConfig]) -> None:
-        for settings in chosen:
-            try:
-                manifests = build(settings).manifests()
-            except BackupError as exc:
-                log.warning("cannot list destination %s: %s", settings.name, exc)
-                continue
-            self.metrics.destination_snapshots.labels(settings.name).set(len(manifests))
-            self.metrics.destination_bytes.labels(settings.name).set(
-                sum(m.stored_size for m in manifests)
-            )
 
     def _catch_up(self) -> None:
         now = datetime.now(self._schedule.zone)
@@ -352,8 +367,8 @@ class Daemon:
         try:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, self._signal)
-            self._load_held()
             self._identify_cluster()
+            self._load_held()
             self._scheduler.start()
             self._schedule_jobs()
             if self.config.metrics.listen:

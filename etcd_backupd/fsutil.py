@@ -6,6 +6,8 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from .errors import DestinationError
+
 PART_SUFFIX = ".part"
 # A .part file untouched this long belongs to a run that was killed; a live stream writes to its
 # file every few milliseconds and gives up after etcd.stall_timeout.
@@ -65,3 +67,14 @@ def remove_stale_parts(directory: Path, now: datetime) -> list[str]:
         except FileNotFoundError:
             continue
     return removed
+
+
+def inside(directory: Path, name: str) -> Path:
+    """`directory / name` for a name read from a destination, refused unless it stays a plain
+    entry of `directory`: no separators, no `..`, no way out once resolved."""
+    path = directory / name
+    if name in ("", ".", "..") or Path(name).name != name or os.sep in name:
+        raise DestinationError(f"{name!r} is not a plain file name; not writing it in {directory}")
+    if path.resolve().parent != directory.resolve():
+        raise DestinationError(f"{name!r} leads out of {directory}; not writing it")
+    return path

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +20,9 @@ from pathlib import Path
 from .compression import plain_snapshot
 from .destinations import Destination
 from .errors import BackupError, SnapshotInvalid
-from .manifest import Manifest
+from .fsutil import inside
+from .manifest import Cluster, Manifest
+from .retention import is_future
 from .snapshot.status import SnapshotStatus, verify_snapshot
 
 log = logging.getLogger(__name__)
@@ -181,18 +184,38 @@ def _count(tools: EtcdTools, endpoint: str, prefix: str) -> int:
     return count
 
 
+def newest_backup(
+    manifests: Sequence[Manifest], cluster: Cluster, now: datetime
+) -> Manifest | None:
+    """The cluster's newest backup; one dated in the future is never it."""
+    ours = [m for m in manifests if cluster.owns(m) and not is_future(m.created, now)]
+    return max(ours, key=lambda m: (m.created, m.snapshot), default=None)
+
+
 def drill(
     destination: Destination,
     tools: EtcdTools,
     expect_prefixes: list[str],
+    *,
+    cluster: Cluster,
+    now: datetime,
     scratch_root: Path | None = None,
 ) -> DrillResult:
-    """Restore the destination's newest backup into a throwaway member and check it."""
+    """Restore the cluster's newest backup in the destination into a throwaway member and
+    check it."""
     began = time.monotonic()
-    manifests = destination.manifests()
-    if not manifests:
-        return DrillResult(destination.name, "", False, 0.0, "the destination holds no backup")
-    newest: Manifest = manifests[-1]
+    try:
+        newest = newest_backup(destination.manifests(), cluster, now)
+    except BackupError as exc:
+        return DrillResult(destination.name, "", False, 0.0, str(exc))
+    if newest is None:
+        return DrillResult(
+            destination.name,
+            "",
+            False,
+            0.0,
+            f"the destination holds no backup of cluster {cluster.name}",
+        )
     try:
         _drill_one(destination, newest, tools, expect_prefixes, scratch_root)
     except BackupError as exc:
@@ -216,7 +239,7 @@ def _drill_one(
         raise BackupError("a drill needs etcd and etcdctl beside the restore tool")
     with tempfile.TemporaryDirectory(prefix="etcd-backupd-drill-", dir=scratch_root) as scratch:
         work = Path(scratch)
-        fetched = destination.fetch(manifest.snapshot, work / manifest.snapshot)
+        fetched = destination.fetch(manifest.snapshot, inside(work, manifest.snapshot))
         peer = f"http://127.0.0.1:{_free_port()}"
         client = f"http://127.0.0.1:{_free_port()}"
         member = Member("drill", peer, work / "data")

@@ -87,6 +87,11 @@ class Destination(Protocol):
         """Remove snapshots and their manifests (manifest first)."""
         ...
 
+    def deletion_note(self) -> str | None:
+        """What becomes of deleted data, when it is not simply gone (a versioned bucket keeps
+        it readable); raises DestinationError when the store cannot tell."""
+        ...
+
     def in_progress(self, since: datetime) -> bool:
         """Whether a snapshot started at or after `since` is being written (by any host)."""
         ...
