@@ -135,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     restoring.add_argument("--name", default="default", help="this member's name")
     restoring.add_argument("--initial-advertise-peer-urls", default="http://localhost:2380")
     restoring.add_argument("--initial-cluster", help="default: NAME=PEER_URL (one member)")
-    restoring.add_argument("--initial-cluster-token", default="etcd-cluster-restored")
+    restoring.add_argument(
+        "--initial-cluster-token",
+        help="the restored cluster's token (default: etcd-restore- and the snapshot's name, so "
+        "every member restoring one snapshot gets the same token)",
+    )
     restoring.add_argument("--force", action="store_true", help="move a non-empty data dir aside")
     restoring.add_argument("--etcd-bin-dir", type=Path, help="where etcdutl/etcdctl are")
 
@@ -404,7 +408,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from .config import load_config
     from .destinations import build
-    from .restore import Member, find_tools, restore
+    from .restore import Member, find_snapshot, find_tools, restore, restore_token
 
     config = load_config(args.config) if args.config else None
     bin_dir = args.etcd_bin_dir or (config.drill.bin_dir if config else None)
@@ -413,11 +417,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     cluster = args.initial_cluster or f"{args.name}={args.initial_advertise_peer_urls}"
     now = datetime.now(UTC)
     if args.file is not None:
+        token = args.initial_cluster_token or restore_token(args.file.name)
         status = restore(
             args.file,
             member,
             cluster,
-            args.initial_cluster_token,
+            token,
             tools,
             force=args.force,
             now=now,
@@ -427,23 +432,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
             raise BackupError("name a snapshot FILE, or --config and --destination")
         (settings,) = _chosen(config, args.destination)
         destination = build(settings)
-        manifests = destination.manifests()
-        if not manifests:
-            raise BackupError(f"destination {settings.name!r} holds no backup")
-        wanted = (
-            manifests[-1]
-            if args.snapshot == "latest"
-            else next((m for m in manifests if m.snapshot == args.snapshot), None)
-        )
-        if wanted is None:
-            raise BackupError(f"no snapshot {args.snapshot!r} in destination {settings.name!r}")
+        wanted = find_snapshot(destination.manifests(), args.snapshot, settings.name)
+        token = args.initial_cluster_token or restore_token(wanted.snapshot)
         with tempfile.TemporaryDirectory(prefix="etcd-backupd-restore-") as scratch:
             fetched = destination.fetch(wanted.snapshot, Path(scratch) / wanted.snapshot)
             status = restore(
                 fetched,
                 member,
                 cluster,
-                args.initial_cluster_token,
+                token,
                 tools,
                 force=args.force,
                 now=now,
@@ -451,7 +448,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             )
     print(
         f"restored revision {status.revision} ({status.live_keys} keys) into {args.data_dir} "
-        f"with {tools.description}"
+        f"with {tools.description}, cluster token {token}"
     )
     return EXIT_OK
 

@@ -109,6 +109,29 @@ def test_restored_member_serves_exactly_the_original_keys(
         restored.stop()
 
 
+def test_restore_takes_a_compressed_snapshot_by_its_base_name(
+    etcd35: EtcdCluster, tmp_path: Path
+) -> None:
+    config = backup_config(tmp_path, etcd35, compression="zstd")
+    assert cli("once", "--config", str(config)).returncode == 0
+    stored = next((tmp_path / "backups").glob("*.db.zst")).name
+    base = stored.removesuffix(".zst")
+    common = ["--config", str(config), "--destination", "local"]
+
+    typo = cli("restore", *common, "--snapshot", base.replace("Z.db", "X.db"),
+               "--data-dir", str(tmp_path / "typo"))  # fmt: skip
+    assert typo.returncode != 0
+    assert f"did you mean {stored!r}?" in typo.stderr
+    assert not (tmp_path / "typo").exists()
+
+    restored = cli("restore", *common, "--snapshot", base, "--data-dir", str(tmp_path / "data"))
+    assert restored.returncode == 0, restored.stderr
+    # the token comes from the snapshot, so a member restored separately gets the same one
+    stamp = base.removeprefix("etcd-snapshot-").removesuffix(".db")
+    assert restored.stdout.rstrip().endswith(f"cluster token etcd-restore-{stamp}")
+    assert (tmp_path / "data" / "member" / "snap" / "db").is_file()
+
+
 def test_refusals_touch_nothing(etcd35: EtcdCluster, tmp_path: Path) -> None:
     config = backup_config(tmp_path, etcd35)
     assert cli("once", "--config", str(config)).returncode == 0
