@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check-config",
         help="validate a config file",
-        description="Validate a config file and print what it sets; exits 2 when it is invalid.",
+        description="Validate a config file and print what it sets, with the next three fire "
+        "times of every schedule; exits 2 when it is invalid.",
     )
     _config_option(check)
     return parser
@@ -639,16 +640,29 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _describe_config(config: Config) -> list[str]:
+def _schedule_lines(label: str, cron: str | list[str], zone: str, now: datetime) -> list[str]:
+    """What a schedule means: its expressions and its next three fire times in its zone."""
+    from .cron import CronSchedule
+
+    expressions = [cron] if isinstance(cron, str) else cron
+    fires = CronSchedule.parse(expressions, zone).fire_times(now, 3)
+    return [
+        f"{label}: {', '.join(expressions)} ({zone})",
+        f"  next: {', '.join(fire.isoformat() for fire in fires)}",
+    ]
+
+
+def _describe_config(config: Config, now: datetime) -> list[str]:
     lines = [f"etcd endpoints: {', '.join(config.etcd.endpoints)}"]
-    cron = config.schedule.cron
-    lines.append(
-        f"schedule: {cron if isinstance(cron, str) else ', '.join(cron)} "
-        f"({config.schedule.timezone})"
-    )
+    zone = config.schedule.timezone
+    lines += _schedule_lines("schedule", config.schedule.cron, zone, now)
     for d in config.destination:
         where = d.path if d.type == "local" else f"s3://{d.bucket}/{d.prefix}"
         lines.append(f"destination {d.name}: {d.type} {where} (compression {d.compression})")
+        if d.cron:
+            lines += [f"  {line}" for line in _schedule_lines("own schedule", d.cron, zone, now)]
+    drill = "drill" if config.drill.enabled else "drill (disabled)"
+    lines += _schedule_lines(drill, config.drill.cron, zone, now)
     return lines
 
 
@@ -658,7 +672,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     config.etcd.password()
     print(f"{args.config}: valid")
-    for line in _describe_config(config):
+    for line in _describe_config(config, datetime.now(UTC)):
         print(f"  {line}")
     return EXIT_OK
 
