@@ -45,7 +45,7 @@ _U64 = struct.Struct("<Q")
 _HIGH_WORD = 1 << 32
 _READ_AHEAD = 128 * 1024
 _HEADER = PAGE_HEADER.size
-_META_END = _HEADER + META.size
+META_END = _HEADER + META.size
 _CHECKSUMMED = META.size - 8
 # a freelist of 0xFFFF ids or more keeps its real count in the first id slot
 _FREELIST_COUNT_OVERFLOW = 0xFFFF
@@ -88,7 +88,7 @@ class BadMeta(SnapshotInvalid):
 
 def parse_meta(page: bytes | memoryview) -> Meta:
     """The meta of a page image (its first 80 bytes suffice); raises BadMeta."""
-    if len(page) < _META_END:
+    if len(page) < META_END:
         raise BadMeta("cut short")
     magic, version, page_size, flags, root, sequence, freelist, pgid, txid, checksum = (
         META.unpack_from(page, _HEADER)
@@ -221,14 +221,14 @@ class BoltReader:
         return data
 
     def _choose_meta(self) -> Meta:
-        if self.file_size < _META_END:
+        if self.file_size < META_END:
             raise SnapshotInvalid(
                 f"not a bbolt database: {self.file_size} bytes is too small to hold one"
             )
         first: Meta | BadMeta
         second: Meta | BadMeta = BadMeta("not found")
         try:
-            first = parse_meta(self._pread(_META_END, 0))
+            first = parse_meta(self._pread(META_END, 0))
         except BadMeta as exc:
             first = exc
         if isinstance(first, Meta):
@@ -242,7 +242,7 @@ class BoltReader:
                     f"pages of {first.page_size} bytes"
                 )
             try:
-                second = parse_meta(self._pread(_META_END, first.page_size))
+                second = parse_meta(self._pread(META_END, first.page_size))
             except BadMeta as exc:
                 second = exc
         else:
@@ -269,9 +269,9 @@ class BoltReader:
         # a damaged meta 1 says more than the foreign bytes at the offsets that miss it
         reason = "not found"
         offset = 1024
-        while offset <= MAX_PAGE_SIZE and offset + _META_END <= self.file_size:
+        while offset <= MAX_PAGE_SIZE and offset + META_END <= self.file_size:
             try:
-                meta = parse_meta(self._pread(_META_END, offset))
+                meta = parse_meta(self._pread(META_END, offset))
             except BadMeta as exc:
                 if reason in ("not found", "bad bbolt magic"):
                     reason = str(exc)
