@@ -484,6 +484,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 force=args.force,
                 now=now,
                 expected_sha256=wanted.sha256,
+                expected_size=wanted.size,
             )
     print(
         f"restored revision {status.revision} ({status.live_keys} keys) into {args.data_dir} "
