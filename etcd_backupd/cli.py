@@ -7,6 +7,7 @@ import ctypes
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument(
         "--pushgateway",
         metavar="URL",
-        help="push the backup metrics to this Prometheus pushgateway, grouped by cluster",
+        help="push the backup metrics to this Prometheus pushgateway, grouped by cluster and host",
     )
     once.add_argument(
         "--textfile",
@@ -289,6 +290,7 @@ def _export_metrics(
     """The daemon's metrics for a one-shot job; a failure here never hides the backup's own."""
     from prometheus_client import CollectorRegistry
 
+    from .daemon import Schedule
     from .destinations import build
     from .metrics import BackupMetrics, push, write_textfile
 
@@ -301,16 +303,15 @@ def _export_metrics(
             log.warning("metrics: cannot list destination %s: %s", settings.name, exc)
     metrics.load(held)
     metrics.set_role(role)
+    # the timer or CronJob that runs `once` is expected to follow [schedule]
+    metrics.set_schedule(*Schedule.of(config).intervals(datetime.now(UTC)))
     if result is not None:
         metrics.observe(result)
-    cluster_id = result.manifest.cluster_id if result and result.manifest else None
-    if cluster_id is None:
-        cluster_id = next((ms[-1].cluster_id for ms in held.values() if ms), None)
     try:
         if args.textfile:
             write_textfile(metrics, args.textfile)
         if args.pushgateway:
-            push(metrics, args.pushgateway, cluster_id)
+            push(metrics, args.pushgateway, socket.gethostname())
     except BackupError as exc:
         log.error("%s", exc)
 
