@@ -7,6 +7,7 @@ import ctypes
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument(
         "--pushgateway",
         metavar="URL",
-        help="push the backup metrics to this Prometheus pushgateway, grouped by cluster",
+        help="push the backup metrics to this Prometheus pushgateway, grouped by cluster and host",
     )
     once.add_argument(
         "--textfile",
@@ -271,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check-config",
         help="validate a config file",
-        description="Validate a config file and print what it sets; exits 2 when it is invalid.",
+        description="Validate a config file and print what it sets, with the next three fire "
+        "times of every schedule; exits 2 when it is invalid.",
     )
     _config_option(check)
     return parser
@@ -288,6 +290,7 @@ def _export_metrics(
     """The daemon's metrics for a one-shot job; a failure here never hides the backup's own."""
     from prometheus_client import CollectorRegistry
 
+    from .daemon import Schedule
     from .destinations import build
     from .metrics import BackupMetrics, push, write_textfile
 
@@ -300,16 +303,15 @@ def _export_metrics(
             log.warning("metrics: cannot list destination %s: %s", settings.name, exc)
     metrics.load(held)
     metrics.set_role(role)
+    # the timer or CronJob that runs `once` is expected to follow [schedule]
+    metrics.set_schedule(*Schedule.of(config).intervals(datetime.now(UTC)))
     if result is not None:
         metrics.observe(result)
-    cluster_id = result.manifest.cluster_id if result and result.manifest else None
-    if cluster_id is None:
-        cluster_id = next((ms[-1].cluster_id for ms in held.values() if ms), None)
     try:
         if args.textfile:
             write_textfile(metrics, args.textfile)
         if args.pushgateway:
-            push(metrics, args.pushgateway, cluster_id)
+            push(metrics, args.pushgateway, socket.gethostname())
     except BackupError as exc:
         log.error("%s", exc)
 
@@ -483,6 +485,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 force=args.force,
                 now=now,
                 expected_sha256=wanted.sha256,
+                expected_size=wanted.size,
             )
     print(
         f"restored revision {status.revision} ({status.live_keys} keys) into {args.data_dir} "
@@ -714,16 +717,29 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _describe_config(config: Config) -> list[str]:
+def _schedule_lines(label: str, cron: str | list[str], zone: str, now: datetime) -> list[str]:
+    """What a schedule means: its expressions and its next three fire times in its zone."""
+    from .cron import CronSchedule
+
+    expressions = [cron] if isinstance(cron, str) else cron
+    fires = CronSchedule.parse(expressions, zone).fire_times(now, 3)
+    return [
+        f"{label}: {', '.join(expressions)} ({zone})",
+        f"  next: {', '.join(fire.isoformat() for fire in fires)}",
+    ]
+
+
+def _describe_config(config: Config, now: datetime) -> list[str]:
     lines = [f"etcd endpoints: {', '.join(config.etcd.endpoints)}"]
-    cron = config.schedule.cron
-    lines.append(
-        f"schedule: {cron if isinstance(cron, str) else ', '.join(cron)} "
-        f"({config.schedule.timezone})"
-    )
+    zone = config.schedule.timezone
+    lines += _schedule_lines("schedule", config.schedule.cron, zone, now)
     for d in config.destination:
         where = d.path if d.type == "local" else f"s3://{d.bucket}/{d.prefix}"
         lines.append(f"destination {d.name}: {d.type} {where} (compression {d.compression})")
+        if d.cron:
+            lines += [f"  {line}" for line in _schedule_lines("own schedule", d.cron, zone, now)]
+    drill = "drill" if config.drill.enabled else "drill (disabled)"
+    lines += _schedule_lines(drill, config.drill.cron, zone, now)
     return lines
 
 
@@ -733,7 +749,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     config.etcd.password()
     print(f"{args.config}: valid")
-    for line in _describe_config(config):
+    for line in _describe_config(config, datetime.now(UTC)):
         print(f"  {line}")
     return EXIT_OK
 

@@ -169,11 +169,13 @@ def restore(
     force: bool,
     now: datetime,
     expected_sha256: str | None = None,
+    expected_size: int | None = None,
 ) -> SnapshotStatus:
     """Verify, then restore; nothing on disk is touched unless the snapshot is sound and, when
-    its manifest's digest is given, is the snapshot the manifest describes."""
+    its manifest's digest is given, is the snapshot the manifest describes. A compressed file
+    is decompressed to at most `expected_size` bytes, its manifest's size, when given."""
     check_data_dir(member.data_dir, force)
-    with plain_snapshot(source) as plain:
+    with plain_snapshot(source, size=expected_size) as plain:
         status = verify_snapshot(plain)
         if expected_sha256 is not None and status.sha256 != expected_sha256:
             raise SnapshotInvalid(
@@ -261,7 +263,10 @@ def _drill_one(
         peer = f"http://127.0.0.1:{_free_port()}"
         client = f"http://127.0.0.1:{_free_port()}"
         member = Member("drill", peer, work / "data")
-        with plain_snapshot(fetched) as plain, ThreadPoolExecutor(max_workers=1) as pool:
+        with (
+            plain_snapshot(fetched, size=manifest.size) as plain,
+            ThreadPoolExecutor(max_workers=1) as pool,
+        ):
             # the trailer must be the digest the manifest recorded; etcd's restore then checks
             # the data against the trailer, so the file need not be hashed twice. The drill's
             # data dir is scratch, so the walk runs alongside the restore instead of before it.
