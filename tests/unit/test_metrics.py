@@ -157,3 +157,22 @@ def test_metrics_server_with_tls_and_client_certificates(tmp_path: Path) -> None
         assert not_ready.value.code == 503
     finally:
         server.close()
+
+
+def test_a_future_dated_backup_is_counted_apart_and_never_the_newest() -> None:
+    now = [T0.timestamp()]
+    metrics = BackupMetrics(CollectorRegistry(), clock=lambda: now[0])
+    real, planted = manifest(T0 - timedelta(hours=3)), manifest(T0 + timedelta(days=2))
+    drift = manifest(T0 + timedelta(minutes=4))
+    metrics.load({"local": [real, planted], "s3": [real, drift]})
+    values = samples(metrics.registry)
+    assert values[("etcd_backup_future_snapshots", (("destination", "local"),))] == 1
+    assert values[("etcd_backup_future_snapshots", (("destination", "s3"),))] == 0
+    # a few minutes of drift is believed; two days is not, and would pin the age at zero
+    assert values[("etcd_backup_last_success_timestamp_seconds", ())] == drift.created.timestamp()
+    local_last = values[
+        ("etcd_backup_destination_last_success_timestamp_seconds", (("destination", "local"),))
+    ]
+    assert local_last == real.created.timestamp()
+    now[0] += 3600
+    assert samples(metrics.registry)[("etcd_backup_last_success_age_seconds", ())] == 3360
