@@ -279,6 +279,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     from .destinations import build
 
     config = load_config(args.config)
+    _warn_loose_permissions(config, args.config)
     targets = [build(d) for d in config.destination]
     decided = plan(config, targets, fire_minute(datetime.now(UTC)), threading.Event())
     if not decided.destinations:
@@ -538,7 +539,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .daemon import Daemon
 
-    return Daemon(args.config, load_config(args.config)).run()
+    config = load_config(args.config)
+    _warn_loose_permissions(config, args.config)
+    return Daemon(args.config, config).run()
+
+
+def _warn_loose_permissions(config: Config, path: Path) -> None:
+    from .config_files import loose_permissions
+
+    for warning in loose_permissions(config, path):
+        log.warning("%s", warning)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -655,9 +665,12 @@ def _describe_config(config: Config) -> list[str]:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .config_files import check_referenced, loose_permissions
 
     config = load_config(args.config)
-    config.etcd.password()
+    check_referenced(config)
+    for warning in loose_permissions(config, args.config):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: valid")
     for line in _describe_config(config):
         print(f"  {line}")
