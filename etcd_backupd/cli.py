@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import BackupError, SnapshotInvalid
-from .logs import setup_logging
+from .logs import error_line, setup_logging
 
 # Each command imports what it uses: `verify` and `inspect` then start without gRPC and pydantic,
 # and every command starts faster.
@@ -235,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_error(args: argparse.Namespace, text: str) -> None:
+    print(error_line(args.log_format, text, datetime.now(UTC)), file=sys.stderr)
+
+
 def _print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
@@ -312,7 +316,7 @@ def cmd_once(args: argparse.Namespace) -> int:
         for d in result.destinations:
             print(f"  {d.name}: {'ok' if d.ok else 'FAILED: ' + (d.error or '')}")
     else:
-        print(f"backup failed at {result.failed_stage}: {result.error}", file=sys.stderr)
+        _print_error(args, f"backup failed at {result.failed_stage}: {result.error}")
     return result.exit_code
 
 
@@ -558,7 +562,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.output == "json":
             _print_json({"valid": False, "file": str(args.file), "error": str(exc)})
         else:
-            print(f"INVALID {args.file}: {exc}", file=sys.stderr)
+            _print_error(args, f"INVALID {args.file}: {exc}")
         return exc.exit_code
     if args.output == "json":
         _print_json({"file": str(args.file), **status.to_dict()})
@@ -670,7 +674,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     check_referenced(config)
     for warning in loose_permissions(config, args.config):
-        print(f"warning: {warning}", file=sys.stderr)
+        _print_error(args, f"warning: {warning}")
     print(f"{args.config}: valid")
     for line in _describe_config(config):
         print(f"  {line}")
@@ -712,18 +716,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except BackupError as exc:
-        print(f"etcd-backupd: {exc}", file=sys.stderr)
+        _print_error(args, f"etcd-backupd: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("etcd-backupd: interrupted", file=sys.stderr)
+        _print_error(args, "etcd-backupd: interrupted")
         return 130
     except Exception as exc:
         if args.debug:
             raise
-        print(
+        _print_error(
+            args,
             f"etcd-backupd: internal error: {exc!r} (run with --debug for the traceback, "
             "and please report it)",
-            file=sys.stderr,
         )
         return EXIT_BUG
 
