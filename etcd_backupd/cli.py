@@ -178,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         "drill",
         help="prove the newest backups restore",
         description="Restore the newest backup of each destination into a throwaway etcd on "
-        "loopback, check its revision and key count against the manifest and that "
-        "[drill] expect_prefixes hold keys, then delete it. Exits 0 only if every drill passed.",
+        "unix sockets in a private directory, check its revision and key count against the "
+        "manifest and that [drill] expect_prefixes hold keys, then delete it. Exits 0 only if "
+        "every drill passed.",
     )
     _config_option(drilling)
     drilling.add_argument("--destination", "-d", help="only this destination")
@@ -527,7 +528,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     tools = find_tools(config.drill.bin_dir)
     results = [
-        drill(build(d), tools, config.drill.expect_prefixes)
+        drill(build(d), tools, config.drill.expect_prefixes, credentials=config.etcd.credentials)
         for d in _chosen(config, args.destination)
     ]
     for result in results:

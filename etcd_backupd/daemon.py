@@ -230,7 +230,12 @@ class Daemon:
                     self.metrics.observe_drill(settings.name, False, 0.0)
                 return
             for settings in self.config.destination:
-                result = drill(build(settings), tools, self.config.drill.expect_prefixes)
+                result = drill(
+                    build(settings),
+                    tools,
+                    self.config.drill.expect_prefixes,
+                    credentials=self.config.etcd.credentials,
+                )
                 self.metrics.observe_drill(settings.name, result.ok, result.seconds)
 
     def _update_next_run(self) -> None:
