@@ -3,9 +3,11 @@ restore drills that prove on a schedule that the backups restore."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -20,7 +22,7 @@ from .compression import plain_snapshot
 from .config import ENV_ETCD_PASSWORD
 from .destinations import Destination
 from .errors import BackupError, SnapshotInvalid
-from .manifest import Manifest
+from .manifest import SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX, Manifest
 from .snapshot.keyspace import auth_enabled
 from .snapshot.status import SnapshotStatus, verify_snapshot
 
@@ -59,6 +61,45 @@ def find_tools(bin_dir: Path | None = None) -> EtcdTools:
         f"no etcdutl or etcdctl found {where}: install etcd's tools (the same version as the "
         "cluster) or name their directory with --etcd-bin-dir"
     )
+
+
+_STORED_SUFFIXES = (".zst", ".gz")
+
+
+def snapshot_base_name(name: str) -> str:
+    """The snapshot's name as etcd wrote it, whatever compression it is stored under."""
+    for suffix in _STORED_SUFFIXES:
+        if name.endswith(SNAPSHOT_SUFFIX + suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
+def restore_token(snapshot_name: str) -> str:
+    """The restored cluster's token, from the snapshot's name alone: every member restoring one
+    snapshot gets the same token, however separately its command or script was made."""
+    base = snapshot_base_name(Path(snapshot_name).name).removesuffix(SNAPSHOT_SUFFIX)
+    base = base.removeprefix(SNAPSHOT_PREFIX)
+    return "etcd-restore-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "snapshot")
+
+
+def find_snapshot(manifests: list[Manifest], wanted: str, destination: str) -> Manifest:
+    """The backup called `wanted` ("latest", its stored name, or its name without the
+    compression suffix); a miss names the closest stored names."""
+    if not manifests:
+        raise BackupError(f"destination {destination!r} holds no backup")
+    if wanted == "latest":
+        return manifests[-1]
+    for manifest in reversed(manifests):
+        if wanted in (manifest.snapshot, snapshot_base_name(manifest.snapshot)):
+            return manifest
+    names = [m.snapshot for m in manifests]
+    close = difflib.get_close_matches(wanted, names, n=3, cutoff=0.6)
+    hint = (
+        f"; did you mean {' or '.join(map(repr, close))}?"
+        if close
+        else (f"; the newest is {names[-1]!r} (or say latest)")
+    )
+    raise BackupError(f"no snapshot {wanted!r} in destination {destination!r}{hint}")
 
 
 @dataclass(frozen=True)
