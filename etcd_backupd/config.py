@@ -130,6 +130,8 @@ class EtcdConfig(_Strict):
     )
     cluster_name: str | None = Field(
         None,
+        # with the rest of a snapshot's name and suffixes, a file name stays within 255 bytes
+        max_length=128,
         description="name used in snapshot file names; the cluster ID (hex) when unset",
     )
     dial_timeout: float = Field(
@@ -309,7 +311,7 @@ MIB = 1024 * 1024
 
 
 class _DestinationBase(_Strict):
-    name: str = Field(description="name used in logs, metrics and --destination")
+    name: str = Field(max_length=64, description="name used in logs, metrics and --destination")
     compression: Compression = Field(
         "none",
         description='"none" keeps files etcd\'s restore takes as they are; "zstd" or "gzip"',

@@ -295,6 +295,8 @@ def local(**settings: object) -> dict[str, object]:
         (s3(max_concurrency="8"), "At 'destination[0].max_concurrency'"),
         (s3(bucket="bad bucket!"), "At 'destination[0].bucket': 'bad bucket!' is not a bucket"),
         (s3(bucket="-x-"), "At 'destination[0].bucket'"),
+        ({**MINIMAL, "etcd": {"cluster_name": "c" * 129}}, "At 'etcd.cluster_name': String"),
+        (local(name="d" * 65), "At 'destination[0].name': String should have at most 64"),
     ],
 )
 def test_bad_values_name_their_field_on_one_line(data: dict[str, object], expected: str) -> None:
