@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -510,10 +511,22 @@ def cmd_restore_plan(args: argparse.Namespace) -> int:
     args.script_dir.mkdir(parents=True, exist_ok=True)
     for name, script in render_scripts(plan_).items():
         path = args.script_dir / f"restore-{name}.sh"
-        path.write_text(script)
-        path.chmod(0o755)
+        _write_script(path, script)
         print(path)
     return EXIT_OK
+
+
+def _write_script(path: Path, script: str) -> None:
+    """Write an executable script, never through a symlink planted under its name (a shared
+    --script-dir such as /tmp): it runs as root on the members."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o755)
+    except OSError as exc:
+        reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+        raise BackupError(f"cannot write {path}: {reason}") from exc
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(fd, 0o755)
+        handle.write(script)
 
 
 def _runbook(args: argparse.Namespace) -> Any:

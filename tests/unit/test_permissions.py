@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from etcd_backupd.cli import main as cli_main
 from etcd_backupd.config import LocalDestination
 from etcd_backupd.cycle import choose_spool_dir
 from etcd_backupd.daemon import StateLock
@@ -94,3 +95,21 @@ def test_atomic_writes_never_follow_a_planted_part_symlink(tmp_path: Path) -> No
         atomic_write_bytes(tmp_path / "m.json", b"{}")
     assert victim.read_text() == "precious\n"
     assert not (tmp_path / "m.json").exists()
+
+
+def test_restore_plan_scripts_are_never_written_through_a_symlink(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    (tmp_path / "restore-etcd1.sh").symlink_to(victim)
+    member = ["--member", "etcd1=https://10.0.0.1:2380"]
+    args = ["restore-plan", *member, "--snapshot", "/s.db", "--output", "script"]
+    assert cli_main([*args, "--script-dir", str(tmp_path)]) == BackupError.exit_code
+    assert capsys.readouterr().err == (
+        f"etcd-backupd: cannot write {tmp_path / 'restore-etcd1.sh'}: it is a symlink\n"
+    )
+    assert victim.read_text() == "precious\n" and mode(victim) == 0o600
+    assert cli_main([*args, "--script-dir", str(tmp_path / "scripts")]) == 0
+    assert mode(tmp_path / "scripts" / "restore-etcd1.sh") == 0o755
