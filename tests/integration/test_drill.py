@@ -16,7 +16,7 @@ from etcd_backupd import restore
 from etcd_backupd.config import ENV_ETCD_PASSWORD, load_config
 from etcd_backupd.destinations import build
 from etcd_backupd.restore import drill, find_tools
-from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys
+from tests.harness.etcd import EtcdCluster, enable_auth, load_kubernetes_like_keys
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -102,10 +102,12 @@ def test_a_drill_serves_the_keyspace_on_unix_sockets_only(
 
 
 def test_a_drill_of_an_auth_enabled_cluster_reads_with_the_configured_user(
-    etcd_auth: EtcdCluster, tmp_path: Path
+    etcd_any: EtcdCluster, tmp_path: Path
 ) -> None:
+    load_kubernetes_like_keys(etcd_any, count=30)
+    enable_auth(etcd_any, "s3cret-root")
+    etcd_auth = etcd_any
     assert etcd_auth.password is not None
-    load_kubernetes_like_keys(etcd_auth, count=30)
     secret = tmp_path / "password"
     secret.write_text(etcd_auth.password + "\n")
     secret.chmod(0o600)
