@@ -401,9 +401,9 @@ def test_sighup_with_any_bad_config_keeps_the_daemon_serving(
     running = daemon(config)
     running.wait_for("scheduled; next backup")
 
-    def reload(text: str, needle: str) -> None:
+    def reload_bytes(content: bytes, needle: str) -> None:
         seen = running.text().count(needle)
-        config.write_text(text)
+        config.write_bytes(content)
         running.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
         while running.text().count(needle) == seen:
@@ -415,15 +415,16 @@ def test_sighup_with_any_bad_config_keeps_the_daemon_serving(
         (idle_config(tmp_path, port, "5- * * * *"), "'5-' is missing the end of its range"),
         (idle_config(tmp_path, port, "0 0 31 2 *"), "'0 0 31 2 *': never fires"),
         ("[schedule\ncron = '0 0 * * 7'\n", "not valid TOML"),
+        ("# caf\xe9\n", "invalid UTF-8 at byte 5"),
     ]
     for text, reason in bad:
-        reload(text, "reload refused, keeping the running config")
+        reload_bytes(text.encode("latin-1"), "reload refused, keeping the running config")
         assert reason in running.text().splitlines()[-1]
         assert scrape(port, "/healthz") == "ok\n"
         assert scrape(port, "/readyz") == "ok\n"
 
     # Sunday as 7 crashed `run` before; it is plain cron and now takes effect
-    reload(idle_config(tmp_path, port, "0 0 * * 7"), "config reloaded")
+    reload_bytes(idle_config(tmp_path, port, "0 0 * * 7").encode(), "config reloaded")
     today = datetime.now(UTC).date()
     sunday = today + timedelta(days=(6 - today.weekday()) % 7 or 7)
     next_run = metric(scrape(port), "etcd_backup_next_run_timestamp_seconds")
