@@ -77,8 +77,10 @@ def _value(token: str, field: _Field) -> int:
     if lowered in field.names:
         return field.names.index(lowered) + field.low
     if not _NUMBER.fullmatch(token):
-        kind = f"a number or a name ({field.names[0]}-{field.names[-1]})" if field.names else ""
-        raise CronError(f"{field.name} field: {token!r} is not {kind or 'a number'}")
+        expected = "a number"
+        if field.names:
+            expected += f" or a name ({field.names[0]}-{field.names[-1]})"
+        raise CronError(f"{field.name} field: {token!r} is not {expected}")
     value = int(token)
     if not field.low <= value <= field.high:
         raise CronError(f"{field.name} field: {value} is outside {field.low}-{field.high}")
@@ -107,7 +109,7 @@ def _item(text: str, field: _Field) -> set[int]:
             last = _value(end, field)
         elif slash:
             # `a/n` runs to the field's end; Kubernetes ends weekdays at 6 (Vixie refuses `a/n`)
-            last = 6 if field is _WEEKDAY_FIELD else field.high
+            last = max(first, 6) if field is _WEEKDAY_FIELD else field.high
         else:
             last = first
         if last < first and field is _WEEKDAY_FIELD and last == 0:

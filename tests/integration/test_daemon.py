@@ -330,7 +330,7 @@ def test_prometheus_alerts_on_a_stale_backup_and_resolves(
 
 
 def test_weekdays_and_days_fire_as_cron_reads_them(tmp_path: Path) -> None:
-    """`0 3 * * 1` is Monday (APScheduler's from_crontab made it Tuesday), the drill's default
+    """`0 3 * * 1` is Monday (not Tuesday), the drill's default
     `0 3 * * 0` is Sunday, and a restricted day of month OR a restricted weekday is enough."""
     from datetime import UTC, datetime
 

@@ -98,6 +98,7 @@ def utc(*days_and_times: str) -> list[str]:
             THURSDAY_NOON,
             utc("2026-12-04T00:00", "2026-12-05T00:00", "2026-12-11T00:00"),
         ),
+        ("0 0 * * 7/2", SATURDAY_NOON, utc("2026-11-29T00:00", "2026-12-06T00:00")),
         # both day fields restricted: either matches (the 1st and 15th, and every Friday)
         (
             "0 0 1,15 * fri",
