@@ -5,7 +5,9 @@ metrics server."""
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
+import math
 import os
 import random
 import signal
@@ -42,6 +44,10 @@ LOCK_NAME = "etcd-backupd.lock"
 MISFIRE_GRACE_SECONDS = 300
 # how far back to look for the fire time before "now" when deciding on a catch-up
 _LOOKBACK = (timedelta(hours=1), timedelta(days=1), timedelta(days=32), timedelta(days=367))
+# Fire times read to find a schedule's longest gap: a week and a day shows every weekly pattern
+# (a weekend without backups included); the count bounds the work (a per-minute schedule).
+_INTERVAL_HORIZON = timedelta(days=8)
+_INTERVAL_MAX_FIRES = 12_000
 
 
 class LockHeld(BackupError):
@@ -129,6 +135,22 @@ class Schedule:
             if trigger.get_next_fire_time(None, just_before) == minute
         ]
 
+    def intervals(self, now: datetime) -> tuple[float, dict[str, float]]:
+        """The longest wait between two fire times of any destination, and of each destination:
+        what a stale alert must allow. Infinite for a schedule that fires less than twice."""
+        computed: dict[str, list[float]] = {}
+        fires = {}
+        for name, trigger in self.triggers.items():
+            # destinations following the global cron share one (equal) trigger's computation
+            key = str(trigger)
+            if key not in computed:
+                computed[key] = _fire_times(trigger, now)
+            fires[name] = computed[key]
+        # past the end of the shortest list, a gap would only be where that list stopped
+        end = min((f[-1] for f in computed.values() if f), default=math.inf)
+        merged = sorted({t for f in computed.values() for t in f if t <= end})
+        return _longest_gap(merged), {name: _longest_gap(f) for name, f in fires.items()}
+
     def previous_fire(self, now: datetime) -> datetime | None:
         trigger = self.combined()
         for lookback in _LOOKBACK:
@@ -143,6 +165,25 @@ class Schedule:
                     return fire
                 fire = following
         return None
+
+
+def _fire_times(trigger: BaseTrigger, now: datetime) -> list[float]:
+    fires: list[float] = []
+    moment = now
+    while len(fires) < _INTERVAL_MAX_FIRES:
+        fire: datetime | None = trigger.get_next_fire_time(None, moment)
+        if fire is None:
+            break
+        # Unix time: the difference of two wall-clock times in one zone ignores a DST change
+        fires.append(fire.timestamp())
+        if fire > now + _INTERVAL_HORIZON and len(fires) >= 3:
+            break
+        moment = fire + timedelta(seconds=1)
+    return fires
+
+
+def _longest_gap(fires: list[float]) -> float:
+    return max((later - earlier for earlier, later in itertools.pairwise(fires)), default=math.inf)
 
 
 class Daemon:
@@ -216,6 +257,7 @@ class Daemon:
         )
         self._schedule_drill()
         self._update_next_run()
+        self.metrics.set_schedule(*self._schedule.intervals(datetime.now(self._schedule.zone)))
 
     def _schedule_drill(self) -> None:
         if not self.config.drill.enabled:
