@@ -111,6 +111,18 @@ def utc(*days_and_times: str) -> list[str]:
             SATURDAY_NOON,
             utc("2027-02-01T00:00", "2027-02-08T00:00", "2027-02-15T00:00"),
         ),
+        # 1-31 restricts (it does not start with '*'), so any Monday or any day matches: every day
+        (
+            "0 0 1-31 * mon",
+            SATURDAY_NOON,
+            utc("2026-11-29T00:00", "2026-11-30T00:00", "2026-12-01T00:00"),
+        ),
+        # the month still has to match: 1 January and January's Mondays
+        (
+            "0 0 1 jan mon",
+            SATURDAY_NOON,
+            utc("2027-01-01T00:00", "2027-01-04T00:00", "2027-01-11T00:00"),
+        ),
         # a day field starting with '*' (steps too) restricts nothing on its own: both must match
         (
             "0 0 */2 * 1",
