@@ -523,6 +523,8 @@ def _runbook(args: argparse.Namespace) -> Any:
             found[name] = url
         return found
 
+    if args.health_timeout <= 0:
+        raise BackupError("--health-timeout must be a positive number of seconds")
     peers = pairs(args.member, "--member")
     clients = pairs(args.client_url, "--client-url")
     config = None
@@ -559,8 +561,6 @@ def _runbook(args: argparse.Namespace) -> Any:
     layout: Layout = args.layout or (
         "kubeadm" if Path(KUBEADM_ETCD_MANIFEST).exists() else "systemd"
     )
-    if args.health_timeout <= 0:
-        raise BackupError("--health-timeout must be a positive number of seconds")
     return Runbook(
         members=members,
         source=source,

@@ -376,6 +376,37 @@ def test_restore_plan_kubeadm_steps_move_the_static_pods_and_back(tmp_path: Path
     assert not aside.exists()
 
 
+@pytest.mark.parametrize("given", [None, "65534:65534"])
+def test_swap_gives_the_restored_data_dir_to_etcds_user(given: str | None, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("handing files to another user needs root")
+    owner = ["--data-dir-owner", given] if given else []
+    plan = cli("restore-plan", "--member", "etcd1=https://10.0.0.1:2380", "--snapshot", "/s.db",
+               "--layout", "systemd", "--data-dir", "data", *owner, "--output", "script",
+               "--script-dir", str(tmp_path))  # fmt: skip
+    assert plan.returncode == 0, plan.stderr
+    script = str(tmp_path / "restore-etcd1.sh")
+    missing = subprocess.run(["sh", script, "swap_data_dir"], cwd=tmp_path, capture_output=True,
+                             text=True, check=False)  # fmt: skip
+    assert missing.returncode == 1
+    assert "data.restoring holds no restored member: run the prepare step first" in missing.stderr
+    # an etcd that runs as its own user (here: nobody), and a restore made by root
+    (tmp_path / "data" / "member").mkdir(parents=True)
+    os.chown(tmp_path / "data", 65534, 65534)
+    (tmp_path / "data.restoring" / "member" / "snap").mkdir(parents=True)
+    (tmp_path / "data.restoring" / "member" / "snap" / "db").write_bytes(b"restored")
+    swapped = subprocess.run(["sh", script, "swap_data_dir"], cwd=tmp_path, capture_output=True,
+                             text=True, check=False)  # fmt: skip
+    assert swapped.returncode == 0, swapped.stderr
+    restored = tmp_path / "data"
+    assert (restored / "member" / "snap" / "db").read_bytes() == b"restored"
+    for path in [restored, *restored.rglob("*")]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (65534, 65534), path
+    (aside,) = tmp_path.glob("data.before-restore-*")
+    assert (aside / "member").is_dir()
+    assert not (tmp_path / "data.restoring").exists()
+
+
 def test_drills_pass_and_fail_with_metrics(etcd35: EtcdCluster, tmp_path: Path) -> None:
     load_kubernetes_like_keys(etcd35, count=60)
     config_path = backup_config(tmp_path, etcd35)
