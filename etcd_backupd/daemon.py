@@ -4,6 +4,7 @@ metrics server."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import logging
@@ -11,6 +12,7 @@ import math
 import os
 import random
 import signal
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .errors import BackupError
 from .etcd import EtcdSource
+from .fsutil import make_private_dir
 from .metrics import BackupMetrics, MetricsServer
 from .restore import drill, find_tools
 from .sdnotify import Notifier
@@ -60,10 +63,15 @@ class StateLock:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / LOCK_NAME
         try:
-            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            make_private_dir(state_dir)
+            # never through a symlink: the file is truncated next
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
-            raise BackupError(f"state_dir: cannot create {self.path}: {exc.strerror}") from exc
+            reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+            raise BackupError(f"state_dir: cannot create {self.path}: {reason}") from exc
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            os.close(self._fd)
+            raise BackupError(f"state_dir: {self.path} is not a regular file")
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -285,7 +293,12 @@ class Daemon:
                     self.metrics.observe_drill(settings.name, False, 0.0)
                 return
             for settings in self.config.destination:
-                result = drill(build(settings), tools, self.config.drill.expect_prefixes)
+                result = drill(
+                    build(settings),
+                    tools,
+                    self.config.drill.expect_prefixes,
+                    credentials=self.config.etcd.credentials,
+                )
                 self.metrics.observe_drill(settings.name, result.ok, result.seconds)
 
     def _update_next_run(self) -> None:
