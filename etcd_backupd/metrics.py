@@ -25,6 +25,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import (
     ThreadingWSGIServer,
+    delete_from_gateway,
     push_to_gateway,
     write_to_textfile,
 )
@@ -289,6 +290,12 @@ def push(metrics: BackupMetrics, gateway: str, host: str) -> None:
             registry=metrics.exposition,
             grouping_key={"cluster_id": metrics.cluster_id, "instance": host},
         )
+        if metrics.cluster_id != UNKNOWN_CLUSTER:
+            # what this host pushed before it knew its cluster (a day-one mistake, now fixed)
+            # would page as a host without backups for ever
+            delete_from_gateway(
+                gateway, job=JOB, grouping_key={"cluster_id": UNKNOWN_CLUSTER, "instance": host}
+            )
     except OSError as exc:
         raise BackupError(f"cannot push metrics to {gateway}: {exc}") from exc
 

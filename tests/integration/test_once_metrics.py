@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -12,11 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from etcd_backupd import __version__
+from etcd_backupd.manifest import Manifest
+from etcd_backupd.metrics import BackupMetrics
 from tests.harness.etcd import EtcdCluster, free_port, load_kubernetes_like_keys
 
 PUSHGATEWAY = shutil.which("prometheus-pushgateway")
+RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 
 
 def label(key: str, value: str) -> tuple[str, str]:
@@ -107,3 +115,105 @@ def test_textfile_and_pushgateway_carry_the_same_series(
     manifest = next((tmp_path / "backups").glob("*.manifest.json")).read_text()
     cluster_id = manifest.split('"cluster_id": "')[1].split('"')[0]
     assert f'cluster_id="{cluster_id}"' in pushed_text
+
+
+def run_once(config: Path, textfile: Path, pushgateway: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "etcd_backupd.cli", "once", "-c", str(config),
+         "--textfile", str(textfile), "--pushgateway", pushgateway],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+
+
+def write_config(tmp_path: Path, endpoint: str) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"state_dir = {str(tmp_path / 'state')!r}\n"
+        f"[etcd]\nendpoints = [{endpoint!r}]\ndial_timeout = 1.0\n"
+        "[[destination]]\nname = 'local'\ntype = 'local'\n"
+        f"path = {str(tmp_path / 'backups')!r}\n"
+    )
+    return config
+
+
+def labelled(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_a_host_that_never_backed_up_pages_until_its_first_backup(
+    etcd35: EtcdCluster, pushgateway: str, tmp_path: Path
+) -> None:
+    textfile = tmp_path / "etcd_backup.prom"
+    # day one: a wrong endpoint; etcd-backupd knows neither its cluster nor any backup
+    wrong = write_config(tmp_path, f"http://127.0.0.1:{free_port()}")
+    assert run_once(wrong, textfile, pushgateway).returncode != 0
+    written = labelled(textfile.read_text())
+    assert all(dict(labels)["cluster_id"] == "unknown" for _, labels in written)
+    unknown = frozenset({("cluster_id", "unknown")})
+    assert written[("etcd_backup_last_success_timestamp_seconds", unknown)] == 0
+    assert written[("etcd_backup_info", unknown | {("version", __version__)})] == 1
+    assert written[("etcd_backup_failures_total", unknown | {("stage", "snapshot")})] == 1
+    host = socket.gethostname()
+    pushed = urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode()
+    assert f'push_time_seconds{{cluster_id="unknown",instance="{host}",job="etcd-backupd"}}' in (
+        pushed
+    )
+    # fixed: the host reports its cluster, and its report from before is gone
+    fixed = write_config(tmp_path, etcd35.endpoints[0])
+    assert run_once(fixed, textfile, pushgateway).returncode == 0
+    cluster_id = next((tmp_path / "backups").glob("*.manifest.json")).read_text()
+    cluster_id = cluster_id.split('"cluster_id": "')[1].split('"')[0]
+    pushed = urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode()
+    assert f'push_time_seconds{{cluster_id="{cluster_id}",instance="{host}"' in pushed
+    assert 'cluster_id="unknown"' not in pushed
+
+
+def test_the_alert_rule_tests_feed_series_as_once_writes_them(
+    etcd35: EtcdCluster, pushgateway: str, tmp_path: Path
+) -> None:
+    """Every input series of the promtool tests has a name and label names that `once
+    --textfile` (as node_exporter or a /metrics scrape adds job and instance) or `once
+    --pushgateway` (as scraped from the pushgateway) really produce."""
+    load_kubernetes_like_keys(etcd35, count=20)
+    textfile = tmp_path / "etcd_backup.prom"
+    assert (
+        run_once(write_config(tmp_path, etcd35.endpoints[0]), textfile, pushgateway).returncode == 0
+    )
+    written = labelled(textfile.read_text())
+    pushed = labelled(urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode())
+    manifest = Manifest.from_json(next((tmp_path / "backups").glob("*.manifest.json")).read_text())
+    cluster = frozenset({("cluster_id", manifest.cluster_id)})
+    # the default schedule, every 12 hours; the keys a restore would hold
+    assert written[("etcd_backup_schedule_interval_seconds", cluster)] == 12 * 3600
+    assert written[("etcd_backup_last_live_keys", cluster)] == manifest.live_keys
+    # drills run in the daemon only: its /metrics after one
+    daemon = BackupMetrics(CollectorRegistry())
+    daemon.observe_drill("local", False, 1.0)
+    served = labelled(generate_latest(daemon.exposition).decode())
+    shapes = {
+        (name, frozenset(dict(labels)) | {"job", "instance"})
+        for name, labels in [*written, *served]
+    }
+    shapes |= {(name, frozenset(dict(labels))) for name, labels in pushed}
+    values: dict[str, set[str]] = {}
+    for _, labels in [*written, *pushed]:
+        for key, value in labels:
+            values.setdefault(key, set()).add(value)
+    tests = yaml.safe_load((RULES / "etcd-backupd.rules.test.yml").read_text())["tests"]
+    fed = [s["series"] for t in tests for s in t["input_series"]]
+    assert len(fed) > 50
+    for series in fed:
+        sample = next(s for f in text_string_to_metric_families(series + " 1\n") for s in f.samples)
+        assert (sample.name, frozenset(sample.labels)) in shapes, series
+        for key in ("stage", "result", "role"):
+            if key in sample.labels:
+                assert sample.labels[key] in values[key], series
+    rules = (RULES / "etcd-backupd.rules.yml").read_text()
+    used = set(re.findall(r"\b(?:etcd_backup_\w+|push_time_seconds)\b", rules))
+    assert used <= {name for name, _ in shapes}
