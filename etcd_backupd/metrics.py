@@ -66,7 +66,7 @@ class _WithCluster(Collector):
         for family in self._registry.collect():
             labelled = Metric(family.name, family.documentation, family.type, family.unit)
             labelled.samples = [
-                sample._replace(labels={**sample.labels, "cluster_id": cluster_id})
+                sample._replace(labels={"cluster_id": cluster_id, **sample.labels})
                 for sample in family.samples
             ]
             yield labelled
