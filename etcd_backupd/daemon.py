@@ -23,11 +23,11 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
-from apscheduler.triggers.cron import CronTrigger
 from prometheus_client import CollectorRegistry
 
 from .config import Config, DestinationConfig, load_config
 from .coordination import fire_minute, plan
+from .cron import CronSchedule
 from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .errors import BackupError
@@ -80,27 +80,47 @@ class StateLock:
         os.close(self._fd)
 
 
-def _expressions(cron: str | list[str]) -> list[str]:
-    return [cron] if isinstance(cron, str) else list(cron)
+class CronTrigger(BaseTrigger):  # type: ignore[misc]
+    """APScheduler's view of a `CronSchedule`: cron's own semantics, not `from_crontab`'s."""
+
+    __slots__ = ("schedule",)
+
+    def __init__(self, schedule: CronSchedule) -> None:
+        self.schedule = schedule
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        # as APScheduler's own triggers: the first fire time at or after `now`, or right after
+        # the previous one when that comes earlier (so a late scheduler catches up)
+        start = now
+        if previous_fire_time is not None:
+            start = min(now, previous_fire_time + timedelta(microseconds=1))
+        return self.schedule.next_after(start - timedelta(microseconds=1))
+
+    def __str__(self) -> str:
+        return f"cron[{', '.join(self.schedule.expressions)}]"
 
 
 @dataclass(frozen=True)
 class Schedule:
     """Which destinations are due at which times: each destination follows its own cron, or the
-    global one."""
+    global one; and when drills run."""
 
-    triggers: dict[str, CronTrigger]  # destination name -> its (combined) trigger
+    triggers: dict[str, CronTrigger]  # destination name -> its trigger
+    drill: CronTrigger
     zone: ZoneInfo
 
     @classmethod
     def of(cls, config: Config) -> Schedule:
         zone = ZoneInfo(config.schedule.timezone)
-        triggers = {}
-        for destination in config.destination:
-            expressions = _expressions(destination.cron or config.schedule.cron)
-            crons = [CronTrigger.from_crontab(e, timezone=zone) for e in expressions]
-            triggers[destination.name] = crons[0] if len(crons) == 1 else OrTrigger(crons)
-        return cls(triggers, zone)
+        triggers = {
+            destination.name: CronTrigger(
+                CronSchedule.parse(destination.cron or config.schedule.cron, zone)
+            )
+            for destination in config.destination
+        }
+        return cls(triggers, CronTrigger(CronSchedule.parse(config.drill.cron, zone)), zone)
 
     def combined(self) -> OrTrigger:
         return OrTrigger(list(self.triggers.values()))
@@ -224,8 +244,8 @@ class Daemon:
             times.extend(item.created for item in snapshots)
         return max(times, default=None)
 
-    def _schedule_jobs(self) -> None:
-        self._schedule = Schedule.of(self.config)
+    def _schedule_jobs(self, schedule: Schedule) -> None:
+        self._schedule = schedule
         self._scheduler.add_job(
             self._fire,
             self._schedule.combined(),
@@ -246,7 +266,7 @@ class Daemon:
             return
         self._scheduler.add_job(
             self._drill,
-            CronTrigger.from_crontab(self.config.drill.cron, timezone=self._schedule.zone),
+            self._schedule.drill,
             id="drill",
             replace_existing=True,
             max_instances=1,
@@ -376,11 +396,12 @@ class Daemon:
     def _reload(self) -> None:
         try:
             config = load_config(self.config_path)
+            schedule = Schedule.of(config)
         except BackupError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         self.config = config
-        self._schedule_jobs()
+        self._schedule_jobs(schedule)
         log.info("config reloaded from %s", self.config_path)
 
     def _signal(self, signum: int, _: FrameType | None) -> None:
@@ -398,7 +419,7 @@ class Daemon:
             self._load_held()
             self._identify_cluster()
             self._scheduler.start()
-            self._schedule_jobs()
+            self._schedule_jobs(self._schedule)
             if self.config.metrics.listen:
                 self._server = MetricsServer(
                     self.metrics, self.config.metrics, self.healthy, self.ready

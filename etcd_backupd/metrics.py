@@ -7,6 +7,7 @@ Every metric lives in the registry this object is given: a fresh one per test an
 
 from __future__ import annotations
 
+import os
 import ssl
 import threading
 import time
@@ -21,13 +22,13 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
+    generate_latest,
     make_wsgi_app,
 )
 from prometheus_client.exposition import (
     ThreadingWSGIServer,
     delete_from_gateway,
     push_to_gateway,
-    write_to_textfile,
 )
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -300,11 +301,22 @@ def push(metrics: BackupMetrics, gateway: str, host: str) -> None:
         raise BackupError(f"cannot push metrics to {gateway}: {exc}") from exc
 
 
+# node_exporter runs as its own user; the metrics hold no secret
+TEXTFILE_MODE = 0o644
+
+
 def write_textfile(metrics: BackupMetrics, path: Path) -> None:
-    """Write for node_exporter's textfile collector; prometheus-client renames into place."""
+    """Write for node_exporter's textfile collector: whole (written beside it, then renamed into
+    place) and readable by node_exporter whatever the umask (the systemd units set 0077)."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
     try:
-        write_to_textfile(str(path), metrics.exposition)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, TEXTFILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), TEXTFILE_MODE)
+            handle.write(generate_latest(metrics.exposition))
+        os.replace(temporary, path)
     except OSError as exc:
+        temporary.unlink(missing_ok=True)
         raise BackupError(f"cannot write metrics to {path}: {exc.strerror}") from exc
 
 
