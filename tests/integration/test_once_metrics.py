@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -9,9 +10,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -217,3 +220,89 @@ def test_the_alert_rule_tests_feed_series_as_once_writes_them(
     rules = (RULES / "etcd-backupd.rules.yml").read_text()
     used = set(re.findall(r"\b(?:etcd_backup_\w+|push_time_seconds)\b", rules))
     assert used <= {name for name, _ in shapes}
+
+
+def test_prometheus_evaluates_every_rule_on_two_clusters_pushed_from_one_host(
+    etcd35: EtcdCluster, etcd34: EtcdCluster, pushgateway: str, tmp_path: Path
+) -> None:
+    """What an operator's Prometheus does with the shipped rules when one host pushes two
+    clusters and a third config that reaches no etcd: no rule fails to evaluate (a join on
+    (instance, job) did, with "many-to-many matching not allowed"), each cluster has its own
+    figures, and only the host without a backup is an alert."""
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("prometheus not installed (Debian prometheus)")
+    textfile = tmp_path / "etcd_backup.prom"
+    for name, endpoint in (
+        ("a", etcd35.endpoints[0]),
+        ("b", etcd34.endpoints[0]),
+        ("wrong", f"http://127.0.0.1:{free_port()}"),
+    ):
+        (tmp_path / name).mkdir()
+        run_once(write_config(tmp_path / name, endpoint), textfile, pushgateway)
+    web = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: [{str(RULES / 'etcd-backupd.rules.yml')!r}]\n"
+        "scrape_configs:\n- job_name: pushgateway\n  honor_labels: true\n"
+        f"  static_configs: [{{targets: [{pushgateway.removeprefix('http://')!r}]}}]\n"
+    )
+    server = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{web}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("wb"),
+    )
+    api = f"http://127.0.0.1:{web}/api/v1/"
+
+    def get(path: str) -> Any:
+        return json.loads(urllib.request.urlopen(api + path, timeout=5).read())["data"]
+
+    def query(expr: str) -> dict[tuple[tuple[str, str], ...], float]:
+        found = get("query?query=" + urllib.parse.quote(expr))["result"]
+        return {tuple(sorted(r["metric"].items())): float(r["value"][1]) for r in found}
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                rules = [r for g in get("rules")["groups"] for r in g["rules"]]
+                if query("etcd_backup_info") and rules[0].get("lastEvaluation", "").startswith(
+                    "20"
+                ):
+                    time.sleep(2)  # one more evaluation, on the scraped series
+                    rules = [r for g in get("rules")["groups"] for r in g["rules"]]
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
+            time.sleep(0.5)
+        assert len(rules) == 9
+        assert all(r["health"] == "ok" for r in rules), [
+            (r["name"], r.get("lastError")) for r in rules
+        ]
+        newest = query("max by (cluster_id) (etcd_backup_last_success_timestamp_seconds)")
+        ids = {dict(labels)["cluster_id"]: value for labels, value in newest.items()}
+        assert len(ids) == 3 and ids.pop("unknown") == 0
+        assert all(value > time.time() - 600 for value in ids.values())
+        host = socket.gethostname()
+        states = {r["name"]: r["state"] for r in rules}
+        assert states["EtcdBackupNeverSucceeded"] == "pending", states
+        assert {s for n, s in states.items() if n != "EtcdBackupNeverSucceeded"} == {"inactive"}
+        never = next(r for r in rules if r["name"] == "EtcdBackupNeverSucceeded")
+        assert [a["labels"] for a in never["alerts"]] == [
+            {
+                "alertname": "EtcdBackupNeverSucceeded",
+                "cluster_id": "unknown",
+                "instance": host,
+                "severity": "critical",
+            }
+        ]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
