@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from etcd_backupd import __version__
 from etcd_backupd.manifest import Manifest
-from etcd_backupd.metrics import BackupMetrics
+from etcd_backupd.metrics import BackupMetrics, push
 from tests.harness.etcd import EtcdCluster, free_port, load_kubernetes_like_keys
 
 PUSHGATEWAY = shutil.which("prometheus-pushgateway")
@@ -306,3 +306,23 @@ def test_prometheus_evaluates_every_rule_on_two_clusters_pushed_from_one_host(
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_hosts_of_one_cluster_push_into_groups_of_their_own(pushgateway: str) -> None:
+    """A standby's zeros, pushed after the active host's failure, leave that failure standing."""
+    for host, role in (("etcd1", "active"), ("etcd2", "standby"), ("etcd3", "standby")):
+        metrics = BackupMetrics(CollectorRegistry())
+        metrics.set_cluster("00000000000000ab")
+        metrics.set_role(role)
+        if role == "active":
+            metrics.failures.labels("snapshot").inc()
+        push(metrics, pushgateway, host)
+    pushed = labelled(urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode())
+    failures = {
+        dict(labels)["instance"]: value
+        for (name, labels), value in pushed.items()
+        if name == "etcd_backup_failures_total" and ("stage", "snapshot") in labels
+    }
+    assert failures == {"etcd1": 1, "etcd2": 0, "etcd3": 0}
+    clusters = {dict(labels)["cluster_id"] for (name, labels) in pushed if name.startswith("etcd_")}
+    assert clusters == {"00000000000000ab"}
