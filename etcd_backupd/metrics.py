@@ -91,7 +91,8 @@ class BackupMetrics:
         )
         age = Gauge(
             "etcd_backup_last_success_age_seconds",
-            "Seconds since the newest verified backup was taken, computed at scrape time.",
+            "Seconds since the newest verified backup was taken, computed at scrape time (frozen "
+            "once pushed or written to a file: alerts use the timestamp).",
             registry=registry,
         )
         age.set_function(self._age)
