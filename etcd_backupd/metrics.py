@@ -263,6 +263,9 @@ class BackupMetrics:
                 self.pruned.labels(destination.name).inc(len(destination.pruned.deleted))
             if destination.prune_error is not None:
                 self.failures.labels("prune").inc()
+        if result.manifest is not None:
+            # a snapshot was taken even when no destination stored it: the cluster is known
+            self.set_cluster(result.manifest.cluster_id)
         if result.ok and result.manifest is not None:
             self._newest(result.manifest)
 
