@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -115,6 +116,11 @@ def test_catches_up_serves_metrics_reloads_and_stops(
     assert metric(before, "etcd_backup_runs_total") == 1
     assert metric(before, "etcd_backup_last_size_bytes") > 0
     assert metric(before, "etcd_backup_next_run_timestamp_seconds") > time.time()
+    # every series names the cluster; staleness scales with the per-minute schedule
+    series = [line for line in before.splitlines() if line.startswith("etcd_backup_")]
+    assert series and all('cluster_id="' in line for line in series)
+    assert 'cluster_id="unknown"' not in before
+    assert metric(before, "etcd_backup_schedule_interval_seconds") == 60
 
     second = subprocess.run(
         [sys.executable, "-m", "etcd_backupd.cli", "run", "--config", str(config)],
@@ -173,13 +179,19 @@ def test_retries_until_etcd_comes_back(
     port = free_port()
     running = daemon(write_config(tmp_path, etcd35, port, retry_attempts=5, retry_backoff=2.0))
     running.wait_for("backup failed; retry 1 of 5")
-    assert metric(scrape(port), 'etcd_backup_failures_total{stage="snapshot"}') >= 1
+    # etcd was down at start: the host does not know its cluster yet
+    assert (
+        metric(scrape(port), 'etcd_backup_failures_total{cluster_id="unknown",stage="snapshot"}')
+        >= 1
+    )
     member.start()
     etcd35.wait_healthy()
     running.wait_for("destination local: stored", timeout=60)
     text = scrape(port)
-    assert 'etcd_backup_runs_total{result="failure"}' in text
-    assert metric(text, 'etcd_backup_runs_total{result="success"}') == 1
+    found = re.search(r'etcd_backup_info\{cluster_id="([0-9a-f]{16})"', text)
+    assert found is not None
+    assert f'etcd_backup_runs_total{{cluster_id="{found[1]}",result="failure"}}' in text
+    assert metric(text, f'etcd_backup_runs_total{{cluster_id="{found[1]}",result="success"}}') == 1
     assert running.stop() == 0
 
 
