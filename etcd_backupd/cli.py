@@ -659,12 +659,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _print_json({"file": str(args.file), **status.to_dict()})
     else:
         print(f"OK {args.file}")
+        # TOTAL KEYS as the etcdutl of the snapshot's line prints it, and how that line counts
+        counted = (
+            "live keys, as etcdutl 3.6+ counts"
+            if status.storage_version
+            else "entries of every bucket, as etcdutl 3.4 and 3.5 count"
+        )
         rows = [
             ("hash", f"{status.hash:x} ({status.hash})"),
             ("revision", status.revision),
-            ("total keys", status.total_keys),
+            ("total keys", f"{status.total_keys} ({counted})"),
             ("live keys", status.live_keys),
             ("total size", status.total_size),
+            ("version", status.storage_version or "none (before etcd 3.6)"),
             ("sha256", status.sha256),
         ]
         for label, value in rows:

@@ -385,6 +385,7 @@ def _manifest(
         revision=status.revision,
         total_keys=status.total_keys,
         live_keys=status.live_keys,
+        storage_version=status.storage_version,
         total_size=status.total_size,
         hash=status.hash,
         etcd_version=member.version,

@@ -146,13 +146,13 @@ class Schedule:
     def intervals(self, now: datetime) -> tuple[float, dict[str, float]]:
         """The longest wait between two fire times of any destination, and of each destination:
         what a stale alert must allow. Infinite for a schedule that fires less than twice."""
-        computed: dict[str, list[float]] = {}
+        computed: dict[tuple[str, ...], list[float]] = {}
         fires = {}
         for name, trigger in self.triggers.items():
-            # destinations following the global cron share one (equal) trigger's computation
-            key = str(trigger)
+            # destinations following the global cron share one computation
+            key = tuple(trigger.schedule.expressions)
             if key not in computed:
-                computed[key] = _fire_times(trigger, now)
+                computed[key] = _fire_times(trigger.schedule, now)
             fires[name] = computed[key]
         # past the end of the shortest list, a gap would only be where that list stopped
         end = min((f[-1] for f in computed.values() if f), default=math.inf)
@@ -175,18 +175,15 @@ class Schedule:
         return None
 
 
-def _fire_times(trigger: BaseTrigger, now: datetime) -> list[float]:
+def _fire_times(schedule: CronSchedule, now: datetime) -> list[float]:
     fires: list[float] = []
     moment = now
-    while len(fires) < _INTERVAL_MAX_FIRES:
-        fire: datetime | None = trigger.get_next_fire_time(None, moment)
-        if fire is None:
-            break
+    while len(fires) < _INTERVAL_MAX_FIRES and (fire := schedule.next_after(moment)) is not None:
         # Unix time: the difference of two wall-clock times in one zone ignores a DST change
         fires.append(fire.timestamp())
         if fire > now + _INTERVAL_HORIZON and len(fires) >= 3:
             break
-        moment = fire + timedelta(seconds=1)
+        moment = fire
     return fires
 
 

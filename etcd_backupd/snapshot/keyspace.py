@@ -1,5 +1,6 @@
 """The keys a snapshot holds, as a restored cluster would serve them: replaying bucket `key`
-(every revision, in revision order) on the read-only bbolt reader. Pure: reads only the file."""
+(every revision, in revision order) on the read-only bbolt reader. Pure: reads only the file.
+The key "" a revision bump leaves is not served: etcd refuses it in every request."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from ..errors import SnapshotInvalid
 from .bbolt import BoltReader, Bucket
-from .status import KEY_BUCKET, REVISION_KEY_SIZE, TOMBSTONE, replay
+from .status import BUMP_MARKER, KEY_BUCKET, REVISION_KEY_SIZE, TOMBSTONE, replay
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ def live_key_names(path: Path, *, prefix: bytes = b"", revision: int | None = No
                 break
             replay(leaf, len(revisions), live)
             del leaf  # a page of large values is megabytes: not held while the next is read
+    live.pop(BUMP_MARKER, None)
     return sorted(filter(methodcaller("startswith", prefix), live) if prefix else live)
 
 
@@ -101,7 +103,7 @@ def live_keys(path: Path, *, prefix: bytes = b"", revision: int | None = None) -
             message.ParseFromString(record)
         except DecodeError as exc:
             raise SnapshotInvalid(f"revision {main} holds a damaged KeyValue: {exc}") from exc
-        if not message.key.startswith(prefix):
+        if message.key == BUMP_MARKER or not message.key.startswith(prefix):
             continue
         if tombstone:
             live.pop(message.key, None)

@@ -163,6 +163,13 @@ def test_cron_list_is_checked_item_by_item() -> None:
     assert "hour field: 25" in error_of(data)
 
 
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"# caf\xe9\n")
+    with pytest.raises(ConfigError, match="not valid TOML: invalid UTF-8 at byte 5"):
+        load_config(path)
+
+
 def test_every_schedule_is_read_by_the_daemons_parser() -> None:
     """What `run` could not run, check-config refuses, naming the key."""
     destination = {**MINIMAL["destination"][0], "cron": "0 0 30 2 *"}
