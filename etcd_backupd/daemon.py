@@ -226,14 +226,14 @@ class Daemon:
 
     def _ours(self, settings: DestinationConfig) -> list[Manifest]:
         """This cluster's backups in a destination; raises BackupError."""
-        if self.cluster is None:
-            self._identify_cluster()
         cluster = self.cluster
         if cluster is None:
             raise BackupError("cannot tell this cluster's backups until etcd answers")
         return [m for m in build(settings).manifests() if cluster.owns(m)]
 
     def _load_held(self, chosen: list[DestinationConfig] | None = None) -> None:
+        if self.cluster is None:
+            self._identify_cluster()
         held = {}
         for settings in self.config.destination if chosen is None else chosen:
             try:
@@ -437,8 +437,7 @@ class Daemon:
         try:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, self._signal)
-            self._identify_cluster()
-            self._load_held()
+            self._load_held()  # which identifies the cluster first
             self._scheduler.start()
             self._schedule_jobs(self._schedule)
             if self.config.metrics.listen:
