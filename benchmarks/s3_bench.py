@@ -164,8 +164,8 @@ def prune_run(args: argparse.Namespace, work: Path) -> None:
         f"in {elapsed:.2f} s"
     )
     print(
-        f"requests: ListObjectsV2 {proxy.counts['ListObjectsV2']} (target <= 44: snapshots and "
-        "manifests, listed for the backups and for the orphans), "
+        f"requests: ListObjectsV2 {proxy.counts['ListObjectsV2']} (target <= 22: snapshots and "
+        "manifests), "
         f"GetObject {proxy.counts['GetObject']} (one per manifest), "
         f"DeleteObjects {proxy.counts['DeleteObjects']} (target <= 20), "
         f"all {sum(proxy.counts.values())}: {dict(proxy.counts)}"

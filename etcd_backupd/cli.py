@@ -829,9 +829,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     listing: dict[str, list[dict[str, Any]]] = {}
     for settings in _chosen(config, args.destination):
         destination = build(settings)
-        manifests = {m.snapshot: m for m in destination.manifests()}
+        inventory = destination.inventory()
+        manifests = {m.snapshot: m for m in destination.manifests(inventory)}
         entries: list[tuple[datetime, dict[str, Any]]] = []
-        for item in destination.inventory():
+        for item in inventory:
             parsed = parse_snapshot_name(item.snapshot)
             assert parsed is not None
             manifest = manifests.get(item.snapshot)

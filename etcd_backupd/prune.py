@@ -83,7 +83,8 @@ def prune(
 ) -> PruneResult:
     """Decide over `cluster`'s backups in the destination and delete what no rule keeps; with
     `orphans`, also remove that cluster's orphans older than a day."""
-    backups = [m for m in destination.manifests() if cluster.owns(m)]
+    inventory = destination.inventory()
+    backups = [m for m in destination.manifests(inventory) if cluster.owns(m)]
     candidates = [
         SnapshotRef(
             name=m.snapshot,
@@ -114,9 +115,7 @@ def prune(
         )
     paired = {m.snapshot for m in backups}
     stray = [
-        item
-        for item in destination.inventory()
-        if cluster.named(item.snapshot) and item.snapshot not in paired
+        item for item in inventory if cluster.named(item.snapshot) and item.snapshot not in paired
     ]
     removable = [
         item.snapshot

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -67,8 +68,9 @@ class Destination(Protocol):
         """Start storing the snapshot `snapshot` (its uncompressed name)."""
         ...
 
-    def manifests(self) -> list[Manifest]:
-        """Manifests of the stored snapshots, oldest first, without reading the snapshots."""
+    def manifests(self, inventory: Sequence[StoredItem] | None = None) -> list[Manifest]:
+        """Valid manifests of the stored snapshots, oldest first, without reading the snapshots;
+        from `inventory` when the caller listed the destination already."""
         ...
 
     def snapshots(self) -> list[StoredItem]:

@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -79,9 +80,9 @@ class LocalDirectory:
                 )
         return _LocalUpload(self, self.path / stored)
 
-    def manifests(self) -> list[Manifest]:
+    def manifests(self, inventory: Sequence[StoredItem] | None = None) -> list[Manifest]:
         manifests: list[Manifest] = []
-        for item in self.inventory():
+        for item in self.inventory() if inventory is None else inventory:
             if not item.has_manifest:
                 continue
             stored_as = manifest_name(item.snapshot)

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -138,8 +139,9 @@ class S3Bucket:
         }
         return pair(snapshots, manifests)
 
-    def manifests(self) -> list[Manifest]:
-        paired = [i.snapshot for i in self.inventory() if i.has_manifest and i.has_snapshot]
+    def manifests(self, inventory: Sequence[StoredItem] | None = None) -> list[Manifest]:
+        listed = self.inventory() if inventory is None else inventory
+        paired = [i.snapshot for i in listed if i.has_manifest and i.has_snapshot]
         # one GET per manifest: in parallel, as the parts of an upload are
         with ThreadPoolExecutor(
             max_workers=self.config.max_concurrency, thread_name_prefix=f"s3-{self.name}"
