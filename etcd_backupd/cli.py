@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import ctypes
 import json
 import logging
@@ -98,11 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         help="list the keys a snapshot holds, without restoring it",
         description="Print the live keys of a snapshot file (plain or compressed) as "
-        "'etcdctl get --prefix' would on the restored cluster, in pure Python.",
+        "'etcdctl get --prefix' would on the restored cluster, in pure Python; --output json "
+        "as 'etcdctl get -w json' (base64 keys and values).",
     )
     inspect.add_argument("file", type=Path, help="snapshot file")
+    inspect.add_argument("key", nargs="?", help="only this key")
     inspect.add_argument("--prefix", default="", help="only keys starting with this")
     inspect.add_argument("--keys-only", action="store_true", help="print keys, not values")
+    inspect.add_argument(
+        "--print-value-only",
+        action="store_true",
+        help="write KEY's value to stdout as raw bytes, nothing else (for 'etcdctl put KEY < F')",
+    )
     inspect.add_argument(
         "--revision", type=int, help="the keyspace as of this revision (default: the newest)"
     )
@@ -368,15 +376,26 @@ def verify_file(path: Path) -> SnapshotStatus:
         return verify_snapshot(plain)
 
 
-def _kv_json(kv: KeyValue) -> dict[str, Any]:
-    return {
-        "key": kv.key.decode(errors="backslashreplace"),
-        "value": kv.value.decode(errors="backslashreplace"),
+def _kv_json(kv: KeyValue, *, with_value: bool = True) -> dict[str, Any]:
+    """A key as `etcdctl get -w json` writes it: base64 bytes, and zero fields left out."""
+    fields: dict[str, Any] = {
+        "key": base64.b64encode(kv.key).decode(),
         "create_revision": kv.create_revision,
         "mod_revision": kv.mod_revision,
         "version": kv.version,
-        "lease": kv.lease,
     }
+    if with_value and kv.value:
+        fields["value"] = base64.b64encode(kv.value).decode()
+    if kv.lease:
+        fields["lease"] = kv.lease
+    return fields
+
+
+def _kvs_json(kvs: list[KeyValue], *, with_value: bool = True) -> dict[str, Any]:
+    """The body of `etcdctl get -w json` without its header, which only a live member has."""
+    if not kvs:
+        return {}
+    return {"kvs": [_kv_json(kv, with_value=with_value) for kv in kvs], "count": len(kvs)}
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -384,12 +403,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .snapshot.keyspace import live_key_names, live_keys
     from .snapshot.status import check_trailer
 
-    prefix = args.prefix.encode()
+    if args.print_value_only and args.key is None:
+        raise BackupError("--print-value-only needs a KEY: the value of one key is written raw")
+    if args.key is not None and args.prefix:
+        raise BackupError("give a KEY or --prefix, not both")
+    prefix = (args.key if args.key is not None else args.prefix).encode()
+    names_only = args.keys_only and args.output == "text" and args.key is None
     with plain_snapshot(args.file) as plain, ThreadPoolExecutor(max_workers=1) as pool:
         # the SHA-256 proves the file is what etcd sent; the walk checks every page it reads
         trailer = pool.submit(check_trailer, plain)
         try:
-            if args.keys_only:
+            if names_only:
                 names = live_key_names(plain, prefix=prefix, revision=args.revision)
             else:
                 keys = live_keys(plain, prefix=prefix, revision=args.revision)
@@ -398,15 +422,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             raise
         trailer.result()
     out = sys.stdout.buffer
-    if args.keys_only:
-        if args.output == "json":
-            _print_json([{"key": name.decode(errors="backslashreplace")} for name in names])
-        else:
-            # the layout of 'etcdctl get --prefix --keys-only': a key, then an empty line
-            out.write(b"\n\n".join(names))
-            out.write(b"\n\n" if names else b"")
+    if names_only:
+        # the layout of 'etcdctl get --prefix --keys-only': a key, then an empty line
+        out.write(b"\n\n".join(names))
+        out.write(b"\n\n" if names else b"")
+        out.flush()
+        return EXIT_OK
+    if args.key is not None:
+        keys = [kv for kv in keys if kv.key == prefix]
+        if not keys:
+            when = f" at revision {args.revision}" if args.revision is not None else ""
+            raise BackupError(f"{args.file}: holds no key {args.key!r}{when}")
+    if args.print_value_only:
+        # no newline: redirected to a file, the value is byte for byte what etcd held
+        out.write(keys[0].value)
     elif args.output == "json":
-        _print_json([_kv_json(kv) for kv in keys])
+        _print_json(_kvs_json(keys, with_value=not args.keys_only))
+    elif args.keys_only:
+        out.write(keys[0].key + b"\n\n")
     else:
         # the layout of 'etcdctl get --prefix': a key, then its value, each on a line
         out.write(b"".join(kv.key + b"\n" + kv.value + b"\n" for kv in keys))
