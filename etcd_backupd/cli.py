@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .commands import add_parsers
 from .errors import BackupError, SnapshotInvalid
 from .logs import setup_logging
 
@@ -284,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         "times of every schedule; exits 2 when it is invalid.",
     )
     _config_option(check)
+    add_parsers(commands)
     return parser
 
 
@@ -627,14 +629,15 @@ def _runbook_source(args: argparse.Namespace, config: Config | None) -> Any:
 def cmd_drill(args: argparse.Namespace) -> int:
     from .config import load_config
     from .destinations import build
+    from .drill_record import record_result
     from .restore import drill, find_tools
 
     config = load_config(args.config)
     tools = find_tools(config.drill.bin_dir)
-    results = [
-        drill(build(d), tools, config.drill.expect_prefixes)
-        for d in _chosen(config, args.destination)
-    ]
+    results = []
+    for settings in _chosen(config, args.destination):
+        results.append(drill(build(settings), tools, config.drill.expect_prefixes))
+        record_result(config.state_dir, results[-1], datetime.now(UTC))
     for result in results:
         verdict = "passed" if result.ok else f"FAILED: {result.error}"
         print(
@@ -820,7 +823,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, "debug" if args.debug else args.log_level)
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return int(handler(args))
     except BackupError as exc:
         print(f"etcd-backupd: {exc}", file=sys.stderr)
         return exc.exit_code

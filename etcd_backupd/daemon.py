@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from zoneinfo import ZoneInfo
@@ -30,6 +30,7 @@ from .coordination import fire_minute, plan
 from .cron import CronSchedule
 from .cycle import CycleResult, run_cycle
 from .destinations import build
+from .drill_record import record_result
 from .errors import BackupError
 from .etcd import EtcdSource
 from .metrics import BackupMetrics, MetricsServer
@@ -287,6 +288,7 @@ class Daemon:
             for settings in self.config.destination:
                 result = drill(build(settings), tools, self.config.drill.expect_prefixes)
                 self.metrics.observe_drill(settings.name, result.ok, result.seconds)
+                record_result(self.config.state_dir, result, datetime.now(UTC))
 
     def _update_next_run(self) -> None:
         job = self._scheduler.get_job("backup")
