@@ -331,6 +331,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     from .coordination import fire_minute, plan
     from .cycle import run_cycle
     from .destinations import build
+    from .notify import Notifications
 
     config = load_config(args.config)
     targets = [build(d) for d in config.destination]
@@ -340,7 +341,13 @@ def cmd_once(args: argparse.Namespace) -> int:
         if args.textfile or args.pushgateway:
             _export_metrics(args, config, None, decided.role)
         return EXIT_OK
-    result = run_cycle(config, destinations=decided.destinations)
+    notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
+    try:
+        notifications.cycle_started()
+        result = run_cycle(config, destinations=decided.destinations)
+        notifications.cycle_finished(result)
+    finally:
+        notifications.close()
     if args.textfile or args.pushgateway:
         _export_metrics(args, config, result, decided.role)
     if args.output == "json":
@@ -630,14 +637,18 @@ def cmd_drill(args: argparse.Namespace) -> int:
     from .config import load_config
     from .destinations import build
     from .drill_record import record_result
+    from .notify import Notifications
     from .restore import drill, find_tools
 
     config = load_config(args.config)
     tools = find_tools(config.drill.bin_dir)
+    notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
     results = []
     for settings in _chosen(config, args.destination):
         results.append(drill(build(settings), tools, config.drill.expect_prefixes))
         record_result(config.state_dir, results[-1], datetime.now(UTC))
+        notifications.drill_finished(results[-1])
+    notifications.close()
     for result in results:
         verdict = "passed" if result.ok else f"FAILED: {result.error}"
         print(

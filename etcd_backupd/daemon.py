@@ -34,7 +34,8 @@ from .drill_record import record_result
 from .errors import BackupError
 from .etcd import EtcdSource
 from .metrics import BackupMetrics, MetricsServer
-from .restore import drill, find_tools
+from .notify import Notifications
+from .restore import DrillResult, drill, find_tools
 from .sdnotify import Notifier
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ class Daemon:
         self.config_path = config_path
         self.config = config
         self.notifier = notifier or Notifier()
+        self.notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
         self.metrics = BackupMetrics(CollectorRegistry())
         self.stopping = threading.Event()
         self.cancel = threading.Event()
@@ -284,11 +286,15 @@ class Daemon:
                 log.error("drill: %s", exc)
                 for settings in self.config.destination:
                     self.metrics.observe_drill(settings.name, False, 0.0)
+                    self.notifications.drill_finished(
+                        DrillResult(settings.name, "", False, 0.0, str(exc))
+                    )
                 return
             for settings in self.config.destination:
                 result = drill(build(settings), tools, self.config.drill.expect_prefixes)
                 self.metrics.observe_drill(settings.name, result.ok, result.seconds)
                 record_result(self.config.state_dir, result, datetime.now(UTC))
+                self.notifications.drill_finished(result)
 
     def _update_next_run(self) -> None:
         job = self._scheduler.get_job("backup")
@@ -349,8 +355,10 @@ class Daemon:
             chosen = [d for d in config.destination if d.name in due]
             log.info("backup starting for %s", ", ".join(d.name for d in chosen))
             self.notifier.status("backing up")
+            self.notifications.cycle_started()
             result = run_cycle(config, destinations=[build(d) for d in chosen], cancel=self.cancel)
             self.metrics.observe(result)
+            self.notifications.cycle_finished(result)
             self._refresh_counts(chosen)
             summary = (
                 f"last backup {result.manifest.snapshot if result.manifest else ''} ok"
@@ -403,6 +411,7 @@ class Daemon:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         self.config = config
+        self.notifications.reconfigure(config.notify, config.etcd.cluster_name)
         self._schedule_jobs(schedule)
         log.info("config reloaded from %s", self.config_path)
 
@@ -462,4 +471,5 @@ class Daemon:
             with self._cycle_done:
                 while self._cycle_lock.locked():
                     self._cycle_done.wait(timeout=1.0)
+        self.notifications.close()
         log.info("stopped")
