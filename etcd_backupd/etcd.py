@@ -42,6 +42,23 @@ _GRPC_OPTIONS = [
     ("grpc.http2.lookahead_bytes", _SNAPSHOT_WINDOW_BYTES),
 ]
 _SHA256_SIZE = 32
+# seconds between progress lines of a snapshot stream (read when a stream starts)
+PROGRESS_INTERVAL = 10.0
+_MIB = 1024 * 1024
+
+
+def describe_progress(received: int, seconds: float, total: int) -> str:
+    """How far a stream of `total` expected bytes has come after `seconds`: bytes, rate, ETA."""
+    rate = received / seconds if seconds > 0 else 0.0
+    line = f"{received / _MIB:.1f} MiB"
+    if total > 0:
+        line += f" of {total / _MIB:.1f} MiB ({min(100 * received // total, 100)}%)"
+    line += f" at {rate / _MIB:.1f} MiB/s"
+    if total > received and rate > 0:
+        line += f", about {max(1, round((total - received) / rate))} s left"
+    elif 0 < total < received:
+        line += ", past the size the member reported (the database grew)"
+    return line
 
 
 @dataclass(frozen=True)
@@ -232,11 +249,19 @@ class SnapshotStream:
         self._done = threading.Event()
 
     def _watch(self) -> None:
-        while not self._done.wait(min(1.0, self._stall_timeout / 4)):
-            if time.monotonic() - self._last_progress > self._stall_timeout:
+        started = time.monotonic()
+        interval = PROGRESS_INTERVAL
+        report_at = started + interval
+        while not self._done.wait(min(1.0, self._stall_timeout / 4, interval)):
+            now = time.monotonic()
+            if now - self._last_progress > self._stall_timeout:
                 self._stalled = True
                 self._call.cancel()
                 return
+            if now >= report_at:
+                report_at = now + interval
+                progress = describe_progress(self.received, now - started, self.member.db_size)
+                log.info("snapshot from %s: %s", self.member.describe(), progress)
 
     def cancel(self) -> None:
         """Abort the stream from another thread (shutdown)."""

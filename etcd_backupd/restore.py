@@ -175,6 +175,7 @@ def restore(
     its manifest's digest is given, is the snapshot the manifest describes. A compressed file
     is decompressed to at most `expected_size` bytes, its manifest's size, when given."""
     check_data_dir(member.data_dir, force)
+    log.info("restore step 1 of 2: decompressing and verifying %s", source.name)
     with plain_snapshot(source, size=expected_size) as plain:
         status = verify_snapshot(plain)
         if expected_sha256 is not None and status.sha256 != expected_sha256:
@@ -182,6 +183,7 @@ def restore(
                 f"{source.name} has SHA-256 {status.sha256}, but its manifest says "
                 f"{expected_sha256}: it is not the snapshot the manifest describes"
             )
+        log.info("restore step 2 of 2: restoring into %s", member.data_dir)
         move_aside(member.data_dir, now)
         run_restore(plain, member, initial_cluster, token, tools)
     return status
@@ -259,7 +261,10 @@ def _drill_one(
         raise BackupError("a drill needs etcd and etcdctl beside the restore tool")
     with tempfile.TemporaryDirectory(prefix="etcd-backupd-drill-", dir=scratch_root) as scratch:
         work = Path(scratch)
+        step = f"drill of {manifest.snapshot} from {destination.name}: step"
+        log.info("%s 1 of 3: fetching it", step)
         fetched = destination.fetch(manifest.snapshot, work / manifest.snapshot)
+        log.info("%s 2 of 3: verifying and restoring it", step)
         peer = f"http://127.0.0.1:{_free_port()}"
         client = f"http://127.0.0.1:{_free_port()}"
         member = Member("drill", peer, work / "data")
@@ -281,6 +286,7 @@ def _drill_one(
                     f"manifest says revision {manifest.revision}, hash {manifest.hash}"
                 )
         fetched.unlink()
+        log.info("%s 3 of 3: starting a throwaway etcd and checking it", step)
         with (work / "etcd.log").open("wb") as log_file:
             process = subprocess.Popen(
                 [

@@ -132,6 +132,10 @@ def test_status_reports_each_destination_and_checks_the_age(
     # a drill's verdict is kept in state_dir and shown
     drilled = cli("drill", "--config", str(config), "--destination", "s3")
     assert drilled.returncode == 0, drilled.stderr
+    steps = [f"step {n} of 3" for n in (1, 2, 3)]
+    assert [drilled.stderr.index(step) for step in steps] == sorted(
+        drilled.stderr.index(step) for step in steps
+    )
     _, report = status(config)
     assert by_name(report)["s3"]["last_drill"]["ok"] is True
     assert by_name(report)["s3"]["last_drill"]["snapshot"] == manifest["snapshot"]
