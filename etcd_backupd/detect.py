@@ -281,6 +281,11 @@ def _environment(environ: Mapping[str, str], report: list[str]) -> Detected | No
         return None
     report.append("found ETCDCTL_* variables in the environment")
     user = environ.get("ETCDCTL_USER", "").partition(":")[0] or None
+    if user:
+        report.append(
+            f"  ETCDCTL_USER names the etcd user {user!r}: put its password in a file and "
+            "uncomment username and password_file in [etcd]"
+        )
     local = endpoints[0] if _is_loopback(urlsplit(endpoints[0]).hostname or "") else None
     return Detected(
         layout="environment",
@@ -361,9 +366,9 @@ def render(found: Detected | None, *, host: str, now: datetime) -> str:
             ]
     if found and found.username:
         lines += [
-            "# etcd auth: the password goes in password_file (mode 0600) or the environment",
-            "# variable ETCD_BACKUPD_ETCD_PASSWORD, never here.",
-            f"username = {_toml(found.username)}",
+            "# etcd auth: put the password in password_file (mode 0600), or in the environment",
+            "# variable ETCD_BACKUPD_ETCD_PASSWORD, never here; then uncomment both lines.",
+            f"# username = {_toml(found.username)}",
             '# password_file = "/etc/etcd-backupd/etcd-password"',
         ]
     lines += [

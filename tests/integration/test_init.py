@@ -203,9 +203,10 @@ def test_kubeadm_layout_backs_up_the_real_member(etcd_tls: EtcdCluster, tmp_path
     assert fallback["etcd"]["key"] == "/etc/kubernetes/pki/apiserver-etcd-client.key"
 
 
-def checked(tmp_path: Path, text: str) -> dict[str, Any]:
+def checked(tmp_path: Path, text: str, root: Path | None = None) -> dict[str, Any]:
+    """The generated config, checked on the node (whose files are under `root` here)."""
     config = tmp_path / "generated.toml"
-    config.write_text(text)
+    config.write_text(on_the_node(text, root) if root is not None else text)
     result = check_config(config)
     assert result.returncode == 0, result.stderr
     return tomllib.loads(text)
@@ -240,7 +241,8 @@ def test_package_unit_with_an_environment_file(tmp_path: Path) -> None:
         place(root, f"/etc/etcd/pki/{name}")
     result = init(root)
     assert result.returncode == 0, result.stderr
-    config = checked(tmp_path, result.stdout)
+    checked(tmp_path, result.stdout, root)
+    config = tomllib.loads(result.stdout)
     # listening on every address: this host reaches it on loopback
     assert config["etcd"]["endpoints"] == ["https://127.0.0.1:2379"]
     assert config["etcd"]["local_endpoint"] == "https://127.0.0.1:2379"
@@ -259,13 +261,20 @@ def test_etcdctl_variables(tmp_path: Path) -> None:
         "ETCDCTL_KEY": "/etc/ssl/etcd/admin-key.pem",
         "ETCDCTL_USER": "root:do-not-copy-me",
     }
-    result = init(tmp_path / "empty", env=env)
+    root = tmp_path / "node"
+    for name in ("ca.pem", "admin.pem", "admin-key.pem"):
+        place(root, f"/etc/ssl/etcd/{name}")
+    result = init(root, env=env)
     assert result.returncode == 0, result.stderr
-    config = checked(tmp_path, result.stdout)
+    checked(tmp_path, result.stdout, root)
+    config = tomllib.loads(result.stdout)
     assert config["etcd"]["endpoints"] == ["https://127.0.0.1:2379", "https://10.0.0.5:2379"]
     assert config["etcd"]["local_endpoint"] == "https://127.0.0.1:2379"
     assert config["etcd"]["cert"] == "/etc/ssl/etcd/admin.pem"
-    assert config["etcd"]["username"] == "root"
+    # a user needs its password, which is never copied: the lines wait for it, commented out
+    assert "username" not in config["etcd"]
+    assert '# username = "root"' in result.stdout
+    assert "ETCDCTL_USER names the etcd user 'root'" in result.stderr
     assert "do-not-copy-me" not in result.stdout + result.stderr
     assert "found ETCDCTL_* variables in the environment" in result.stderr
 
@@ -289,3 +298,14 @@ def test_nothing_found_says_where_it_looked(tmp_path: Path) -> None:
     )
     assert plain.returncode == 0, plain.stderr
     assert checked(tmp_path, plain.stdout)["etcd"]["endpoints"] == ["http://127.0.0.1:2379"]
+
+
+def test_the_written_config_is_the_owners_alone(tmp_path: Path) -> None:
+    root = tmp_path / "node"
+    place(root, "/etc/systemd/system/etcd.service", KUBEASZ_UNIT)
+    written = tmp_path / "config.toml"
+    assert init(root, "--output", str(written)).returncode == 0
+    assert written.stat().st_mode & 0o777 == 0o600
+    warned = check_config(written)
+    assert warned.returncode == 0
+    assert "other users may read it" not in warned.stderr

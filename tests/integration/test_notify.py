@@ -83,7 +83,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def targets(*entries: dict[str, Any]) -> Any:
-    data = {"destination": [{"name": "l", "type": "local", "path": "/x"}], "notify": entries}
+    data = {"destination": [{"name": "l", "type": "local", "path": "/x"}], "notify": list(entries)}
     return parse_config(data).notify
 
 
