@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .errors import BackupError, SnapshotInvalid
 from .logs import setup_logging
+from .runbook import DEFAULT_BUMP_REVISION
 
 # Each command imports what it uses: `verify` and `inspect` then start without gRPC and pydantic,
 # and every command starts faster.
@@ -223,6 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=300,
         help="seconds each member waits for every member to be healthy",
+    )
+    plan_parser.add_argument(
+        "--bump-revision",
+        type=int,
+        default=DEFAULT_BUMP_REVISION,
+        metavar="N",
+        help="every member restores with --bump-revision N --mark-compacted, so that Kubernetes' "
+        f"watches re-list (default: {DEFAULT_BUMP_REVISION}; needs etcdutl 3.5.10+ or 3.6)",
+    )
+    plan_parser.add_argument(
+        "--no-bump",
+        action="store_true",
+        help="restore without a revision bump (for an older etcdutl; then restart the kubelets)",
     )
     plan_parser.add_argument("--output", "-o", choices=("markdown", "script"), default="markdown")
     plan_parser.add_argument(
@@ -559,6 +573,8 @@ def _runbook(args: argparse.Namespace) -> Any:
 
     if args.health_timeout <= 0:
         raise BackupError("--health-timeout must be a positive number of seconds")
+    if args.bump_revision <= 0:
+        raise BackupError("--bump-revision must be a positive number (or give --no-bump)")
     peers = pairs(args.member, "--member")
     clients = pairs(args.client_url, "--client-url")
     config = None
@@ -606,6 +622,7 @@ def _runbook(args: argparse.Namespace) -> Any:
         data_dir_owner=args.data_dir_owner,
         access=access,
         health_timeout=args.health_timeout,
+        bump_revision=0 if args.no_bump else args.bump_revision,
     )
 
 

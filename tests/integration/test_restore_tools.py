@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.etcd import EtcdBinaries, start_cluster
+from tests.integration.test_restore import command_on_path
 from tests.unit.test_etcd36 import etcd_snapshot
 
 BUMP = ["--bump-revision", "1000000000", "--mark-compacted"]
@@ -168,3 +170,58 @@ def test_a_tool_older_than_the_snapshots_storage_version_is_refused(
     # etcdctl 3.5 beside it is no fallback
     assert "etcdctl 3.5.1" in last and "etcd 3.5 restores with etcdutl" in last
     assert not (tmp_path / "data").exists()
+
+
+def test_the_runbook_restores_every_member_with_the_same_bump_or_falls_back(
+    etcd_binaries_35: EtcdBinaries, snapshot35: Path, tmp_path: Path
+) -> None:
+    assert etcd_binaries_35.etcdutl is not None
+    record = tmp_path / "arguments"
+    wrapper = newer_etcdutl(tmp_path / "newer", etcd_binaries_35.etcdutl, record)
+    names = ["etcd1", "etcd2", "etcd3"]
+    members = [f"--member={n}=http://127.0.0.1:{23800 + i}" for i, n in enumerate(names)]
+    scripts = tmp_path / "scripts"
+    plan = cli("restore-plan", *members, "--snapshot", str(snapshot35), "--layout", "systemd",
+               "--data-dir", "data", "--etcd-bin-dir", str(wrapper.parent),
+               "--bump-revision", "5000", "--output", "script",
+               "--script-dir", str(scripts))  # fmt: skip
+    assert plan.returncode == 0, plan.stderr
+    env = command_on_path(tmp_path / "bin")
+
+    def prepare(name: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / name).mkdir(exist_ok=True)
+        return subprocess.run(["sh", str(scripts / f"restore-{name}.sh"), "prepare"],
+                              cwd=tmp_path / name, env=env, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    for name in names:
+        prepared = prepare(name)
+        assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+        received = record.read_text().splitlines()
+        assert f"--name={name}" in received
+        assert received[-2:] == ["--bump-revision=5000", "--mark-compacted"]
+        assert (tmp_path / name / "data.restoring" / "member").is_dir()
+
+    # etcdutl 3.5.1 on the member: the restore refuses the flags before touching anything ...
+    script = scripts / "restore-etcd1.sh"
+    text = script.read_text().replace(str(wrapper.parent), str(etcd_binaries_35.etcdutl.parent))
+    script.write_text(text)
+    shutil.rmtree(tmp_path / "etcd1")
+    refused = prepare("etcd1")
+    assert refused.returncode == 1
+    assert "has no --bump-revision and --mark-compacted" in refused.stderr
+    assert list((tmp_path / "etcd1").iterdir()) == []
+    # ... and restores with the fallback the script names
+    assert "set BUMP_REVISION=0" in text
+    script.write_text(text.replace("BUMP_REVISION=5000", "BUMP_REVISION=0"))
+    fallback = prepare("etcd1")
+    assert fallback.returncode == 0, fallback.stdout + fallback.stderr
+    assert "with etcdutl 3.5.1" in fallback.stdout
+    assert (tmp_path / "etcd1" / "data.restoring" / "member").is_dir()
+
+
+def test_restore_plan_refuses_a_bump_that_is_not_positive() -> None:
+    refused = cli("restore-plan", "--member", "etcd1=https://10.0.0.1:2380", "--snapshot",
+                  "/s.db", "--bump-revision", "0")  # fmt: skip
+    assert refused.returncode == 1
+    assert "--bump-revision must be a positive number (or give --no-bump)" in refused.stderr
