@@ -17,7 +17,13 @@ from .config import Config
 from .destinations import Destination, SpooledSnapshot, Upload, build
 from .errors import BackupError, Cancelled, DestinationError, EtcdError, SnapshotInvalid
 from .etcd import EtcdSource, MemberStatus
-from .fsutil import PART_SUFFIX, fsync_dir, fsync_file, remove_stale_parts
+from .fsutil import (
+    PART_SUFFIX,
+    fsync_dir,
+    fsync_file,
+    make_private_dir,
+    remove_stale_parts,
+)
 from .manifest import Manifest, MemberInfo, snapshot_name
 from .prune import PruneResult, lock_period, policy_for, prune, sweep_orphans
 from .snapshot.status import SnapshotStatus, verify_snapshot
@@ -70,7 +76,7 @@ def choose_spool_dir(destinations: Sequence[Destination], fallback: Path) -> tup
         if directory is not None:
             return directory, True
     try:
-        fallback.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(fallback)
     except OSError as exc:
         raise DestinationError(
             f"cannot create spool directory {fallback}: {exc.strerror}; set state_dir"

@@ -31,7 +31,9 @@ class SpoolWriter:
         self._queue: queue.Queue[list[bytes] | None] = queue.Queue(QUEUE_BATCHES)
         self._crash: BaseException | None = None
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            self._fd = os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE
+            )
         except OSError as exc:
             raise self._failure(exc) from exc
         self._thread = threading.Thread(target=self._run, name="spool-hasher", daemon=True)

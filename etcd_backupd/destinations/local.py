@@ -14,11 +14,11 @@ from ..compression import SUFFIXES, compress_file
 from ..config import LocalDestination as LocalConfig
 from ..errors import DestinationError
 from ..fsutil import (
-    DIR_MODE,
     FILE_MODE,
     PART_SUFFIX,
     atomic_write_bytes,
     fsync_dir,
+    make_private_dir,
     remove_stale_parts,
 )
 from ..manifest import (
@@ -59,7 +59,7 @@ class LocalDirectory:
                 f"destination {self.name!r}: {self.path} exists and is not a directory"
             )
         try:
-            self.path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            make_private_dir(self.path)
         except OSError as exc:
             raise self.error("create the directory", exc) from exc
 
@@ -223,7 +223,7 @@ class _LocalUpload:
                 return
         part = self._final.with_name(self._final.name + PART_SUFFIX)
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
             with os.fdopen(fd, "wb") as out:
                 compress_file(source, out, self._destination.compression)
                 out.flush()

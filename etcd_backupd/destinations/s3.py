@@ -40,10 +40,13 @@ STALE_UPLOAD_AGE = timedelta(days=1)
 
 
 def _describe(exc: BaseException) -> str:
+    """One line: botocore's messages (a bad bucket name's, for one) span several."""
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'Error')}: {error.get('Message', str(exc))}"
-    return str(exc)
+        text = f"{error.get('Code', 'Error')}: {error.get('Message', str(exc))}"
+    else:
+        text = str(exc)
+    return " ".join(text.split())
 
 
 class S3Bucket:

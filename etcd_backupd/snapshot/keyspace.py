@@ -41,6 +41,23 @@ def _key_bucket(reader: BoltReader) -> Bucket | None:
     return next((b for b in reader.buckets() if b.name == KEY_BUCKET), None)
 
 
+_AUTH_BUCKET = b"auth"
+_AUTH_ENABLED = b"authEnabled"
+
+
+def auth_enabled(path: Path) -> bool:
+    """Whether a cluster restored from the snapshot asks clients to authenticate: etcd keeps
+    the switch as one byte, 1 for on, in bucket `auth`."""
+    with BoltReader(path) as reader:
+        for bucket in reader.buckets():
+            if bucket.name == _AUTH_BUCKET:
+                return any(
+                    key == _AUTH_ENABLED and bytes(value) == b"\x01"
+                    for key, value, _ in reader.items(bucket)
+                )
+    return False
+
+
 def live_key_names(path: Path, *, prefix: bytes = b"", revision: int | None = None) -> list[bytes]:
     """The keys under `prefix` at `revision` (default: the newest), sorted: the names of what
     `live_keys` gives, found a page of records at a time instead of one record at a time."""
