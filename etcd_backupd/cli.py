@@ -712,7 +712,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"OK {args.file}")
         # TOTAL KEYS as the etcdutl of the snapshot's line prints it, and how that line counts
         counted = (
-            "live keys, as etcdutl 3.6+ counts"
+            "user keys, as etcdutl 3.6+ counts them"
             if status.storage_version
             else "entries of every bucket, as etcdutl 3.4 and 3.5 count"
         )
