@@ -9,10 +9,18 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from etcd_backupd.config import load_config
+from etcd_backupd.cycle import _manifest
+from etcd_backupd.destinations import build
+from etcd_backupd.etcd import MemberStatus
+from etcd_backupd.restore import drill, find_tools
+from etcd_backupd.snapshot.status import verify_snapshot
 from tests.harness.etcd import EtcdBinaries, start_cluster
 from tests.integration.test_restore import command_on_path
 from tests.unit.test_etcd36 import etcd_snapshot
@@ -225,3 +233,28 @@ def test_restore_plan_refuses_a_bump_that_is_not_positive() -> None:
                   "/s.db", "--bump-revision", "0")  # fmt: skip
     assert refused.returncode == 1
     assert "--bump-revision must be a positive number (or give --no-bump)" in refused.stderr
+
+
+def test_a_drill_of_a_36_snapshot_names_the_tool_too_old_for_it(
+    etcd_binaries_35: EtcdBinaries, tmp_path: Path
+) -> None:
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    name = "etcd-snapshot-c-20261202T000000Z.db"
+    (backups / name).write_bytes(etcd_snapshot(b"3.6.0")[0])
+    status = verify_snapshot(backups / name)
+    member = MemberStatus("http://127.0.0.1:2379", 1, "m1", 1, 0xAB, "3.6.0", status.total_size)
+    made = _manifest(name, datetime(2026, 12, 2, tzinfo=UTC), time.monotonic(), status, member,
+                     "00000000000000ab", "c")  # fmt: skip
+    (backups / f"{name}.manifest.json").write_text(made.to_json())
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[etcd]\nendpoints = ['http://127.0.0.1:2379']\n"
+        f"[[destination]]\nname = 'local'\ntype = 'local'\npath = {str(backups)!r}\n"
+    )
+    settings = load_config(config).destination[0]
+    result = drill(build(settings), find_tools(etcd_binaries_35.etcd.parent), [], tmp_path)
+    assert not result.ok
+    assert result.error is not None
+    assert "etcdutl 3.5.1 (" in result.error
+    assert "is older than the snapshot's storage version 3.6.0" in result.error
