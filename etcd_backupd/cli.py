@@ -269,8 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check a snapshot file without etcd",
         description="Check a snapshot file (plain, or compressed with zstd or gzip): its SHA-256 "
-        "trailer and its bbolt structure, and print the revision, key count, size and hash "
-        "'etcdutl snapshot status' would print. Exits 0 only for a sound snapshot.",
+        "trailer and its bbolt structure, and print the revision, total keys, size, hash and "
+        "(etcd 3.6) version 'etcdutl snapshot status' of the snapshot's etcd line would print, "
+        "and the live keys a restore would hold. Exits 0 only for a sound snapshot.",
     )
     verify.add_argument("file", type=Path, help="snapshot file")
     _output_option(verify)

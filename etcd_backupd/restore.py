@@ -43,6 +43,7 @@ RESTORE_TOOLS = ("etcdutl", "etcdctl")
 BUMP_FLAGS = ("--bump-revision", "--mark-compacted")
 # seconds a tool may take to print its version or its help
 PROBE_TIMEOUT = 30.0
+# the first line of `etcdutl version` and `etcdctl version` (etcdutl/etcdutl/version_command.go)
 _TOOL_VERSION = re.compile(r"^(etcdutl|etcdctl) version: (\d+)\.(\d+)\.(\d+)", re.MULTILINE)
 _FLAG = re.compile(r"--[a-z][a-z-]*")
 _MAJOR_MINOR = re.compile(r"(\d+)\.(\d+)\.")
