@@ -522,7 +522,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         wanted = find_snapshot(destination.manifests(), args.snapshot, settings.name)
         token = args.initial_cluster_token or restore_token(wanted.snapshot)
         # refused before fetching what no tool here could restore
-        restore_tool(tools, wanted.storage_version, bump=args.bump_revision > 0)
+        restore_tool(
+            tools,
+            wanted.storage_version,
+            bump=args.bump_revision > 0,
+            etcd_version=wanted.etcd_version,
+        )
         with tempfile.TemporaryDirectory(prefix="etcd-backupd-restore-") as scratch:
             fetched = destination.fetch(wanted.snapshot, Path(scratch) / wanted.snapshot)
             status, tool = restore(
@@ -536,6 +541,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 expected_sha256=wanted.sha256,
                 expected_size=wanted.size,
                 bump_revision=args.bump_revision,
+                etcd_version=wanted.etcd_version,
             )
     bumped = (
         f", bumped by {args.bump_revision} to {status.revision + args.bump_revision} and marked "

@@ -143,13 +143,19 @@ def probe_tool(path: Path) -> RestoreTool | str:
     return RestoreTool(path, kind, version, flags)
 
 
-def restore_tool(tools: EtcdTools, storage_version: str | None, *, bump: bool) -> RestoreTool:
+def restore_tool(
+    tools: EtcdTools, storage_version: str | None, *, bump: bool, etcd_version: str | None = None
+) -> RestoreTool:
     """The first candidate that runs, is not older than the snapshot's storage version, and
-    takes --bump-revision and --mark-compacted when `bump`. A candidate passed over is logged
-    with the reason; when none is left, the reasons are the error."""
+    takes --bump-revision and --mark-compacted when `bump`. A snapshot its manifest says a 3.4
+    member served (`etcd_version`) tries 3.4's own etcdctl first. A candidate passed over is
+    logged with the reason; when none is left, the reasons are the error."""
     needed = _MAJOR_MINOR.match(storage_version or "")
+    candidates = list(tools.candidates)
+    if (etcd_version or "").startswith("3.4."):
+        candidates.sort(key=lambda path: path.name != "etcdctl")
     reasons = []
-    for path in tools.candidates:
+    for path in candidates:
         tool = probe_tool(path)
         if isinstance(tool, str):
             reason = tool
@@ -289,11 +295,12 @@ def restore(
     expected_sha256: str | None = None,
     expected_size: int | None = None,
     bump_revision: int = 0,
+    etcd_version: str | None = None,
 ) -> tuple[SnapshotStatus, RestoreTool]:
     """Verify, then restore; nothing on disk is touched unless the snapshot is sound and, when
     its manifest's digest is given, is the snapshot the manifest describes, and a tool here can
     restore it. A compressed file is decompressed to at most `expected_size` bytes, its
-    manifest's size, when given."""
+    manifest's size, when given; `etcd_version` is its manifest's too."""
     check_data_dir(member.data_dir, force)
     with plain_snapshot(source, size=expected_size) as plain:
         status = verify_snapshot(plain)
@@ -307,7 +314,9 @@ def restore(
                 f"--bump-revision {bump_revision} takes revision {status.revision} past etcd's "
                 f"largest, {MAX_REVISION}"
             )
-        tool = restore_tool(tools, status.storage_version, bump=bump_revision > 0)
+        tool = restore_tool(
+            tools, status.storage_version, bump=bump_revision > 0, etcd_version=etcd_version
+        )
         move_aside(member.data_dir, now)
         run_restore(plain, member, initial_cluster, token, tool, bump_revision)
     return status, tool
@@ -431,7 +440,12 @@ def _drill_one(
             # data dir is scratch, so the walk runs alongside the restore instead of before it.
             walked = pool.submit(verify_snapshot, plain, expected_sha256=manifest.sha256)
             try:
-                tool = restore_tool(tools, read_storage_version(plain), bump=False)
+                tool = restore_tool(
+                    tools,
+                    read_storage_version(plain),
+                    bump=False,
+                    etcd_version=manifest.etcd_version,
+                )
                 run_restore(plain, member, f"drill={DRILL_PEER_URL}", "etcd-backupd-drill", tool)
             finally:
                 status = walked.result()

@@ -21,8 +21,8 @@ from etcd_backupd.destinations import build
 from etcd_backupd.etcd import MemberStatus
 from etcd_backupd.restore import drill, find_tools
 from etcd_backupd.snapshot.status import verify_snapshot
-from tests.harness.etcd import EtcdBinaries, start_cluster
-from tests.integration.test_restore import command_on_path
+from tests.harness.etcd import EtcdBinaries, EtcdCluster, start_cluster
+from tests.integration.test_restore import backup_config, command_on_path
 from tests.unit.test_etcd36 import etcd_snapshot
 
 BUMP = ["--bump-revision", "1000000000", "--mark-compacted"]
@@ -258,3 +258,25 @@ def test_a_drill_of_a_36_snapshot_names_the_tool_too_old_for_it(
     assert result.error is not None
     assert "etcdutl 3.5.1 (" in result.error
     assert "is older than the snapshot's storage version 3.6.0" in result.error
+
+
+def test_a_backup_of_a_34_member_restores_with_34s_etcdctl_before_etcdutl(
+    etcd34: EtcdCluster, etcd_binaries_35: EtcdBinaries, tmp_path: Path
+) -> None:
+    assert etcd_binaries_35.etcdutl is not None
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "etcdutl").symlink_to(etcd_binaries_35.etcdutl)
+    (both / "etcdctl").symlink_to(etcd34.binaries.etcdctl)
+    config = backup_config(tmp_path, etcd34)
+    assert cli("once", "--config", str(config)).returncode == 0
+    from_manifest = cli("restore", "--config", str(config), "--destination", "local",
+                        "--data-dir", str(tmp_path / "a"), "--etcd-bin-dir", str(both))  # fmt: skip
+    assert from_manifest.returncode == 0, from_manifest.stderr
+    assert f"with etcdctl 3.4.23 ({both / 'etcdctl'})" in from_manifest.stdout
+    # a file alone does not say which line served it: etcdutl restores 3.4 and 3.5 alike
+    (snapshot,) = (tmp_path / "backups").glob("*.db")
+    from_file = cli("restore", str(snapshot), "--data-dir", str(tmp_path / "b"),
+                    "--etcd-bin-dir", str(both))  # fmt: skip
+    assert from_file.returncode == 0, from_file.stderr
+    assert f"with etcdutl 3.5.1 ({both / 'etcdutl'})" in from_file.stdout
