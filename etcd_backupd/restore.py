@@ -43,6 +43,7 @@ RESTORE_TOOLS = ("etcdutl", "etcdctl")
 BUMP_FLAGS = ("--bump-revision", "--mark-compacted")
 # seconds a tool may take to print its version or its help
 PROBE_TIMEOUT = 30.0
+_DETAIL_LIMIT = 300
 # the first line of `etcdutl version` and `etcdctl version` (etcdutl/etcdutl/version_command.go)
 _TOOL_VERSION = re.compile(r"^(etcdutl|etcdctl) version: (\d+)\.(\d+)\.(\d+)", re.MULTILINE)
 _FLAG = re.compile(r"--[a-z][a-z-]*")
@@ -51,8 +52,8 @@ _MAJOR_MINOR = re.compile(r"(\d+)\.(\d+)\.")
 
 @dataclass(frozen=True)
 class EtcdTools:
-    """etcd's binaries as found: the restore candidates in the order they are tried (every
-    etcdutl, then every etcdctl), and etcd and etcdctl for drills."""
+    """etcd's binaries as found: the restore candidates (every etcdutl, then every etcdctl, in
+    PATH order), and etcd and etcdctl for drills."""
 
     candidates: tuple[Path, ...]
     etcd: Path | None
@@ -118,7 +119,8 @@ def _run_tool(path: Path, *args: str) -> subprocess.CompletedProcess[str] | str:
         return exc.strerror or str(exc)
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines()
-        return lines[-1] if lines else f"exit status {result.returncode}"
+        # the last line says why; a tool gone wrong may print anything, at any length
+        return lines[-1][:_DETAIL_LIMIT] if lines else f"exit status {result.returncode}"
     return result
 
 
