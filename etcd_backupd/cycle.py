@@ -15,11 +15,19 @@ from pathlib import Path
 from . import __version__
 from .config import Config
 from .destinations import Destination, SpooledSnapshot, Upload, build
-from .errors import BackupError, Cancelled, DestinationError, EtcdError, SnapshotInvalid
+from .errors import (
+    BackupError,
+    Cancelled,
+    DestinationBusy,
+    DestinationError,
+    EtcdError,
+    SnapshotInvalid,
+)
 from .etcd import EtcdSource, MemberStatus
-from .fsutil import PART_SUFFIX, fsync_dir, fsync_file, remove_stale_parts
-from .manifest import Manifest, MemberInfo, snapshot_name
+from .fsutil import fsync_dir, fsync_file, part_path, remove_stale_parts
+from .manifest import Manifest, MemberInfo, parse_snapshot_name, snapshot_name
 from .prune import PruneResult, lock_period, policy_for, prune, sweep_orphans
+from .runlock import DestinationLock
 from .snapshot.status import SnapshotStatus, verify_snapshot
 from .spool import SpoolWriter
 
@@ -34,6 +42,8 @@ class DestinationResult:
     error: str | None = None
     pruned: PruneResult | None = None
     prune_error: str | None = None
+    # left to another run that was writing into it at the same time: no failure of this one
+    busy: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,9 @@ def choose_spool_dir(destinations: Sequence[Destination], fallback: Path) -> tup
         raise DestinationError(
             f"cannot create spool directory {fallback}: {exc.strerror}; set state_dir"
         ) from exc
-    for stale in remove_stale_parts(fallback, datetime.now(UTC)):
+    for stale in remove_stale_parts(
+        fallback, datetime.now(UTC), lambda final: parse_snapshot_name(final) is not None
+    ):
         log.warning("removed %s, left by an interrupted run", fallback / stale)
     return fallback, False
 
@@ -86,9 +98,13 @@ class _Shipment:
     def __init__(self, targets: Sequence[Destination], snapshot: str) -> None:
         self.uploads: dict[str, Upload] = {}
         self.failures: dict[str, str] = {}
+        self.busy: dict[str, str] = {}
         for target in targets:
             try:
                 self.uploads[target.name] = target.begin(snapshot)
+            except DestinationBusy as exc:
+                log.warning("%s", exc)
+                self.busy[target.name] = str(exc)
             except BackupError as exc:
                 self._failed(target.name, exc)
 
@@ -120,6 +136,9 @@ class _Shipment:
         for name in list(self.uploads):
             try:
                 stored[name] = self.uploads[name].commit(spooled, manifest)
+            except DestinationBusy as exc:
+                log.warning("%s", exc)
+                self.busy[name] = str(exc)
             except BackupError as exc:
                 self._failed(name, exc)
             del self.uploads[name]
@@ -190,6 +209,7 @@ def run_cycle(
     targets = (
         list(destinations) if destinations is not None else [build(d) for d in config.destination]
     )
+    claims = _Claims(config.state_dir)
     part: Path | None = None
     shipment: _Shipment | None = None
 
@@ -207,16 +227,17 @@ def run_cycle(
 
     try:
         mark = stages.start("snapshot")
-        _housekeeping(config, targets, started)
-        spool, durable = choose_spool_dir(targets, config.state_dir / "spool")
+        held = claims.take(targets)
+        _housekeeping(config, held, started)
+        spool, durable = choose_spool_dir(held, config.state_dir / "spool")
         source = EtcdSource(config.etcd)
         members = source.healthy_members()
         cluster_id = f"{members[0].cluster_id:016x}"
         cluster_name = config.etcd.cluster_name or cluster_id
         name = snapshot_name(cluster_name, started)
-        part = spool / (name + PART_SUFFIX)
+        part = part_path(spool / name)
         sha256, member, shipment = _stream_from_first_working(
-            source, members, part, targets, name, cancel or threading.Event()
+            source, members, part, held, name, cancel or threading.Event()
         )
         stages.stop("snapshot", mark)
 
@@ -236,44 +257,102 @@ def run_cycle(
         manifest = _manifest(name, started, began, status, member, cluster_id, cluster_name)
         stored = shipment.commit(SpooledSnapshot(part, status), manifest)
         stages.stop("ship", mark)
+
+        mark = stages.start("prune")
+        results = tuple(
+            _prune(config, target, stored[target.name], started)
+            if target.name in stored
+            else _not_stored(target.name, claims, shipment)
+            for target in targets
+        )
+        stages.stop("prune", mark)
     except BackupError as exc:
         return failed(exc)
     finally:
         if shipment is not None:
             shipment.abort()
         if part is not None:
-            part.unlink(missing_ok=True)
+            _remove(part)
+        claims.release()
 
-    mark = stages.start("prune")
-    results = tuple(
-        _prune(config, target, stored[target.name], started)
-        if target.name in stored
-        else DestinationResult(
-            target.name, False, error=shipment.failures.get(target.name, "not stored")
-        )
-        for target in targets
-    )
-    stages.stop("prune", mark)
-    failures = [f"{r.name}: {r.error}" for r in results if not r.ok]
+    failures = [f"{r.name}: {r.error}" for r in results if not r.ok and not r.busy]
+    refusals = [f"{r.name}: {r.error}" for r in results if r.busy]
+    exit_code = 0
     if failures:
+        exit_code = DestinationError.exit_code
+    elif not stored:
+        # every destination got a snapshot from another run of the same moment instead
+        exit_code = DestinationBusy.exit_code
+        failures = refusals
+    if exit_code:
         stages.current = "ship"
-        log.error(
-            "backup %s reached %d of %d destinations",
-            name,
-            len(targets) - len(failures),
-            len(targets),
-        )
+        log.error("backup %s reached %d of %d destinations", name, len(stored), len(targets))
     return CycleResult(
         started=started,
         finished=clock(),
-        ok=not failures,
+        ok=not exit_code,
         manifest=manifest,
         destinations=results,
         error="; ".join(failures) or None,
-        failed_stage="ship" if failures else None,
+        failed_stage="ship" if exit_code else None,
         stage_seconds=stages.seconds,
-        exit_code=DestinationError.exit_code if failures else 0,
+        exit_code=exit_code,
     )
+
+
+class _Claims:
+    """The destinations this run holds against other runs, and the ones it leaves alone."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._state_dir = state_dir
+        self.held: list[DestinationLock] = []
+        self.busy: dict[str, str] = {}
+        self.failures: dict[str, str] = {}
+
+    def take(self, targets: Sequence[Destination]) -> list[Destination]:
+        usable = []
+        for target in targets:
+            try:
+                self.held.append(DestinationLock(self._state_dir, target.name, target.identity()))
+            except DestinationBusy as exc:
+                log.warning("%s", exc)
+                self.busy[target.name] = str(exc)
+                continue
+            except BackupError as exc:
+                log.error("destination %s failed: %s", target.name, exc)
+                self.failures[target.name] = str(exc)
+                continue
+            usable.append(target)
+        if not usable and self.busy:
+            raise DestinationBusy(
+                "another run is backing up to every destination; this run takes no snapshot: "
+                + "; ".join(self.busy.values())
+            )
+        if not usable:
+            raise DestinationError(
+                "no destination can take the snapshot: " + "; ".join(self.failures.values())
+            )
+        return usable
+
+    def release(self) -> None:
+        while self.held:
+            self.held.pop().release()
+
+
+def _not_stored(name: str, claims: _Claims, shipment: _Shipment) -> DestinationResult:
+    refusal = claims.busy.get(name) or shipment.busy.get(name)
+    if refusal is not None:
+        return DestinationResult(name, False, error=refusal, busy=True)
+    error = claims.failures.get(name) or shipment.failures.get(name, "not stored")
+    return DestinationResult(name, False, error=error)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file this run created; a failure to is worth a warning, not the cycle."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc.strerror)
 
 
 def _prune(
@@ -318,6 +397,11 @@ def _stream_from_first_working(
     for member in members:
         log.info("streaming snapshot from %s", member.describe())
         shipment = _Shipment(targets, name)
+        if not shipment.uploads and not shipment.failures:
+            raise DestinationBusy(
+                "another run of the same second is backing up to every destination: "
+                + "; ".join(shipment.busy.values())
+            )
         if not shipment.uploads:
             raise DestinationError(
                 "no destination can take the snapshot: " + "; ".join(shipment.failures.values())
@@ -326,13 +410,13 @@ def _stream_from_first_working(
             sha256 = _spool_snapshot(source, member, part, shipment, cancel)
         except (EtcdError, SnapshotInvalid) as exc:
             shipment.abort()
-            part.unlink(missing_ok=True)
+            _remove(part)
             log.warning("%s", exc)
             problems.append(str(exc))
             continue
         except BaseException:
             shipment.abort()
-            part.unlink(missing_ok=True)
+            _remove(part)
             raise
         log.info("snapshot from %s: %d bytes", member.describe(), part.stat().st_size)
         return sha256, member, shipment

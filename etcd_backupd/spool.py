@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import DestinationError
-from .fsutil import FILE_MODE
+from .fsutil import create_new
 
 # Chunks travel to the hashing thread in batches of about this size; the queue holds a few of
 # them, which bounds the memory between receiving and hashing to BATCH_BYTES x QUEUE_BATCHES.
@@ -31,7 +31,7 @@ class SpoolWriter:
         self._queue: queue.Queue[list[bytes] | None] = queue.Queue(QUEUE_BATCHES)
         self._crash: BaseException | None = None
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            self._fd = create_new(path)
         except OSError as exc:
             raise self._failure(exc) from exc
         self._thread = threading.Thread(target=self._run, name="spool-hasher", daemon=True)

@@ -63,6 +63,11 @@ class Destination(Protocol):
         """A local directory where a snapshot may be streamed so that storing it costs no copy."""
         ...
 
+    def identity(self) -> str:
+        """Where the snapshots are kept, however a config names it: runs of the tool that
+        write into one place take turns (see runlock)."""
+        ...
+
     def begin(self, snapshot: str) -> Upload:
         """Start storing the snapshot `snapshot` (its uncompressed name)."""
         ...

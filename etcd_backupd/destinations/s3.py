@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import secrets
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -24,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..compression import SUFFIXES, compressor
 from ..config import S3Destination as S3Config
-from ..errors import DestinationError
+from ..errors import DestinationBusy, DestinationError
 from ..manifest import Manifest, manifest_name, parse_snapshot_name, snapshot_of_manifest
 from .base import SpooledSnapshot, StoredItem, pair
 
@@ -90,6 +91,9 @@ class S3Bucket:
 
     def spool_dir(self) -> Path | None:
         return None
+
+    def identity(self) -> str:
+        return f"s3 {self.config.endpoint_url or 'aws'} {self.bucket}/{self.prefix}"
 
     def begin(self, snapshot: str) -> _S3Upload:
         return _S3Upload(self, snapshot + SUFFIXES[self.config.compression])
@@ -182,13 +186,20 @@ class S3Bucket:
                 Bucket=self.bucket, Prefix=self.prefix
             )
             return any(
-                self._upload_started(upload) >= since
-                and parse_snapshot_name(upload["Key"][len(self.prefix) :]) is not None
+                self._ours(upload) and self._upload_started(upload) >= since
                 for page in pages
                 for upload in page.get("Uploads", [])
             )
         except (ClientError, BotoCoreError) as exc:
             raise self.error("list uploads in progress", exc) from exc
+
+    def _ours(self, upload: dict[str, Any]) -> bool:
+        """Whether this tool started an incomplete upload: its key is a snapshot name directly
+        under the prefix. Other applications' uploads, even under the prefix, are not ours."""
+        key: str = upload["Key"]
+        return (
+            key.startswith(self.prefix) and parse_snapshot_name(key[len(self.prefix) :]) is not None
+        )
 
     def _upload_started(self, upload: dict[str, Any]) -> datetime:
         """When an incomplete upload began. Our keys carry their start time, which wins over
@@ -205,7 +216,10 @@ class S3Bucket:
             )
             for page in pages:
                 for upload in page.get("Uploads", []):
-                    if now - self._upload_started(upload) < STALE_UPLOAD_AGE:
+                    if (
+                        not self._ours(upload)
+                        or now - self._upload_started(upload) < STALE_UPLOAD_AGE
+                    ):
                         continue
                     self.client.abort_multipart_upload(
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
@@ -236,12 +250,18 @@ class _S3Upload:
         )
         self._stored_size = 0
         self._upload_id: str | None = None
+        self._run = secrets.token_hex(6)
         arguments: dict[str, Any] = {
             "Bucket": destination.bucket,
             "Key": self._key,
             "ChecksumAlgorithm": "CRC32C",
             "ContentType": "application/octet-stream",
-            "Metadata": {"tool": "etcd-backupd", "compression": self._config.compression},
+            # which run started the upload: runs of the same second share the key, never an id
+            "Metadata": {
+                "tool": "etcd-backupd",
+                "run": self._run,
+                "compression": self._config.compression,
+            },
         }
         parsed = parse_snapshot_name(stored_name)
         assert parsed is not None
@@ -341,7 +361,10 @@ class _S3Upload:
             "MultipartUpload": {"Parts": parts},
         }
         try:
-            destination.client.complete_multipart_upload(**complete)
+            self._create_new(destination.client.complete_multipart_upload, complete)
+        except DestinationBusy:
+            self.abort()
+            raise
         except (ClientError, BotoCoreError) as exc:
             self.abort()
             raise destination.error(f"complete the upload of {self._stored_name}", exc) from exc
@@ -349,8 +372,8 @@ class _S3Upload:
         self._pool.shutdown(wait=True)
         try:
             self._describe_object(stored)
-            destination.client.put_object(**self._manifest_arguments(stored))
-        except (ClientError, BotoCoreError) as exc:
+            self._create_new(destination.client.put_object, self._manifest_arguments(stored))
+        except (ClientError, BotoCoreError, DestinationBusy) as exc:
             # without its manifest the object is not a backup: remove it (unless it is locked,
             # in which case housekeeping reports it as an orphan later)
             self._remove_completed()
@@ -363,6 +386,36 @@ class _S3Upload:
             self._stored_size,
         )
         return stored
+
+    def _create_new(self, call: Any, arguments: dict[str, Any]) -> None:
+        """Create an object that must not exist yet: two runs of the same second name their
+        snapshots alike, and the second never replaces the first one's backup."""
+        try:
+            call(**arguments, IfNoneMatch="*")
+            return
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise self._taken(arguments["Key"]) from exc
+            if code not in ("NotImplemented", "InvalidArgument"):
+                raise
+        # a store without conditional writes: look first, which leaves a narrower window
+        try:
+            self._destination.client.head_object(
+                Bucket=self._destination.bucket, Key=arguments["Key"]
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                raise
+        else:
+            raise self._taken(arguments["Key"])
+        call(**arguments)
+
+    def _taken(self, key: str) -> DestinationBusy:
+        return DestinationBusy(
+            f"destination {self._destination.name!r}: s3://{self._destination.bucket}/{key} "
+            "was stored by another run meanwhile; not overwriting it"
+        )
 
     def _object_arguments(self) -> dict[str, Any]:
         """Storage class, encryption and Object Lock, the same for snapshot and manifest."""
@@ -423,8 +476,18 @@ class _S3Upload:
         return arguments
 
     def _remove_completed(self) -> None:
+        """Delete the object this upload completed, unless another run's replaced it."""
+        client = self._destination.client
         try:
-            self._destination.client.delete_object(Bucket=self._destination.bucket, Key=self._key)
+            found = client.head_object(Bucket=self._destination.bucket, Key=self._key)
+            if found.get("Metadata", {}).get("run") != self._run:
+                log.warning(
+                    "destination %s: %s is another run's now; leaving it",
+                    self._destination.name,
+                    self._key,
+                )
+                return
+            client.delete_object(Bucket=self._destination.bucket, Key=self._key)
         except (ClientError, BotoCoreError) as exc:
             log.warning(
                 "destination %s: could not remove %s after the failure: %s",

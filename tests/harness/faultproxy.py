@@ -1,6 +1,7 @@
 """An HTTP proxy in front of the S3 test server that counts requests by S3 operation and
 injects the faults a real server does not produce on demand: 503 SlowDown bursts, slow
-requests, outages."""
+requests, outages. It can also make moto's conditional writes atomic, as S3's are: moto checks
+If-None-Match and then writes, so two completions at once may both pass the check."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ class FaultProxy:
         self._delays: dict[str | None, float] = {}
         self._down = False
         self._lock = threading.Lock()
+        self._serialized: dict[str, threading.Lock] = {}
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -82,6 +84,12 @@ class FaultProxy:
     def delay(self, seconds: float, operation: str | None = None) -> None:
         with self._lock:
             self._delays[operation] = seconds
+
+    def serialize(self, *operations: str) -> None:
+        """Forward requests of these operations one at a time."""
+        with self._lock:
+            for name in operations:
+                self._serialized.setdefault(name, threading.Lock())
 
     def outage(self, down: bool) -> None:
         self._down = down
@@ -128,12 +136,20 @@ class FaultProxy:
             handler.end_headers()
             handler.wfile.write(payload)
             return
+        with self._lock:
+            one_at_a_time = self._serialized.get(name)
         upstream = http.client.HTTPConnection(*self._upstream, timeout=120)
         try:
             headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP_BY_HOP}
-            upstream.request(handler.command, handler.path, body=body, headers=headers)
-            response = upstream.getresponse()
-            data = response.read()
+            if one_at_a_time is not None:
+                one_at_a_time.acquire()
+            try:
+                upstream.request(handler.command, handler.path, body=body, headers=headers)
+                response = upstream.getresponse()
+                data = response.read()
+            finally:
+                if one_at_a_time is not None:
+                    one_at_a_time.release()
         finally:
             upstream.close()
         handler.send_response(response.status)
