@@ -21,6 +21,10 @@ BATCH_BYTES = 256 * 1024
 QUEUE_BATCHES = 4
 
 
+class SpoolError(DestinationError):
+    """The spool file cannot be written (full disk, read-only directory)."""
+
+
 class SpoolWriter:
     def __init__(self, path: Path, sink: Callable[[bytes], None]) -> None:
         self.path = path
@@ -37,8 +41,8 @@ class SpoolWriter:
         self._thread = threading.Thread(target=self._run, name="spool-hasher", daemon=True)
         self._thread.start()
 
-    def _failure(self, exc: OSError) -> DestinationError:
-        return DestinationError(f"cannot write spool file {self.path}: {exc.strerror}")
+    def _failure(self, exc: OSError) -> SpoolError:
+        return SpoolError(f"cannot write spool file {self.path}: {exc.strerror}")
 
     def _run(self) -> None:
         while (batch := self._queue.get()) is not None:

@@ -47,6 +47,10 @@ class Upload(Protocol):
     happens only after verification passed; `abort` removes every trace.
     """
 
+    # whether `write` wants the bytes while they stream; they are then handed over from a
+    # thread of the upload's own, so a slow destination never holds up the stream
+    streams: bool
+
     def write(self, chunk: bytes) -> None: ...
 
     def commit(self, spooled: SpooledSnapshot, manifest: Manifest) -> Manifest: ...

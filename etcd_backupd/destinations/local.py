@@ -178,6 +178,8 @@ class LocalDirectory:
 class _LocalUpload:
     """Stores from the spooled file at commit: a hard link when it shares the filesystem."""
 
+    streams = False
+
     def __init__(self, destination: LocalDirectory, final: Path) -> None:
         self._destination = destination
         self._final = final

@@ -13,7 +13,9 @@ import hashlib
 import logging
 import secrets
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,8 @@ DELETE_BATCH = 1_000
 MANIFEST_FOLDER = "manifests/"
 # An upload this old is no live stream of ours: a killed run left it.
 STALE_UPLOAD_AGE = timedelta(days=1)
+# how often a wait for a part looks at the clock (stall_timeout, deadline) and at abort
+_POLL_SECONDS = 0.2
 
 
 def _describe(exc: BaseException) -> str:
@@ -69,6 +73,8 @@ class S3Bucket:
                 retries={"mode": "standard", "total_max_attempts": config.max_attempts},
                 s3={"addressing_style": config.addressing_style},
                 max_pool_connections=config.max_concurrency + 2,
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.read_timeout,
                 # newer botocore adds CRC checksums to every request by default, which many
                 # S3-compatible stores reject; the parts carry explicit CRC-32C checksums instead
                 request_checksum_calculation="when_required",
@@ -233,6 +239,8 @@ class S3Bucket:
 class _S3Upload:
     """A multipart upload fed while the snapshot streams; parts go up in parallel."""
 
+    streams = True
+
     def __init__(self, destination: S3Bucket, stored_name: str) -> None:
         self._destination = destination
         self._config = destination.config
@@ -245,9 +253,12 @@ class _S3Upload:
         self._parts: list[Future[dict[str, Any]]] = []
         # bounds memory to about part_size x (max_concurrency + 1)
         self._slots = threading.BoundedSemaphore(self._config.max_concurrency)
-        self._pool = ThreadPoolExecutor(
-            max_workers=self._config.max_concurrency, thread_name_prefix=f"s3-{destination.name}"
-        )
+        # parts in flight, and when one last finished (or the first of a new batch was sent)
+        self._in_flight = 0
+        self._progress = time.monotonic()
+        self._deadline = self._progress + self._config.deadline
+        self._abandoned = False
+        self._lock = threading.Lock()
         self._stored_size = 0
         self._upload_id: str | None = None
         self._run = secrets.token_hex(6)
@@ -270,7 +281,6 @@ class _S3Upload:
         try:
             response = destination.client.create_multipart_upload(**arguments)
         except (ClientError, BotoCoreError) as exc:
-            self._pool.shutdown(wait=False)
             raise destination.error(f"start the upload of {stored_name}", exc) from exc
         self._upload_id = response["UploadId"]
 
@@ -280,11 +290,17 @@ class _S3Upload:
             return
         self._pending.append(data)
         self._pending_size += len(data)
-        if self._pending_size >= self._config.part_size:
-            self._send_pending()
+        size = self._config.part_size
+        if self._pending_size >= size:
+            # parts of exactly part_size, whatever the size of the blocks handed in
+            joined = b"".join(self._pending)
+            whole = len(joined) - len(joined) % size
+            for start in range(0, whole, size):
+                self._send(joined[start : start + size])
+            self._pending = [joined[whole:]] if whole < len(joined) else []
+            self._pending_size = len(joined) - whole
 
     def _send_pending(self) -> None:
-        # a part may exceed part_size by less than one chunk; S3 asks only that it not be smaller
         data = b"".join(self._pending)
         self._pending = []
         self._pending_size = 0
@@ -298,31 +314,71 @@ class _S3Upload:
                 f"{MAX_PARTS} parts; raise part_size"
             )
         self._raise_failed_part()
-        self._slots.acquire()
+        while not self._slots.acquire(timeout=_POLL_SECONDS):
+            self._check_time()
         self._stored_size += len(data)
-        try:
-            self._parts.append(self._pool.submit(self._upload_part, number, data))
-        except BaseException:
-            self._slots.release()
-            raise
+        future: Future[dict[str, Any]] = Future()
+        with self._lock:
+            if not self._in_flight:
+                self._progress = time.monotonic()
+            self._in_flight += 1
+        self._parts.append(future)
+        # daemon threads: a request that hangs neither holds up an upload given up nor the
+        # process's exit; its wait is bounded by read_timeout
+        threading.Thread(
+            target=self._upload_part,
+            args=(number, data, future),
+            name=f"s3-{self._destination.name}-part{number}",
+            daemon=True,
+        ).start()
 
-    def _upload_part(self, number: int, data: bytes) -> dict[str, Any]:
-        try:
-            # CRC-32C guards each part in transit at a twentieth of SHA-256's cost; the
-            # snapshot's own SHA-256 is checked once, as it streams in
-            checksum = base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode()
-            response = self._destination.client.upload_part(
-                Bucket=self._destination.bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                PartNumber=number,
-                Body=data,
-                ChecksumAlgorithm="CRC32C",
-                ChecksumCRC32C=checksum,
+    def _check_time(self) -> None:
+        """Give the upload up when it stalls or runs out of time, or was aborted meanwhile."""
+        destination = self._destination
+        where = f"destination {destination.name!r} (s3://{destination.bucket}/{destination.prefix})"
+        if self._abandoned:
+            raise DestinationError(f"{where}: the upload was aborted")
+        now = time.monotonic()
+        if now - self._progress > self._config.stall_timeout:
+            raise DestinationError(
+                f"{where}: no part of the upload finished for {self._config.stall_timeout:g} s; "
+                "giving this destination up for this cycle (raise stall_timeout if the store "
+                "is just slow)"
             )
-            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumCRC32C": checksum}
+        if now > self._deadline:
+            raise DestinationError(
+                f"{where}: the upload took longer than deadline = {self._config.deadline:g} s; "
+                "giving this destination up for this cycle"
+            )
+
+    def _upload_part(self, number: int, data: bytes, future: Future[dict[str, Any]]) -> None:
+        try:
+            future.set_result(self._put_part(number, data))
+        except BaseException as exc:  # handed to the waiting side
+            future.set_exception(exc)
         finally:
+            with self._lock:
+                self._in_flight -= 1
             self._slots.release()
+
+    def _put_part(self, number: int, data: bytes) -> dict[str, Any]:
+        if self._abandoned:
+            raise DestinationError("the upload was aborted")
+        # CRC-32C guards each part in transit at a twentieth of SHA-256's cost; the
+        # snapshot's own SHA-256 is checked once, as it streams in
+        checksum = base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode()
+        response = self._destination.client.upload_part(
+            Bucket=self._destination.bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=data,
+            ChecksumAlgorithm="CRC32C",
+            ChecksumCRC32C=checksum,
+        )
+        with self._lock:
+            self._progress = time.monotonic()
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumCRC32C": checksum}
 
     def _raise_failed_part(self) -> None:
         for part in self._parts:
@@ -340,7 +396,7 @@ class _S3Upload:
                 self._pending_size += len(tail)
             if self._pending or not self._parts:
                 self._send_pending()
-            parts = [future.result() for future in self._parts]
+            parts = [self._wait(future) for future in self._parts]
         except (ClientError, BotoCoreError) as exc:
             self.abort()
             raise destination.error(f"upload {self._stored_name}", exc) from exc
@@ -369,7 +425,6 @@ class _S3Upload:
             self.abort()
             raise destination.error(f"complete the upload of {self._stored_name}", exc) from exc
         self._upload_id = None
-        self._pool.shutdown(wait=True)
         try:
             self._describe_object(stored)
             self._create_new(destination.client.put_object, self._manifest_arguments(stored))
@@ -496,10 +551,17 @@ class _S3Upload:
                 _describe(exc),
             )
 
+    def _wait(self, part: Future[dict[str, Any]]) -> dict[str, Any]:
+        while True:
+            try:
+                return part.result(timeout=_POLL_SECONDS)
+            except FutureTimeout:
+                self._check_time()
+
     def abort(self) -> None:
-        for part in self._parts:
-            part.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        # parts still in flight are not waited for: their requests end with read_timeout, and
+        # the abort below discards whatever they upload
+        self._abandoned = True
         if self._upload_id is None:
             return
         upload_id, self._upload_id = self._upload_id, None

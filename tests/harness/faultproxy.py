@@ -56,6 +56,8 @@ class FaultProxy:
         self._down = False
         self._lock = threading.Lock()
         self._serialized: dict[str, threading.Lock] = {}
+        self._hung: set[str] = set()
+        self._closing = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -85,6 +87,11 @@ class FaultProxy:
         with self._lock:
             self._delays[operation] = seconds
 
+    def hang(self, *operations: str) -> None:
+        """Accept requests of these operations ("*": every one) and never answer them."""
+        with self._lock:
+            self._hung.update(operations)
+
     def serialize(self, *operations: str) -> None:
         """Forward requests of these operations one at a time."""
         with self._lock:
@@ -99,6 +106,7 @@ class FaultProxy:
             self.counts.clear()
 
     def close(self) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
@@ -122,6 +130,11 @@ class FaultProxy:
         with self._lock:
             self.counts[name] += 1
             pause = self._delays.get(name, self._delays.get(None, 0.0))
+            hung = name in self._hung or "*" in self._hung
+        if hung:
+            self._closing.wait()
+            handler.close_connection = True
+            return
         if pause:
             time.sleep(pause)
         fault = self._take_fault(name)
