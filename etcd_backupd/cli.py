@@ -7,6 +7,7 @@ import ctypes
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument(
         "--pushgateway",
         metavar="URL",
-        help="push the backup metrics to this Prometheus pushgateway, grouped by cluster",
+        help="push the backup metrics to this Prometheus pushgateway, grouped by cluster and host",
     )
     once.add_argument(
         "--textfile",
@@ -135,7 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     restoring.add_argument("--name", default="default", help="this member's name")
     restoring.add_argument("--initial-advertise-peer-urls", default="http://localhost:2380")
     restoring.add_argument("--initial-cluster", help="default: NAME=PEER_URL (one member)")
-    restoring.add_argument("--initial-cluster-token", default="etcd-cluster-restored")
+    restoring.add_argument(
+        "--initial-cluster-token",
+        help="the restored cluster's token (default: etcd-restore- and the snapshot's name, so "
+        "every member restoring one snapshot gets the same token)",
+    )
     restoring.add_argument("--force", action="store_true", help="move a non-empty data dir aside")
     restoring.add_argument("--etcd-bin-dir", type=Path, help="where etcdutl/etcdctl are")
 
@@ -143,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
         "restore-plan",
         help="print the disaster-recovery runbook for a cluster",
         description="Print, as exact commands in order, how to restore the whole cluster from "
-        "one snapshot: stop Kubernetes and etcd, restore on every member with its own name and "
-        "peer URL and a new cluster token, start etcd, check it, start Kubernetes again.",
+        "one snapshot: fetch, verify and restore it beside the data dir while etcd still runs, "
+        "stop Kubernetes and etcd, swap the data dir, start etcd, wait for every member, check "
+        "it, start Kubernetes again; for a kubeadm host (static pods) or a systemd one.",
     )
     plan_parser.add_argument(
         "--member",
@@ -155,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         "config's [restore] members",
     )
     plan_parser.add_argument(
-        "--config", "-c", type=Path, help="take the members from this config's [restore] table"
+        "--config",
+        "-c",
+        type=Path,
+        help="take the members, TLS files and user from this config's [restore] and [etcd] "
+        "tables; with --destination, the members read the snapshot through it (same path there)",
     )
     plan_parser.add_argument(
         "--client-url",
@@ -164,11 +174,44 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=CLIENT_URL",
         help="a member's client URL for the checks (default: its peer host, port 2379)",
     )
-    plan_parser.add_argument("--snapshot", required=True, help="snapshot path on the members")
+    plan_parser.add_argument(
+        "--snapshot",
+        required=True,
+        help="a snapshot file on every member, or with --destination the snapshot's name there "
+        "(or latest, which is resolved now so that every member restores the same one)",
+    )
+    plan_parser.add_argument(
+        "--destination", "-d", help="every member fetches the snapshot from this destination"
+    )
+    plan_parser.add_argument(
+        "--layout",
+        choices=("kubeadm", "systemd"),
+        help="kubeadm: etcd and the control plane are static pods; systemd: they are units "
+        "(default: kubeadm when /etc/kubernetes/manifests/etcd.yaml exists here)",
+    )
     plan_parser.add_argument("--data-dir", default="/var/lib/etcd", help="etcd's data dir")
-    plan_parser.add_argument("--token", help="new cluster token (default: dated)")
-    plan_parser.add_argument("--restore-tool", default="etcdutl", help="etcdutl, or etcdctl")
+    plan_parser.add_argument(
+        "--data-dir-owner",
+        metavar="USER[:GROUP]",
+        help="chown the restored data dir to this (default: the old data dir's owner)",
+    )
+    plan_parser.add_argument(
+        "--token", help="new cluster token (default: etcd-restore- and the snapshot's name)"
+    )
+    plan_parser.add_argument(
+        "--etcd-bin-dir", help="where etcdutl (or 3.4's etcdctl) is on the members"
+    )
     plan_parser.add_argument("--etcdctl", default="etcdctl", help="etcdctl for the checks")
+    for flag, what in (("cacert", "CA bundle"), ("cert", "client certificate"), ("key", "key")):
+        plan_parser.add_argument(
+            f"--{flag}", help=f"{what} for the checks (default: [etcd] {flag})"
+        )
+    plan_parser.add_argument(
+        "--health-timeout",
+        type=int,
+        default=300,
+        help="seconds each member waits for every member to be healthy",
+    )
     plan_parser.add_argument("--output", "-o", choices=("markdown", "script"), default="markdown")
     plan_parser.add_argument(
         "--script-dir", type=Path, default=Path("."), help="where --output script writes"
@@ -229,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check-config",
         help="validate a config file",
-        description="Validate a config file and print what it sets; exits 2 when it is invalid.",
+        description="Validate a config file and print what it sets, with the next three fire "
+        "times of every schedule; exits 2 when it is invalid.",
     )
     _config_option(check)
     return parser
@@ -246,6 +290,7 @@ def _export_metrics(
     """The daemon's metrics for a one-shot job; a failure here never hides the backup's own."""
     from prometheus_client import CollectorRegistry
 
+    from .daemon import Schedule
     from .destinations import build
     from .metrics import BackupMetrics, push, write_textfile
 
@@ -258,16 +303,15 @@ def _export_metrics(
             log.warning("metrics: cannot list destination %s: %s", settings.name, exc)
     metrics.load(held)
     metrics.set_role(role)
+    # the timer or CronJob that runs `once` is expected to follow [schedule]
+    metrics.set_schedule(*Schedule.of(config).intervals(datetime.now(UTC)))
     if result is not None:
         metrics.observe(result)
-    cluster_id = result.manifest.cluster_id if result and result.manifest else None
-    if cluster_id is None:
-        cluster_id = next((ms[-1].cluster_id for ms in held.values() if ms), None)
     try:
         if args.textfile:
             write_textfile(metrics, args.textfile)
         if args.pushgateway:
-            push(metrics, args.pushgateway, cluster_id)
+            push(metrics, args.pushgateway, socket.gethostname())
     except BackupError as exc:
         log.error("%s", exc)
 
@@ -406,7 +450,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from .config import load_config
     from .destinations import build
-    from .restore import Member, find_tools, restore
+    from .restore import Member, find_snapshot, find_tools, restore, restore_token
 
     config = load_config(args.config) if args.config else None
     bin_dir = args.etcd_bin_dir or (config.drill.bin_dir if config else None)
@@ -415,11 +459,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     cluster = args.initial_cluster or f"{args.name}={args.initial_advertise_peer_urls}"
     now = datetime.now(UTC)
     if args.file is not None:
+        token = args.initial_cluster_token or restore_token(args.file.name)
         status = restore(
             args.file,
             member,
             cluster,
-            args.initial_cluster_token,
+            token,
             tools,
             force=args.force,
             now=now,
@@ -429,31 +474,24 @@ def cmd_restore(args: argparse.Namespace) -> int:
             raise BackupError("name a snapshot FILE, or --config and --destination")
         (settings,) = _chosen(config, args.destination)
         destination = build(settings)
-        manifests = destination.manifests()
-        if not manifests:
-            raise BackupError(f"destination {settings.name!r} holds no backup")
-        wanted = (
-            manifests[-1]
-            if args.snapshot == "latest"
-            else next((m for m in manifests if m.snapshot == args.snapshot), None)
-        )
-        if wanted is None:
-            raise BackupError(f"no snapshot {args.snapshot!r} in destination {settings.name!r}")
+        wanted = find_snapshot(destination.manifests(), args.snapshot, settings.name)
+        token = args.initial_cluster_token or restore_token(wanted.snapshot)
         with tempfile.TemporaryDirectory(prefix="etcd-backupd-restore-") as scratch:
             fetched = destination.fetch(wanted.snapshot, Path(scratch) / wanted.snapshot)
             status = restore(
                 fetched,
                 member,
                 cluster,
-                args.initial_cluster_token,
+                token,
                 tools,
                 force=args.force,
                 now=now,
                 expected_sha256=wanted.sha256,
+                expected_size=wanted.size,
             )
     print(
         f"restored revision {status.revision} ({status.live_keys} keys) into {args.data_dir} "
-        f"with {tools.description}"
+        f"with {tools.description}, cluster token {token}"
     )
     return EXIT_OK
 
@@ -475,7 +513,8 @@ def cmd_restore_plan(args: argparse.Namespace) -> int:
 
 
 def _runbook(args: argparse.Namespace) -> Any:
-    from .runbook import Runbook, RunbookMember
+    from .restore import restore_token
+    from .runbook import KUBEADM_ETCD_MANIFEST, EtcdAccess, Layout, Runbook, RunbookMember
 
     def pairs(items: list[str], what: str) -> dict[str, str]:
         found = {}
@@ -486,14 +525,18 @@ def _runbook(args: argparse.Namespace) -> Any:
             found[name] = url
         return found
 
+    if args.health_timeout <= 0:
+        raise BackupError("--health-timeout must be a positive number of seconds")
     peers = pairs(args.member, "--member")
     clients = pairs(args.client_url, "--client-url")
-    if not peers and args.config:
+    config = None
+    if args.config:
         from .config import load_config
 
-        restore = load_config(args.config).restore
-        peers = dict(restore.members)
-        clients = {**restore.client_urls, **clients}
+        config = load_config(args.config)
+        if not peers:
+            peers = dict(config.restore.members)
+            clients = {**config.restore.client_urls, **clients}
     if not peers:
         raise BackupError(
             "no members: give --member NAME=PEER_URL for each member, or --config with a "
@@ -504,15 +547,50 @@ def _runbook(args: argparse.Namespace) -> Any:
         host = peer.split("://", 1)[1].rsplit(":", 1)[0]
         scheme = peer.split("://", 1)[0]
         members.append(RunbookMember(name, peer, clients.get(name, f"{scheme}://{host}:2379")))
-    token = args.token or f"etcd-restore-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    source = _runbook_source(args, config)
+    etcd = config.etcd if config else None
+
+    def setting(given: str | None, configured: Path | str | None) -> str | None:
+        return given or (str(configured) if configured is not None else None)
+
+    access = EtcdAccess(
+        cacert=setting(args.cacert, etcd.cacert if etcd else None),
+        cert=setting(args.cert, etcd.cert if etcd else None),
+        key=setting(args.key, etcd.key if etcd else None),
+        user=etcd.username if etcd else None,
+        password_file=setting(None, etcd.password_file if etcd and etcd.username else None),
+    )
+    layout: Layout = args.layout or (
+        "kubeadm" if Path(KUBEADM_ETCD_MANIFEST).exists() else "systemd"
+    )
     return Runbook(
         members=members,
-        snapshot=args.snapshot,
+        source=source,
+        layout=layout,
         data_dir=args.data_dir,
-        token=token,
-        restore_tool=args.restore_tool,
+        token=args.token or restore_token(source.snapshot),
         etcdctl=args.etcdctl,
+        etcd_bin_dir=args.etcd_bin_dir,
+        data_dir_owner=args.data_dir_owner,
+        access=access,
+        health_timeout=args.health_timeout,
     )
+
+
+def _runbook_source(args: argparse.Namespace, config: Config | None) -> Any:
+    """The snapshot every member restores: a name in a destination is resolved here, once."""
+    from .runbook import SnapshotSource
+
+    if args.destination is None:
+        return SnapshotSource(args.snapshot)
+    if config is None:
+        raise BackupError("--destination needs --config, the config that names it")
+    from .destinations import build
+    from .restore import find_snapshot
+
+    (settings,) = _chosen(config, args.destination)
+    wanted = find_snapshot(build(settings).manifests(), args.snapshot, settings.name)
+    return SnapshotSource(wanted.snapshot, str(args.config.absolute()), settings.name)
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
@@ -641,16 +719,29 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _describe_config(config: Config) -> list[str]:
+def _schedule_lines(label: str, cron: str | list[str], zone: str, now: datetime) -> list[str]:
+    """What a schedule means: its expressions and its next three fire times in its zone."""
+    from .cron import CronSchedule
+
+    expressions = [cron] if isinstance(cron, str) else cron
+    fires = CronSchedule.parse(expressions, zone).fire_times(now, 3)
+    return [
+        f"{label}: {', '.join(expressions)} ({zone})",
+        f"  next: {', '.join(fire.isoformat() for fire in fires)}",
+    ]
+
+
+def _describe_config(config: Config, now: datetime) -> list[str]:
     lines = [f"etcd endpoints: {', '.join(config.etcd.endpoints)}"]
-    cron = config.schedule.cron
-    lines.append(
-        f"schedule: {cron if isinstance(cron, str) else ', '.join(cron)} "
-        f"({config.schedule.timezone})"
-    )
+    zone = config.schedule.timezone
+    lines += _schedule_lines("schedule", config.schedule.cron, zone, now)
     for d in config.destination:
         where = d.path if d.type == "local" else f"s3://{d.bucket}/{d.prefix}"
         lines.append(f"destination {d.name}: {d.type} {where} (compression {d.compression})")
+        if d.cron:
+            lines += [f"  {line}" for line in _schedule_lines("own schedule", d.cron, zone, now)]
+    drill = "drill" if config.drill.enabled else "drill (disabled)"
+    lines += _schedule_lines(drill, config.drill.cron, zone, now)
     return lines
 
 
@@ -660,7 +751,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     config.etcd.password()
     print(f"{args.config}: valid")
-    for line in _describe_config(config):
+    for line in _describe_config(config, datetime.now(UTC)):
         print(f"  {line}")
     return EXIT_OK
 

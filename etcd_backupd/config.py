@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .cron import Cron
 from .errors import ConfigError
 from .retention import parse_duration
 
@@ -22,15 +23,6 @@ DEFAULT_CRON = "0 */12 * * *"
 ENV_ETCD_PASSWORD = "ETCD_BACKUPD_ETCD_PASSWORD"
 ENV_ETCD_USERNAME = "ETCD_BACKUPD_ETCD_USERNAME"
 
-_CRON_FIELD_RANGES = (
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day of month", 1, 31),
-    ("month", 1, 12),
-    ("day of week", 0, 7),
-)
-_MONTH_NAMES = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
-_DAY_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _NAME_RULE = "may hold only letters, digits, '.', '_' and '-'"
 
@@ -51,37 +43,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _cron_value(token: str, field: str, low: int, high: int) -> int:
-    names = _MONTH_NAMES if field == "month" else _DAY_NAMES if field == "day of week" else []
-    lowered = token.lower()
-    if lowered in names:
-        return names.index(lowered) + (1 if field == "month" else 0)
-    if not token.isdigit():
-        raise ValueError(f"{field} field: {token!r} is not a number")
-    value = int(token)
-    if not low <= value <= high:
-        raise ValueError(f"{field} field: {value} is outside {low}-{high}")
-    return value
-
-
 def validate_cron(expression: str) -> str:
-    """Check a 5-field cron expression (minute hour day-of-month month day-of-week)."""
-    fields = expression.split()
-    if len(fields) != 5:
-        raise ValueError(
-            f"{expression!r} has {len(fields)} fields; expected 5: minute hour day month weekday"
-        )
-    for text, (field, low, high) in zip(fields, _CRON_FIELD_RANGES, strict=True):
-        for part in text.split(","):
-            base, _, step = part.partition("/")
-            if step and (not step.isdigit() or int(step) == 0):
-                raise ValueError(f"{field} field: step {step!r} must be a positive number")
-            if base == "*":
-                continue
-            start, _, end = base.partition("-")
-            first = _cron_value(start, field, low, high)
-            if end and _cron_value(end, field, low, high) < first:
-                raise ValueError(f"{field} field: range {base!r} runs backwards")
+    """Check a cron expression as the daemon reads it (see `cron.py`), refusing one that never
+    fires."""
+    Cron.parse(expression)
     return expression
 
 

@@ -5,7 +5,9 @@ metrics server."""
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
+import math
 import os
 import random
 import signal
@@ -19,12 +21,13 @@ from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
-from apscheduler.triggers.cron import CronTrigger
 from prometheus_client import CollectorRegistry
 
 from .config import Config, DestinationConfig, load_config
 from .coordination import fire_minute, plan
+from .cron import CronSchedule
 from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .errors import BackupError
@@ -41,6 +44,10 @@ LOCK_NAME = "etcd-backupd.lock"
 MISFIRE_GRACE_SECONDS = 300
 # how far back to look for the fire time before "now" when deciding on a catch-up
 _LOOKBACK = (timedelta(hours=1), timedelta(days=1), timedelta(days=32), timedelta(days=367))
+# Fire times read to find a schedule's longest gap: a week and a day shows every weekly pattern
+# (a weekend without backups included); the count bounds the work (a per-minute schedule).
+_INTERVAL_HORIZON = timedelta(days=8)
+_INTERVAL_MAX_FIRES = 12_000
 
 
 class LockHeld(BackupError):
@@ -73,27 +80,47 @@ class StateLock:
         os.close(self._fd)
 
 
-def _expressions(cron: str | list[str]) -> list[str]:
-    return [cron] if isinstance(cron, str) else list(cron)
+class CronTrigger(BaseTrigger):  # type: ignore[misc]
+    """APScheduler's view of a `CronSchedule`: cron's own semantics, not `from_crontab`'s."""
+
+    __slots__ = ("schedule",)
+
+    def __init__(self, schedule: CronSchedule) -> None:
+        self.schedule = schedule
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        # as APScheduler's own triggers: the first fire time at or after `now`, or right after
+        # the previous one when that comes earlier (so a late scheduler catches up)
+        start = now
+        if previous_fire_time is not None:
+            start = min(now, previous_fire_time + timedelta(microseconds=1))
+        return self.schedule.next_after(start - timedelta(microseconds=1))
+
+    def __str__(self) -> str:
+        return f"cron[{', '.join(self.schedule.expressions)}]"
 
 
 @dataclass(frozen=True)
 class Schedule:
     """Which destinations are due at which times: each destination follows its own cron, or the
-    global one."""
+    global one; and when drills run."""
 
-    triggers: dict[str, CronTrigger]  # destination name -> its (combined) trigger
+    triggers: dict[str, CronTrigger]  # destination name -> its trigger
+    drill: CronTrigger
     zone: ZoneInfo
 
     @classmethod
     def of(cls, config: Config) -> Schedule:
         zone = ZoneInfo(config.schedule.timezone)
-        triggers = {}
-        for destination in config.destination:
-            expressions = _expressions(destination.cron or config.schedule.cron)
-            crons = [CronTrigger.from_crontab(e, timezone=zone) for e in expressions]
-            triggers[destination.name] = crons[0] if len(crons) == 1 else OrTrigger(crons)
-        return cls(triggers, zone)
+        triggers = {
+            destination.name: CronTrigger(
+                CronSchedule.parse(destination.cron or config.schedule.cron, zone)
+            )
+            for destination in config.destination
+        }
+        return cls(triggers, CronTrigger(CronSchedule.parse(config.drill.cron, zone)), zone)
 
     def combined(self) -> OrTrigger:
         return OrTrigger(list(self.triggers.values()))
@@ -107,6 +134,22 @@ class Schedule:
             for name, trigger in self.triggers.items()
             if trigger.get_next_fire_time(None, just_before) == minute
         ]
+
+    def intervals(self, now: datetime) -> tuple[float, dict[str, float]]:
+        """The longest wait between two fire times of any destination, and of each destination:
+        what a stale alert must allow. Infinite for a schedule that fires less than twice."""
+        computed: dict[str, list[float]] = {}
+        fires = {}
+        for name, trigger in self.triggers.items():
+            # destinations following the global cron share one (equal) trigger's computation
+            key = str(trigger)
+            if key not in computed:
+                computed[key] = _fire_times(trigger, now)
+            fires[name] = computed[key]
+        # past the end of the shortest list, a gap would only be where that list stopped
+        end = min((f[-1] for f in computed.values() if f), default=math.inf)
+        merged = sorted({t for f in computed.values() for t in f if t <= end})
+        return _longest_gap(merged), {name: _longest_gap(f) for name, f in fires.items()}
 
     def previous_fire(self, now: datetime) -> datetime | None:
         trigger = self.combined()
@@ -122,6 +165,25 @@ class Schedule:
                     return fire
                 fire = following
         return None
+
+
+def _fire_times(trigger: BaseTrigger, now: datetime) -> list[float]:
+    fires: list[float] = []
+    moment = now
+    while len(fires) < _INTERVAL_MAX_FIRES:
+        fire: datetime | None = trigger.get_next_fire_time(None, moment)
+        if fire is None:
+            break
+        # Unix time: the difference of two wall-clock times in one zone ignores a DST change
+        fires.append(fire.timestamp())
+        if fire > now + _INTERVAL_HORIZON and len(fires) >= 3:
+            break
+        moment = fire + timedelta(seconds=1)
+    return fires
+
+
+def _longest_gap(fires: list[float]) -> float:
+    return max((later - earlier for earlier, later in itertools.pairwise(fires)), default=math.inf)
 
 
 class Daemon:
@@ -182,8 +244,8 @@ class Daemon:
             times.extend(item.created for item in snapshots)
         return max(times, default=None)
 
-    def _schedule_jobs(self) -> None:
-        self._schedule = Schedule.of(self.config)
+    def _schedule_jobs(self, schedule: Schedule) -> None:
+        self._schedule = schedule
         self._scheduler.add_job(
             self._fire,
             self._schedule.combined(),
@@ -195,6 +257,7 @@ class Daemon:
         )
         self._schedule_drill()
         self._update_next_run()
+        self.metrics.set_schedule(*self._schedule.intervals(datetime.now(self._schedule.zone)))
 
     def _schedule_drill(self) -> None:
         if not self.config.drill.enabled:
@@ -203,7 +266,7 @@ class Daemon:
             return
         self._scheduler.add_job(
             self._drill,
-            CronTrigger.from_crontab(self.config.drill.cron, timezone=self._schedule.zone),
+            self._schedule.drill,
             id="drill",
             replace_existing=True,
             max_instances=1,
@@ -333,11 +396,12 @@ class Daemon:
     def _reload(self) -> None:
         try:
             config = load_config(self.config_path)
+            schedule = Schedule.of(config)
         except BackupError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         self.config = config
-        self._schedule_jobs()
+        self._schedule_jobs(schedule)
         log.info("config reloaded from %s", self.config_path)
 
     def _signal(self, signum: int, _: FrameType | None) -> None:
@@ -355,7 +419,7 @@ class Daemon:
             self._load_held()
             self._identify_cluster()
             self._scheduler.start()
-            self._schedule_jobs()
+            self._schedule_jobs(self._schedule)
             if self.config.metrics.listen:
                 self._server = MetricsServer(
                     self.metrics, self.config.metrics, self.healthy, self.ready

@@ -7,10 +7,11 @@ Every metric lives in the registry this object is given: a fresh one per test an
 
 from __future__ import annotations
 
+import os
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -21,13 +22,15 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
+    generate_latest,
     make_wsgi_app,
 )
 from prometheus_client.exposition import (
     ThreadingWSGIServer,
     push_to_gateway,
-    write_to_textfile,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from . import __version__
 from .config import MetricsConfig
@@ -40,16 +43,46 @@ RESULTS = ("success", "failure", "skipped")
 # A 1 GiB cycle takes seconds to minutes; larger clusters and slow links tens of minutes.
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 JOB = "etcd-backupd"
+# the cluster_id of a host that has reached neither etcd nor a backup of its cluster yet
+UNKNOWN_CLUSTER = "unknown"
 
 # the *_created series double every counter and histogram without telling an alert anything
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
+class _WithCluster(Collector):
+    """A registry's series, each labelled with the cluster this host backs up when exported.
+
+    Every exported series carries its cluster, so alerts aggregate by cluster_id without joining
+    on an info series: a join on (instance, job) breaks as soon as two push groups share an
+    instance, which is every pushgateway that receives more than one cluster."""
+
+    def __init__(self, registry: CollectorRegistry, cluster_id: Callable[[], str]) -> None:
+        self._registry = registry
+        self._cluster_id = cluster_id
+
+    def collect(self) -> Iterator[Metric]:
+        cluster_id = self._cluster_id()
+        for family in self._registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [
+                sample._replace(labels={**sample.labels, "cluster_id": cluster_id})
+                for sample in family.samples
+            ]
+            yield labelled
+
+
 class BackupMetrics:
+    """The metrics live in `registry`; `exposition` is what leaves the process (/metrics, the
+    pushgateway, the textfile): the same series, each labelled with the cluster_id."""
+
     def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
         self._clock = clock
         self._last_success: float | None = None
+        self.cluster_id = UNKNOWN_CLUSTER
+        self.exposition = CollectorRegistry()
+        self.exposition.register(_WithCluster(registry, lambda: self.cluster_id))
         self.last_success = Gauge(
             "etcd_backup_last_success_timestamp_seconds",
             "When the newest verified backup was taken (Unix time).",
@@ -70,6 +103,23 @@ class BackupMetrics:
         self.last_keys = Gauge(
             "etcd_backup_last_keys",
             "Entries in the newest backup (TOTAL KEYS of etcdutl snapshot status).",
+            registry=registry,
+        )
+        self.last_live_keys = Gauge(
+            "etcd_backup_last_live_keys",
+            "Keys a restore of the newest backup would hold; unlike its size, a defragmentation "
+            "leaves it unchanged.",
+            registry=registry,
+        )
+        self.schedule_interval = Gauge(
+            "etcd_backup_schedule_interval_seconds",
+            "The longest wait between two fire times of the schedule (any destination).",
+            registry=registry,
+        )
+        self.destination_schedule_interval = Gauge(
+            "etcd_backup_destination_schedule_interval_seconds",
+            "The longest wait between two fire times of a destination's schedule.",
+            ["destination"],
             registry=registry,
         )
         self.duration = Histogram(
@@ -141,10 +191,11 @@ class BackupMetrics:
         )
         self.info = Gauge(
             "etcd_backup_info",
-            "Tool version and cluster ID.",
-            ["version", "cluster_id"],
+            "Tool version; present as long as this host reports.",
+            ["version"],
             registry=registry,
         )
+        self.info.labels(__version__).set(1)
         for stage in STAGES:
             self.failures.labels(stage)
         for result in RESULTS:
@@ -165,12 +216,19 @@ class BackupMetrics:
         self.last_size.set(manifest.size)
         self.last_revision.set(manifest.revision)
         self.last_keys.set(manifest.total_keys)
+        self.last_live_keys.set(manifest.live_keys)
         self.set_cluster(manifest.cluster_id)
 
     def set_cluster(self, cluster_id: str) -> None:
         """The cluster this host backs up; alerts aggregate hosts by it."""
-        self.info.clear()
-        self.info.labels(__version__, cluster_id).set(1)
+        self.cluster_id = cluster_id
+
+    def set_schedule(self, interval: float, destinations: Mapping[str, float]) -> None:
+        """The longest waits between fire times, which stale alerts scale with."""
+        self.schedule_interval.set(interval)
+        self.destination_schedule_interval.clear()
+        for destination, seconds in destinations.items():
+            self.destination_schedule_interval.labels(destination).set(seconds)
 
     def load(self, held: Mapping[str, Sequence[Manifest]]) -> None:
         """Take `last_*` and per-destination figures from what the destinations hold, so a
@@ -182,6 +240,9 @@ class BackupMetrics:
                 newest = max(manifests, key=lambda m: m.created)
                 self.destination_last_success.labels(destination).set(newest.created.timestamp())
                 self._newest(newest)
+            else:
+                # like the overall timestamp without a backup: an alert sees "never", not nothing
+                self.destination_last_success.labels(destination).set(0)
 
     def observe(self, result: CycleResult) -> None:
         for stage, seconds in result.stage_seconds.items():
@@ -218,24 +279,37 @@ class BackupMetrics:
             self.role.labels(known).set(1 if known == role else 0)
 
 
-def push(metrics: BackupMetrics, gateway: str, cluster_id: str | None) -> None:
-    """Push to a Prometheus pushgateway, grouped by cluster so each cluster keeps its own."""
+def push(metrics: BackupMetrics, gateway: str, host: str) -> None:
+    """Push to a Prometheus pushgateway into a group of its own per cluster and host: hosts of one
+    cluster never overwrite each other (a standby's zeros never replace the active host's
+    counters), and clusters never share a group."""
     try:
         push_to_gateway(
             gateway,
             job=JOB,
-            registry=metrics.registry,
-            grouping_key={"cluster_id": cluster_id or "unknown"},
+            registry=metrics.exposition,
+            grouping_key={"cluster_id": metrics.cluster_id, "instance": host},
         )
     except OSError as exc:
         raise BackupError(f"cannot push metrics to {gateway}: {exc}") from exc
 
 
+# node_exporter runs as its own user; the metrics hold no secret
+TEXTFILE_MODE = 0o644
+
+
 def write_textfile(metrics: BackupMetrics, path: Path) -> None:
-    """Write for node_exporter's textfile collector; prometheus-client renames into place."""
+    """Write for node_exporter's textfile collector: whole (written beside it, then renamed into
+    place) and readable by node_exporter whatever the umask (the systemd units set 0077)."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
     try:
-        write_to_textfile(str(path), metrics.registry)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, TEXTFILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), TEXTFILE_MODE)
+            handle.write(generate_latest(metrics.exposition))
+        os.replace(temporary, path)
     except OSError as exc:
+        temporary.unlink(missing_ok=True)
         raise BackupError(f"cannot write metrics to {path}: {exc.strerror}") from exc
 
 
@@ -254,7 +328,7 @@ class MetricsServer:
         healthy: Callable[[], bool],
         ready: Callable[[], bool],
     ) -> None:
-        metrics_app = make_wsgi_app(metrics.registry)
+        metrics_app = make_wsgi_app(metrics.exposition)
 
         def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")

@@ -3,9 +3,11 @@ restore drills that prove on a schedule that the backups restore."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,7 +21,7 @@ from pathlib import Path
 from .compression import plain_snapshot
 from .destinations import Destination
 from .errors import BackupError, SnapshotInvalid
-from .manifest import Manifest
+from .manifest import SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX, Manifest
 from .snapshot.status import SnapshotStatus, verify_snapshot
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,45 @@ def find_tools(bin_dir: Path | None = None) -> EtcdTools:
         f"no etcdutl or etcdctl found {where}: install etcd's tools (the same version as the "
         "cluster) or name their directory with --etcd-bin-dir"
     )
+
+
+_STORED_SUFFIXES = (".zst", ".gz")
+
+
+def snapshot_base_name(name: str) -> str:
+    """The snapshot's name as etcd wrote it, whatever compression it is stored under."""
+    for suffix in _STORED_SUFFIXES:
+        if name.endswith(SNAPSHOT_SUFFIX + suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
+def restore_token(snapshot_name: str) -> str:
+    """The restored cluster's token, from the snapshot's name alone: every member restoring one
+    snapshot gets the same token, however separately its command or script was made."""
+    base = snapshot_base_name(Path(snapshot_name).name).removesuffix(SNAPSHOT_SUFFIX)
+    base = base.removeprefix(SNAPSHOT_PREFIX)
+    return "etcd-restore-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "snapshot")
+
+
+def find_snapshot(manifests: list[Manifest], wanted: str, destination: str) -> Manifest:
+    """The backup called `wanted` ("latest", its stored name, or its name without the
+    compression suffix); a miss names the closest stored names."""
+    if not manifests:
+        raise BackupError(f"destination {destination!r} holds no backup")
+    if wanted == "latest":
+        return manifests[-1]
+    for manifest in reversed(manifests):
+        if wanted in (manifest.snapshot, snapshot_base_name(manifest.snapshot)):
+            return manifest
+    names = [m.snapshot for m in manifests]
+    close = difflib.get_close_matches(wanted, names, n=3, cutoff=0.6)
+    hint = (
+        f"; did you mean {' or '.join(map(repr, close))}?"
+        if close
+        else (f"; the newest is {names[-1]!r} (or say latest)")
+    )
+    raise BackupError(f"no snapshot {wanted!r} in destination {destination!r}{hint}")
 
 
 @dataclass(frozen=True)
@@ -128,11 +169,13 @@ def restore(
     force: bool,
     now: datetime,
     expected_sha256: str | None = None,
+    expected_size: int | None = None,
 ) -> SnapshotStatus:
     """Verify, then restore; nothing on disk is touched unless the snapshot is sound and, when
-    its manifest's digest is given, is the snapshot the manifest describes."""
+    its manifest's digest is given, is the snapshot the manifest describes. A compressed file
+    is decompressed to at most `expected_size` bytes, its manifest's size, when given."""
     check_data_dir(member.data_dir, force)
-    with plain_snapshot(source) as plain:
+    with plain_snapshot(source, size=expected_size) as plain:
         status = verify_snapshot(plain)
         if expected_sha256 is not None and status.sha256 != expected_sha256:
             raise SnapshotInvalid(
@@ -220,7 +263,10 @@ def _drill_one(
         peer = f"http://127.0.0.1:{_free_port()}"
         client = f"http://127.0.0.1:{_free_port()}"
         member = Member("drill", peer, work / "data")
-        with plain_snapshot(fetched) as plain, ThreadPoolExecutor(max_workers=1) as pool:
+        with (
+            plain_snapshot(fetched, size=manifest.size) as plain,
+            ThreadPoolExecutor(max_workers=1) as pool,
+        ):
             # the trailer must be the digest the manifest recorded; etcd's restore then checks
             # the data against the trailer, so the file need not be hashed twice. The drill's
             # data dir is scratch, so the walk runs alongside the restore instead of before it.

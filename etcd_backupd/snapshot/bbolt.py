@@ -33,6 +33,7 @@ MIN_PAGE_SIZE = 512
 # bbolt probes for the second meta page up to this offset, so no larger page size can be found
 MAX_PAGE_SIZE = 1024 << 14
 FIRST_DATA_PAGE = 2
+MAX_BUCKET_DEPTH = 64
 
 PAGE_HEADER = struct.Struct("<QHHI")  # id, flags, count, overflow
 # magic, version, pageSize, flags, root, sequence, freelist, pgid, txid, checksum
@@ -44,7 +45,7 @@ _U64 = struct.Struct("<Q")
 _HIGH_WORD = 1 << 32
 _READ_AHEAD = 128 * 1024
 _HEADER = PAGE_HEADER.size
-_META_END = _HEADER + META.size
+META_END = _HEADER + META.size
 _CHECKSUMMED = META.size - 8
 # a freelist of 0xFFFF ids or more keeps its real count in the first id slot
 _FREELIST_COUNT_OVERFLOW = 0xFFFF
@@ -87,7 +88,7 @@ class BadMeta(SnapshotInvalid):
 
 def parse_meta(page: bytes | memoryview) -> Meta:
     """The meta of a page image (its first 80 bytes suffice); raises BadMeta."""
-    if len(page) < _META_END:
+    if len(page) < META_END:
         raise BadMeta("cut short")
     magic, version, page_size, flags, root, sequence, freelist, pgid, txid, checksum = (
         META.unpack_from(page, _HEADER)
@@ -220,14 +221,14 @@ class BoltReader:
         return data
 
     def _choose_meta(self) -> Meta:
-        if self.file_size < _META_END:
+        if self.file_size < META_END:
             raise SnapshotInvalid(
                 f"not a bbolt database: {self.file_size} bytes is too small to hold one"
             )
         first: Meta | BadMeta
         second: Meta | BadMeta = BadMeta("not found")
         try:
-            first = parse_meta(self._pread(_META_END, 0))
+            first = parse_meta(self._pread(META_END, 0))
         except BadMeta as exc:
             first = exc
         if isinstance(first, Meta):
@@ -241,7 +242,7 @@ class BoltReader:
                     f"pages of {first.page_size} bytes"
                 )
             try:
-                second = parse_meta(self._pread(_META_END, first.page_size))
+                second = parse_meta(self._pread(META_END, first.page_size))
             except BadMeta as exc:
                 second = exc
         else:
@@ -268,9 +269,9 @@ class BoltReader:
         # a damaged meta 1 says more than the foreign bytes at the offsets that miss it
         reason = "not found"
         offset = 1024
-        while offset <= MAX_PAGE_SIZE and offset + _META_END <= self.file_size:
+        while offset <= MAX_PAGE_SIZE and offset + META_END <= self.file_size:
             try:
-                meta = parse_meta(self._pread(_META_END, offset))
+                meta = parse_meta(self._pread(META_END, offset))
             except BadMeta as exc:
                 if reason in ("not found", "bad bbolt magic"):
                     reason = str(exc)
@@ -399,6 +400,16 @@ class BoltReader:
         """The bucket's leaf pages in key order, each checked before it is yielded, with any
         bucket nested in it; except in the root bucket, whose buckets are the caller's to read.
         Values stay valid after the walk moves on."""
+        nested = bucket.inline is not None or bucket.root != self.meta.root
+        for leaf in self._tree(bucket):
+            if nested and not leaf.plain:
+                self._check_nested(leaf)
+            yield leaf
+            # a leaf with overflow pages can hold megabytes: let it go before reading the next
+            del leaf
+
+    def _tree(self, bucket: Bucket) -> Iterator[Leaf]:
+        """The leaf pages of one bucket's own tree, checked, without entering nested buckets."""
         where = f"bucket {_show(bucket.name)}"
         if bucket.inline is not None:
             image = bucket.inline
@@ -407,12 +418,8 @@ class BoltReader:
             _, flags, count, _ = PAGE_HEADER.unpack_from(image)
             if flags != LEAF_PAGE:
                 raise SnapshotInvalid(f"inline {where} has flags {flags:#x}, not a leaf page")
-            leaf = _leaf(image, count, where, None)
-            if not leaf.plain:
-                self._check_nested(leaf)
-            yield leaf
+            yield _leaf(image, count, where, None)
             return
-        nested = bucket.root != self.meta.root
         previous = b""
         # depth first in key order; each frame bounds its subtree's keys to [low, high), where
         # b"" is no lower bound (no key is smaller) and None no upper one
@@ -434,17 +441,33 @@ class BoltReader:
                 if previous and keys[0] <= previous:
                     raise SnapshotInvalid(f"keys out of order at page {pgid} of {where}")
                 previous = keys[-1]
-            if nested and not leaf.plain:
-                self._check_nested(leaf)
             yield leaf
-            # a leaf with overflow pages can hold megabytes: let it go before reading the next
             del leaf, page
 
     def _check_nested(self, leaf: Leaf) -> None:
-        for key, value, flags in zip(leaf.keys, leaf.values, leaf.flags, strict=True):
-            if flags & BUCKET_FLAG:
-                for _ in self.leaves(self.bucket_of(key, value)):
-                    pass
+        """Check every bucket nested in a leaf, however deep, with a stack of our own: a
+        crafted file can nest buckets far deeper than Python's recursion limit. etcd never
+        nests buckets, so a depth beyond MAX_BUCKET_DEPTH is refused: each level of inline
+        buckets copies the image it sits in."""
+        pending = [(bucket, 1) for bucket in reversed(self._nested_buckets(leaf))]
+        while pending:
+            bucket, depth = pending.pop()
+            if depth > MAX_BUCKET_DEPTH:
+                raise SnapshotInvalid(
+                    f"bucket {_show(bucket.name)} is nested more than {MAX_BUCKET_DEPTH} "
+                    "levels deep: not an etcd database"
+                )
+            for inner in self._tree(bucket):
+                if not inner.plain:
+                    found = self._nested_buckets(inner)
+                    pending.extend((b, depth + 1) for b in reversed(found))
+
+    def _nested_buckets(self, leaf: Leaf) -> list[Bucket]:
+        return [
+            self.bucket_of(key, value)
+            for key, value, flags in zip(leaf.keys, leaf.values, leaf.flags, strict=True)
+            if flags & BUCKET_FLAG
+        ]
 
     def check_unreached(self) -> None:
         """The end of bbolt's check, once every bucket has been read: with a freelist, each

@@ -327,3 +327,105 @@ def test_prometheus_alerts_on_a_stale_backup_and_resolves(
         server.terminate()
         server.wait(timeout=30)
     assert running.stop() == 0
+
+
+def test_weekdays_and_days_fire_as_cron_reads_them(tmp_path: Path) -> None:
+    """`0 3 * * 1` is Monday (APScheduler's from_crontab made it Tuesday), the drill's default
+    `0 3 * * 0` is Sunday, and a restricted day of month OR a restricted weekday is enough."""
+    from datetime import UTC, datetime
+
+    config = parse_config(
+        {
+            "schedule": {"cron": "0 3 * * 1"},
+            "destination": [
+                {"name": "disk", "type": "local", "path": "/x"},
+                {"name": "s3", "type": "s3", "bucket": "bkt", "cron": "0 0 1,15 * fri"},
+            ],
+        }
+    )
+    schedule = Schedule.of(config)
+    saturday = datetime(2026, 11, 28, 12, tzinfo=UTC)
+    assert schedule.triggers["disk"].get_next_fire_time(None, saturday) == datetime(
+        2026, 11, 30, 3, tzinfo=UTC
+    )
+    # Tuesday the 1st by its day of month, Friday the 4th by its weekday
+    assert schedule.due(datetime(2026, 12, 1, 0, 0, 5, tzinfo=UTC)) == ["s3"]
+    assert schedule.due(datetime(2026, 12, 4, 0, 0, tzinfo=UTC)) == ["s3"]
+    assert schedule.drill.get_next_fire_time(None, saturday) == datetime(
+        2026, 11, 29, 3, tzinfo=UTC
+    )
+
+
+def idle_config(tmp_path: Path, port: int, cron: str) -> str:
+    """A daemon that starts, serves and waits: etcd is never needed before the first fire."""
+    return (
+        f"state_dir = {str(tmp_path / 'state')!r}\n"
+        f"[etcd]\nendpoints = ['http://127.0.0.1:{free_port()}']\ndial_timeout = 0.5\n"
+        f"[schedule]\ncron = {cron!r}\ncatch_up = false\n"
+        f"[metrics]\nlisten = '127.0.0.1:{port}'\n"
+        f"[[destination]]\nname = 'local'\ntype = 'local'\n"
+        f"path = {str(tmp_path / 'backups')!r}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("cron", "reason"),
+    [
+        ("5- * * * *", "minute field: '5-' is missing the end of its range"),
+        ("0 0 31 2 *", "never fires"),
+    ],
+)
+def test_run_refuses_a_schedule_it_cannot_run(tmp_path: Path, cron: str, reason: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(idle_config(tmp_path, free_port(), cron))
+    result = subprocess.run(
+        [sys.executable, "-m", "etcd_backupd.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"At 'schedule.cron': {cron!r}: {reason}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sighup_with_any_bad_config_keeps_the_daemon_serving(
+    tmp_path: Path, daemon: Callable[..., Running]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(idle_config(tmp_path, port, "0 0 1 1 *"))
+    running = daemon(config)
+    running.wait_for("scheduled; next backup")
+
+    def reload(text: str, needle: str) -> None:
+        seen = running.text().count(needle)
+        config.write_text(text)
+        running.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while running.text().count(needle) == seen:
+            assert running.process.poll() is None, f"the daemon died:\n{running.text()}"
+            assert time.monotonic() < deadline, f"never logged {needle!r}:\n{running.text()}"
+            time.sleep(0.1)
+
+    bad = [
+        (idle_config(tmp_path, port, "5- * * * *"), "'5-' is missing the end of its range"),
+        (idle_config(tmp_path, port, "0 0 31 2 *"), "'0 0 31 2 *': never fires"),
+        ("[schedule\ncron = '0 0 * * 7'\n", "not valid TOML"),
+    ]
+    for text, reason in bad:
+        reload(text, "reload refused, keeping the running config")
+        assert reason in running.text().splitlines()[-1]
+        assert scrape(port, "/healthz") == "ok\n"
+        assert scrape(port, "/readyz") == "ok\n"
+
+    # Sunday as 7 crashed `run` before; it is plain cron and now takes effect
+    reload(idle_config(tmp_path, port, "0 0 * * 7"), "config reloaded")
+    today = datetime.now(UTC).date()
+    sunday = today + timedelta(days=(6 - today.weekday()) % 7 or 7)
+    next_run = metric(scrape(port), "etcd_backup_next_run_timestamp_seconds")
+    assert next_run == datetime(sunday.year, sunday.month, sunday.day, tzinfo=UTC).timestamp()
+    assert running.stop() == 0

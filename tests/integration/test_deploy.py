@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -62,6 +63,74 @@ def test_systemd_hardening_rates_two_or_lower(units: list[Path], unit: str) -> N
     match = re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout)
     assert match, result.stdout[-500:] + result.stderr
     assert float(match.group(1)) <= 2.0
+
+
+def directives(unit: Path, key: str) -> list[str]:
+    return [
+        word
+        for line in unit.read_text().splitlines()
+        if line.startswith(f"{key}=")
+        for word in line.split("=", 1)[1].split()
+    ]
+
+
+@pytest.mark.parametrize("unit", ["etcd-backupd.service", "etcd-backupd-once.service"])
+def test_units_need_no_group_the_host_may_lack(unit: str) -> None:
+    # kubeadm hosts have no etcd group; systemd refuses to start a unit naming a missing one
+    sysusers = (SYSTEMD / "etcd-backupd.sysusers.conf").read_text().splitlines()
+    ours = {line.split()[1] for line in sysusers if line.startswith(("u ", "g "))}
+    assert set(directives(SYSTEMD / unit, "SupplementaryGroups")) <= ours
+
+
+def test_read_write_paths_exist_once_installed(tmp_path: Path) -> None:
+    """What a unit must find exists on a fresh host after sysusers and tmpfiles ran."""
+    sysusers, tmpfiles = need("systemd-sysusers"), need("systemd-tmpfiles")
+    if os.geteuid() != 0:
+        pytest.skip("creating directories owned by etcd-backupd needs root")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for tool, conf in [(sysusers, "etcd-backupd.sysusers.conf"),
+                       (tmpfiles, "etcd-backupd.tmpfiles.conf")]:  # fmt: skip
+        args = [tool, f"--root={root}", *(["--create"] if tool == tmpfiles else [])]
+        done = subprocess.run([*args, str(SYSTEMD / conf)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    uid = next(
+        int(line.split(":")[2])
+        for line in (root / "etc" / "passwd").read_text().splitlines()
+        if line.startswith("etcd-backupd:")
+    )
+    for unit in ["etcd-backupd.service", "etcd-backupd-once.service"]:
+        required = [p for p in directives(SYSTEMD / unit, "ReadWritePaths") if p[0] != "-"]
+        assert required, unit
+        for path in required:
+            made = root / path.lstrip("/")
+            assert made.is_dir(), f"{unit}: {path} is not created"
+            assert made.stat().st_uid == uid
+
+
+def test_kubeadm_drop_in_verifies_and_keeps_the_sandbox(tmp_path: Path) -> None:
+    analyze = need("systemd-analyze")
+    command = Path(sys.executable).with_name("etcd-backupd")
+    for unit in ["etcd-backupd.service", "etcd-backupd-once.service"]:
+        text = (SYSTEMD / unit).read_text().replace("/usr/local/bin/etcd-backupd", str(command))
+        (tmp_path / unit).write_text(text)
+        drop_ins = tmp_path / f"{unit}.d"
+        drop_ins.mkdir()
+        shutil.copy(SYSTEMD / "kubeadm.conf", drop_ins / "kubeadm.conf")
+        env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}
+        verified = subprocess.run([analyze, "verify", str(tmp_path / unit)], env=env,
+                                  capture_output=True, text=True, check=False)  # fmt: skip
+        assert verified.returncode == 0 and verified.stderr.strip() == "", verified.stderr
+        rated = subprocess.run([analyze, "security", "--offline=true", str(tmp_path / unit)],
+                               env=env, capture_output=True, text=True, check=False)  # fmt: skip
+        match = re.search(r"Overall exposure level for \S+: ([\d.]+)", rated.stdout)
+        assert match and float(match.group(1)) <= 2.0, rated.stdout[-500:]
+    credentials = directives(SYSTEMD / "kubeadm.conf", "LoadCredential")
+    assert {c.split(":", 1)[1] for c in credentials} == {
+        "/etc/kubernetes/pki/etcd/ca.crt",
+        "/etc/kubernetes/pki/etcd/healthcheck-client.crt",
+        "/etc/kubernetes/pki/etcd/healthcheck-client.key",
+    }
 
 
 def test_service_speaks_notify_and_reloads() -> None:

@@ -18,6 +18,7 @@ import crc32c
 import pytest
 from etcd3.etcdrpc import kv_pb2
 
+from etcd_backupd.cli import main as cli_main
 from etcd_backupd.errors import SnapshotInvalid
 from etcd_backupd.snapshot.bbolt import (
     BRANCH_ELEMENT,
@@ -612,3 +613,45 @@ def test_foreign_files_are_named(tmp_path: Path, content: bytes, reason: str) ->
 def test_a_missing_file(tmp_path: Path) -> None:
     message = invalid(verify_snapshot, tmp_path / "nope.db")
     assert message.startswith("cannot read") and "No such file" in message
+
+
+def nested_chain(depth: int, *, inline: bool) -> bytes:
+    """A database whose bucket `key` holds a bucket, which holds a bucket, `depth` levels deep:
+    inline images inside each other, or a page per level."""
+    db = Database(4096)
+    if inline:
+        innermost: list[Entry] = [(b"leaf", b"value", 0)]
+        for level in range(depth):
+            innermost = [(b"n%d" % level, bucket(inline=innermost), BUCKET_FLAG)]
+        top = [(b"key", bucket(inline=innermost), BUCKET_FLAG)]
+    else:
+        child = db.add(leaf_image([(b"leaf", b"value", 0)]))
+        for level in range(depth):
+            child = db.add(leaf_image([(b"n%d" % level, bucket(child), BUCKET_FLAG)]))
+        top = [(b"key", bucket(child), BUCKET_FLAG)]
+    return sealed(db.build(db.add(leaf_image(top))))
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "paged"])
+def test_buckets_nested_past_the_recursion_limit_are_invalid_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], inline: bool
+) -> None:
+    path = write(tmp_path, nested_chain(3000, inline=inline))
+    assert "nested more than 64 levels deep" in invalid(verify_snapshot, path)
+    for command in (
+        ["verify", str(path)],
+        ["inspect", str(path)],
+        ["inspect", "--keys-only", str(path)],
+    ):
+        capsys.readouterr()
+        assert cli_main(command) == SnapshotInvalid.exit_code
+        err = capsys.readouterr().err
+        assert "nested more than 64 levels deep" in err and err.count("\n") == 1
+
+
+def test_buckets_nested_a_few_levels_are_read(tmp_path: Path) -> None:
+    path = write(tmp_path, nested_chain(60, inline=False))
+    with BoltReader(path) as reader:
+        for top in reader.buckets():
+            assert [key for key, _, _ in reader.items(top)] == [b"n59"]
+        assert len(reader.reached_pages()) == 62

@@ -131,7 +131,7 @@ def test_cert_without_key() -> None:
 
 @pytest.mark.parametrize(
     "cron",
-    ["0 */12 * * *", "*/5 * * * *", "30 2 * * mon-fri", "0 0 1 jan,jul *", "0 0 * * 7"],
+    ["0 */12 * * *", "*/5 * * * *", "30 2 * * mon-fri", "0 0 1 jan,jul *", "0 0 * * 7", "@daily"],
 )
 def test_valid_cron(cron: str) -> None:
     assert validate_cron(cron) == cron
@@ -144,9 +144,9 @@ def test_valid_cron(cron: str) -> None:
         ("0 24 * * *", "hour field: 24 is outside 0-23"),
         ("0 0 0 * *", "day of month field: 0 is outside 1-31"),
         ("0 0 * 13 *", "month field: 13 is outside 1-12"),
-        ("*/0 * * * *", "step '0' must be a positive number"),
+        ("*/0 * * * *", "step 0 in '*/0' must be at least 1"),
         ("0 5-2 * * *", "runs backwards"),
-        ("@daily", "has 1 fields"),
+        ("@reboot", "@reboot is not supported"),
         ("0 0 * * * *", "has 6 fields"),
     ],
 )
@@ -158,6 +158,21 @@ def test_invalid_cron(cron: str, reason: str) -> None:
 def test_cron_list_is_checked_item_by_item() -> None:
     data = {**MINIMAL, "schedule": {"cron": ["0 * * * *", "0 25 * * *"]}}
     assert "hour field: 25" in error_of(data)
+
+
+def test_every_schedule_is_read_by_the_daemons_parser() -> None:
+    """What `run` could not run, check-config refuses, naming the key."""
+    destination = {**MINIMAL["destination"][0], "cron": "0 0 30 2 *"}
+    message = error_of(
+        {
+            "schedule": {"cron": "5- * * * *"},
+            "destination": [destination],
+            "drill": {"cron": "0 0 * * 8"},
+        }
+    )
+    assert "At 'schedule.cron': '5- * * * *': minute field: '5-' is missing the end" in message
+    assert "At 'destination[0].cron': '0 0 30 2 *': never fires" in message
+    assert "At 'drill.cron': '0 0 * * 8': day of week field: 8 is outside 0-7" in message
 
 
 def test_password_from_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,10 +68,8 @@ def test_restart_loads_the_newest_backup_from_destinations() -> None:
         ("etcd_backup_destination_last_success_timestamp_seconds", (("destination", "s3"),))
     ]
     assert s3_last == older.created.timestamp()
-    assert (
-        values[("etcd_backup_info", (("cluster_id", "00000000000000ab"), ("version", "0.1.0")))]
-        == 1
-    )
+    assert values[("etcd_backup_last_live_keys", ())] == 30
+    assert metrics.cluster_id == "00000000000000ab"
     now[0] += 600
     assert samples(metrics.registry)[("etcd_backup_last_success_age_seconds", ())] == 7800
 
@@ -79,7 +77,33 @@ def test_restart_loads_the_newest_backup_from_destinations() -> None:
 def test_no_backup_at_all_reads_as_infinitely_old() -> None:
     metrics = BackupMetrics(CollectorRegistry())
     metrics.load({"local": []})
-    assert samples(metrics.registry)[("etcd_backup_last_success_age_seconds", ())] == float("inf")
+    values = samples(metrics.registry)
+    assert values[("etcd_backup_last_success_age_seconds", ())] == float("inf")
+    # timestamps of "never": an alert on time() - timestamp sees a very old backup, not nothing
+    assert values[("etcd_backup_last_success_timestamp_seconds", ())] == 0
+    never = ("etcd_backup_destination_last_success_timestamp_seconds", (("destination", "local"),))
+    assert values[never] == 0
+
+
+def test_every_exported_series_names_the_cluster() -> None:
+    metrics = BackupMetrics(CollectorRegistry())
+    metrics.set_schedule(3600, {"local": 3600, "s3": 86400})
+    before = samples(metrics.exposition)
+    assert before, "nothing exported"
+    # before etcd or a backup told which cluster this is, alerts still see the host
+    assert all(("cluster_id", "unknown") in labels for _, labels in before)
+    assert before[("etcd_backup_info", (("cluster_id", "unknown"), ("version", "0.1.0")))] == 1
+    metrics.load({"local": [manifest(T0)]})
+    after = samples(metrics.exposition)
+    assert {name for name, _ in after} >= {name for name, _ in before}
+    assert all(("cluster_id", "00000000000000ab") in labels for _, labels in after)
+    assert after[("etcd_backup_last_live_keys", (("cluster_id", "00000000000000ab"),))] == 30
+    interval = "etcd_backup_destination_schedule_interval_seconds"
+    assert after[(interval, (("cluster_id", "00000000000000ab"), ("destination", "s3")))] == 86400
+    assert (
+        after[("etcd_backup_schedule_interval_seconds", (("cluster_id", "00000000000000ab"),))]
+        == 3600
+    )
 
 
 def test_cycle_results_update_counters_and_histogram() -> None:

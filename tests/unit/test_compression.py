@@ -1,0 +1,116 @@
+"""Reading compressed snapshots back: a decompression bomb or a full scratch file system is a
+one-line error with a defined exit code, after writing no more than the snapshot can be."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from etcd_backupd.compression import plain_snapshot
+from etcd_backupd.errors import BackupError, SnapshotInvalid
+from etcd_backupd.snapshot.status import verify_snapshot
+from tests.unit.test_bbolt import etcd_database, sealed, write
+
+# the scratch copy may not grow past this in the bomb tests: the bombs expand to 1 GiB
+FILE_SIZE_LIMIT = 48 * 1024 * 1024
+
+
+def zstd_bomb(head: bytes, total: int = 1 << 30) -> bytes:
+    """`head`, then zeros up to `total` bytes, compressed to a few tens of KB."""
+    packer = zstandard.ZstdCompressor(level=3).compressobj()
+    out = [packer.compress(head)]
+    zeros = bytes(16 << 20)
+    for _ in range((total - len(head)) // len(zeros)):
+        out.append(packer.compress(zeros))
+    out.append(packer.flush())
+    return b"".join(out)
+
+
+def good_snapshot(free_pages: int = 0) -> bytes:
+    db, root, _ = etcd_database(4096)
+    db.skip(free_pages)
+    return sealed(db.build(root))
+
+
+def limited_verify(path: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """`verify` with its scratch directory in `tmp` and no file allowed past FILE_SIZE_LIMIT,
+    as on a small TMPDIR."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+
+    return subprocess.run(
+        [sys.executable, "-m", "etcd_backupd.cli", "verify", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(tmp)},
+        preexec_fn=limit,
+    )
+
+
+@pytest.mark.parametrize(
+    ("head", "reason"),
+    [
+        (b"", "no valid bbolt meta page in the first"),
+        (
+            good_snapshot()[:8192],
+            f"more than the {len(good_snapshot())} bytes its bbolt meta page claims",
+        ),
+    ],
+    ids=["zeros", "valid-meta-then-zeros"],
+)
+def test_a_zstd_bomb_stops_at_what_the_snapshot_can_be(
+    tmp_path: Path, head: bytes, reason: str
+) -> None:
+    bomb = tmp_path / "bomb.db.zst"
+    bomb.write_bytes(zstd_bomb(head))
+    assert bomb.stat().st_size < 64 * 1024
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    result = limited_verify(bomb, scratch)
+    assert result.returncode == SnapshotInvalid.exit_code, result.stderr
+    assert reason in result.stderr and result.stderr.count("\n") == 1
+    assert not any(scratch.iterdir())
+
+
+def test_a_full_scratch_file_system_is_a_clear_error(tmp_path: Path) -> None:
+    snapshot = tmp_path / "s.db.gz"
+    data = good_snapshot(free_pages=FILE_SIZE_LIMIT // 4096)
+    assert verify_snapshot(write(tmp_path, data)).file_size > FILE_SIZE_LIMIT
+    snapshot.write_bytes(gzip.compress(data))
+    result = limited_verify(snapshot, tmp_path)
+    assert result.returncode == BackupError.exit_code, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert f"cannot decompress {snapshot} into {tmp_path}/" in result.stderr
+    assert "File too large; point TMPDIR at a larger file system" in result.stderr
+
+
+def test_the_manifest_size_bounds_the_copy(tmp_path: Path) -> None:
+    data = good_snapshot()
+    path = tmp_path / "s.db.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(data))
+    with plain_snapshot(path, size=len(data)) as plain:
+        assert verify_snapshot(plain).file_size == len(data)
+    with pytest.raises(SnapshotInvalid) as caught, plain_snapshot(path, size=len(data) - 1):
+        pass
+    assert str(caught.value) == (
+        f"{path}: decompresses to more than the {len(data) - 1} bytes its manifest states"
+    )
+
+
+def test_a_manifest_size_beyond_the_free_space_is_refused_before_writing(tmp_path: Path) -> None:
+    path = tmp_path / "s.db.gz"
+    path.write_bytes(gzip.compress(good_snapshot()))
+    with pytest.raises(BackupError) as caught, plain_snapshot(path, size=1 << 60):
+        pass
+    assert "point TMPDIR at a larger file system" in str(caught.value)
+    assert f"it holds {1 << 60} bytes" in str(caught.value)

@@ -1,0 +1,90 @@
+"""The runbook restore-plan writes for each layout, against reviewed golden files.
+
+After a deliberate change, regenerate them with UPDATE_GOLDEN=1 and review the diff."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from etcd_backupd.cli import main
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "restore-plan"
+MEMBERS = [
+    "--member", "etcd1=https://192.168.7.101:2380",
+    "--member", "etcd2=https://192.168.7.102:2380",
+    "--member", "etcd3=https://192.168.7.103:2380",
+]  # fmt: skip
+DESTINATION = "[[destination]]\nname = 'local'\ntype = 'local'\npath = '/var/backups/etcd'\n"
+CONFIGS = {
+    # kubeadm's own client certificate, root-only like every key kubeadm writes
+    "kubeadm": "[etcd]\nendpoints = ['https://192.168.7.101:2379']\n"
+    "cacert = '/etc/kubernetes/pki/etcd/ca.crt'\n"
+    "cert = '/etc/kubernetes/pki/etcd/healthcheck-client.crt'\n"
+    "key = '/etc/kubernetes/pki/etcd/healthcheck-client.key'\n",
+    # an etcd of its own user, with auth on
+    "systemd": "[etcd]\nendpoints = ['https://192.168.7.101:2379']\n"
+    "cacert = '/etc/etcd/pki/ca.pem'\ncert = '/etc/etcd/pki/backup.pem'\n"
+    "key = '/etc/etcd/pki/backup-key.pem'\nusername = 'root'\n"
+    "password_file = '/etc/etcd-backupd/etcd-password'\n",
+}
+OPTIONS = {
+    "kubeadm": [],
+    "systemd": ["--data-dir-owner", "etcd:etcd", "--etcd-bin-dir", "/opt/etcd/bin"],
+}
+
+
+def plan(layout: str, tmp: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    config = tmp / "config.toml"
+    config.write_text(CONFIGS[layout] + DESTINATION)
+    args = ["restore-plan", "--config", str(config), *MEMBERS, *OPTIONS[layout],
+            "--snapshot", "/var/backups/etcd/etcd-snapshot-prod-20261123T224500Z.db.zst",
+            "--layout", layout]  # fmt: skip
+    assert main(args) == 0
+    files = {"runbook.md": capsys.readouterr().out}
+    assert main([*args, "--output", "script", "--script-dir", str(tmp / "scripts")]) == 0
+    capsys.readouterr()
+    for script in sorted((tmp / "scripts").iterdir()):
+        files[script.name] = script.read_text()
+    return files
+
+
+@pytest.mark.parametrize("layout", ["kubeadm", "systemd"])
+def test_restore_plan_matches_its_golden_files(
+    layout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = plan(layout, tmp_path, capsys)
+    assert sorted(files) == ["restore-etcd1.sh", "restore-etcd2.sh", "restore-etcd3.sh",
+                             "runbook.md"]  # fmt: skip
+    folder = GOLDEN / layout
+    if os.environ.get("UPDATE_GOLDEN"):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (folder / name).write_text(text)
+    for name, text in files.items():
+        assert text == (folder / name).read_text(), f"{layout}/{name} differs from its golden file"
+
+
+@pytest.mark.parametrize("layout", ["kubeadm", "systemd"])
+def test_every_script_parses_and_names_no_secret(
+    layout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, text in plan(layout, tmp_path, capsys).items():
+        if name.endswith(".sh"):
+            path = tmp_path / name
+            path.write_text(text)
+            checked = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True)
+            assert checked.returncode == 0, checked.stderr
+            assert '--initial-cluster-token "$TOKEN"' in text
+            assert "TOKEN=etcd-restore-prod-20261123T224500Z" in text
+
+
+def test_scripts_refuse_an_unknown_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = tmp_path / "restore-etcd1.sh"
+    script.write_text(plan("systemd", tmp_path, capsys)["restore-etcd1.sh"])
+    refused = subprocess.run(["sh", str(script), "swap"], capture_output=True, text=True)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("FAILED: no step swap; the steps: prepare stop_kubernetes")
