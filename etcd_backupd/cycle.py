@@ -176,7 +176,13 @@ class _Feed:
 class _Shipment:
     """The uploads of one streaming attempt; a destination that fails drops out alone."""
 
-    def __init__(self, targets: Sequence[Destination], snapshot: str, part: Path) -> None:
+    def __init__(
+        self,
+        targets: Sequence[Destination],
+        snapshot: str,
+        part: Path,
+        cancel: threading.Event,
+    ) -> None:
         self.uploads: dict[str, Upload] = {}
         self.failures: dict[str, str] = {}
         self.busy: dict[str, str] = {}
@@ -195,6 +201,23 @@ class _Shipment:
             self.uploads[target.name] = upload
             if upload.streams:
                 self._feeds[target.name] = _Feed(target.name, upload, part, self._tide)
+        self._over = threading.Event()
+        if self._feeds:
+            threading.Thread(
+                target=self._watch, args=(cancel,), name="shipment-cancel", daemon=True
+            ).start()
+
+    def _watch(self, cancel: threading.Event) -> None:
+        """On cancel, stop the uploads that talk to a network at once, even mid-request: a
+        hung store must not hold up a shutdown."""
+        while not self._over.wait(0.2):
+            if cancel.is_set():
+                self._tide.stop()
+                for name in self._feeds:
+                    upload = self.uploads.get(name)
+                    if upload is not None:
+                        upload.abort()
+                return
 
     def _failed(self, name: str, exc: BaseException) -> None:
         log.error("destination %s failed: %s", name, exc)
@@ -215,6 +238,7 @@ class _Shipment:
             log.warning("destination %s: cleaning up the failed upload: %s", name, exc)
 
     def abort(self) -> None:
+        self._over.set()
         self._tide.stop()
         for name in list(self.uploads):
             self._drop(name)
@@ -235,6 +259,7 @@ class _Shipment:
                 self._drop(name)
                 continue
             del self.uploads[name]
+        self._over.set()
         return stored
 
 
@@ -250,7 +275,7 @@ def _spool_snapshot(
     The file ends up exactly as `etcdctl snapshot save` writes it: database bytes, then the
     32-byte SHA-256 etcd sent after them, which must match the bytes received.
     """
-    stream = source.open_snapshot(member)
+    stream = source.open_snapshot(member, cancel)
     try:
         writer = SpoolWriter(part, shipment.write)
     except BackupError:
@@ -269,6 +294,12 @@ def _spool_snapshot(
             )
         writer.seal(stream.digest)
         shipment.finish()
+    except EtcdError as exc:
+        stream.cancel()
+        writer.close()
+        if cancel.is_set():
+            raise Cancelled(f"backup cancelled after {stream.received} bytes") from exc
+        raise
     except BaseException:
         stream.cancel()
         writer.close()
@@ -504,7 +535,7 @@ def _stream_from_first_working(
             spool, owner = choose_spool_dir(targets, spool_fallback)
             part = part_path(spool / name)
             log.info("streaming snapshot from %s", member.describe())
-            shipment = _Shipment(targets, name, part)
+            shipment = _Shipment(targets, name, part, cancel)
             if not shipment.uploads and not shipment.failures:
                 raise DestinationBusy(
                     "another run of the same second is backing up to every destination: "
