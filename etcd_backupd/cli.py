@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import BackupError, SnapshotInvalid
-from .logs import setup_logging
+from .logs import error_line, setup_logging
 
 # Each command imports what it uses: `verify` and `inspect` then start without gRPC and pydantic,
 # and every command starts faster.
@@ -221,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         "drill",
         help="prove the newest backups restore",
         description="Restore the newest backup of each destination into a throwaway etcd on "
-        "loopback, check its revision and key count against the manifest and that "
-        "[drill] expect_prefixes hold keys, then delete it. Exits 0 only if every drill passed.",
+        "unix sockets in a private directory, check its revision and key count against the "
+        "manifest and that [drill] expect_prefixes hold keys, then delete it. Exits 0 only if "
+        "every drill passed.",
     )
     _config_option(drilling)
     drilling.add_argument("--destination", "-d", help="only this destination")
@@ -279,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_error(args: argparse.Namespace, text: str) -> None:
+    print(error_line(args.log_format, text, datetime.now(UTC)), file=sys.stderr)
+
+
 def _print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
@@ -323,6 +329,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     from .destinations import build
 
     config = load_config(args.config)
+    _warn_loose_permissions(config, args.config)
     targets = [build(d) for d in config.destination]
     decided = plan(config, targets, fire_minute(datetime.now(UTC)), threading.Event())
     if not decided.destinations:
@@ -357,7 +364,7 @@ def cmd_once(args: argparse.Namespace) -> int:
             outcome = "ok" if d.ok else ("left to another run: " if d.busy else "FAILED: ")
             print(f"  {d.name}: {outcome if d.ok else outcome + (d.error or '')}")
     else:
-        print(f"backup failed at {result.failed_stage}: {result.error}", file=sys.stderr)
+        _print_error(args, f"backup failed at {result.failed_stage}: {result.error}")
     return result.exit_code
 
 
@@ -506,10 +513,22 @@ def cmd_restore_plan(args: argparse.Namespace) -> int:
     args.script_dir.mkdir(parents=True, exist_ok=True)
     for name, script in render_scripts(plan_).items():
         path = args.script_dir / f"restore-{name}.sh"
-        path.write_text(script)
-        path.chmod(0o755)
+        _write_script(path, script)
         print(path)
     return EXIT_OK
+
+
+def _write_script(path: Path, script: str) -> None:
+    """Write an executable script, never through a symlink planted under its name (a shared
+    --script-dir such as /tmp): it runs as root on the members."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o755)
+    except OSError as exc:
+        reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+        raise BackupError(f"cannot write {path}: {reason}") from exc
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(fd, 0o755)
+        handle.write(script)
 
 
 def _runbook(args: argparse.Namespace) -> Any:
@@ -601,7 +620,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     tools = find_tools(config.drill.bin_dir)
     results = [
-        drill(build(d), tools, config.drill.expect_prefixes)
+        drill(build(d), tools, config.drill.expect_prefixes, credentials=config.etcd.credentials)
         for d in _chosen(config, args.destination)
     ]
     for result in results:
@@ -617,7 +636,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .daemon import Daemon
 
-    return Daemon(args.config, load_config(args.config)).run()
+    config = load_config(args.config)
+    _warn_loose_permissions(config, args.config)
+    return Daemon(args.config, config).run()
+
+
+def _warn_loose_permissions(config: Config, path: Path) -> None:
+    from .config_files import loose_permissions
+
+    for warning in loose_permissions(config, path):
+        log.warning("%s", warning)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -627,18 +655,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.output == "json":
             _print_json({"valid": False, "file": str(args.file), "error": str(exc)})
         else:
-            print(f"INVALID {args.file}: {exc}", file=sys.stderr)
+            _print_error(args, f"INVALID {args.file}: {exc}")
         return exc.exit_code
     if args.output == "json":
         _print_json({"file": str(args.file), **status.to_dict()})
     else:
         print(f"OK {args.file}")
+        # TOTAL KEYS as the etcdutl of the snapshot's line prints it, and how that line counts
+        counted = (
+            "live keys, as etcdutl 3.6+ counts"
+            if status.storage_version
+            else "entries of every bucket, as etcdutl 3.4 and 3.5 count"
+        )
         rows = [
             ("hash", f"{status.hash:x} ({status.hash})"),
             ("revision", status.revision),
-            ("total keys", status.total_keys),
+            ("total keys", f"{status.total_keys} ({counted})"),
             ("live keys", status.live_keys),
             ("total size", status.total_size),
+            ("version", status.storage_version or "none (before etcd 3.6)"),
             ("sha256", status.sha256),
         ]
         for label, value in rows:
@@ -747,9 +782,12 @@ def _describe_config(config: Config, now: datetime) -> list[str]:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .config_files import check_referenced, loose_permissions
 
     config = load_config(args.config)
-    config.etcd.password()
+    check_referenced(config)
+    for warning in loose_permissions(config, args.config):
+        _print_error(args, f"warning: {warning}")
     print(f"{args.config}: valid")
     for line in _describe_config(config, datetime.now(UTC)):
         print(f"  {line}")
@@ -791,18 +829,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except BackupError as exc:
-        print(f"etcd-backupd: {exc}", file=sys.stderr)
+        _print_error(args, f"etcd-backupd: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("etcd-backupd: interrupted", file=sys.stderr)
+        _print_error(args, "etcd-backupd: interrupted")
         return 130
     except Exception as exc:
         if args.debug:
             raise
-        print(
+        _print_error(
+            args,
             f"etcd-backupd: internal error: {exc!r} (run with --debug for the traceback, "
             "and please report it)",
-            file=sys.stderr,
         )
         return EXIT_BUG
 

@@ -6,6 +6,7 @@ The models are the single source of truth: validation, defaults and the field de
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -13,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .cron import Cron
 from .errors import ConfigError
@@ -29,9 +38,14 @@ _NAME_RULE = "may hold only letters, digits, '.', '_' and '-'"
 
 def _url_problem(url: str) -> str | None:
     """What is wrong with an http(s)://host:port URL, or None when nothing is."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "is not an http(s)://host:port URL"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "is not an http(s)://host:port URL"
+    if "@" in parts.netloc:
+        return "holds credentials (user:password@), which are never sent from there"
     try:
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError:
@@ -39,8 +53,51 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
+def _shown(url: str) -> str:
+    """A URL for a message, without any credentials it holds."""
+    if "@" not in url:
+        return repr(url)
+    scheme, sep, rest = url.rpartition("://")
+    return repr(f"{scheme}{sep}***@{rest.rpartition('@')[2]}")
+
+
+def _not_empty_path(value: Any) -> Any:
+    # Path("") is the working directory: an empty setting would silently mean "here"
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty")
+    if isinstance(value, str) and "\0" in value:
+        raise ValueError("must not hold a NUL character")
+    return value
+
+
+# TOML gives strings; the models are strict (no "3" for 3, no 1 for true) except that a path
+# is written as a string
+ConfigPath = Annotated[Path, Field(strict=False), BeforeValidator(_not_empty_path)]
+# no setting of ours means anything beyond a day, and a typo of 1e8 must not pass
+DAY = 86400.0
+# the storage classes S3 knows; a store that has others is told apart by its endpoint_url
+STORAGE_CLASSES = (
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "GLACIER_IR",
+    "DEEP_ARCHIVE",
+    "OUTPOSTS",
+    "SNOW",
+    "EXPRESS_ONEZONE",
+)
+# what boto3 accepts as a bucket name (S3 itself is stricter: 3-63 lowercase characters)
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]$")
+_HOST_RE = re.compile(
+    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def validate_cron(expression: str) -> str:
@@ -56,25 +113,37 @@ class EtcdConfig(_Strict):
         min_length=1,
         description="Client URLs of the members to back up from; each healthy one is tried in turn",
     )
-    cacert: Path | None = Field(None, description="CA bundle that signed the members' certificates")
-    cert: Path | None = Field(None, description="client certificate for mutual TLS (with key)")
-    key: Path | None = Field(None, description="client private key for mutual TLS (with cert)")
+    cacert: ConfigPath | None = Field(
+        None, description="CA bundle that signed the members' certificates"
+    )
+    cert: ConfigPath | None = Field(
+        None, description="client certificate for mutual TLS (with key)"
+    )
+    key: ConfigPath | None = Field(
+        None, description="client private key for mutual TLS (with cert)"
+    )
     username: str | None = Field(
         None, description=f"etcd user for auth; or set {ENV_ETCD_USERNAME}"
     )
-    password_file: Path | None = Field(
+    password_file: ConfigPath | None = Field(
         None, description=f"file holding the etcd password; or set {ENV_ETCD_PASSWORD}"
     )
     cluster_name: str | None = Field(
         None,
+        # with the rest of a snapshot's name and suffixes, a file name stays within 255 bytes
+        max_length=128,
         description="name used in snapshot file names; the cluster ID (hex) when unset",
     )
     dial_timeout: float = Field(
-        5.0, gt=0, description="seconds to wait for a member to answer status and member list"
+        5.0,
+        gt=0,
+        le=3600,
+        description="seconds to wait for a member to answer status and member list",
     )
     stall_timeout: float = Field(
         60.0,
         gt=0,
+        le=DAY,
         description="abort a snapshot stream that delivers no data for this many seconds",
     )
     local_endpoint: str | None = Field(
@@ -96,7 +165,7 @@ class EtcdConfig(_Strict):
         for endpoint in endpoints:
             problem = _url_problem(endpoint if "://" in endpoint else f"http://{endpoint}")
             if problem:
-                raise ValueError(f"{endpoint!r} {problem}")
+                raise ValueError(f"{_shown(endpoint)} {problem}")
         return endpoints
 
     @field_validator("cluster_name")
@@ -124,14 +193,33 @@ class EtcdConfig(_Strict):
         if self.password_file is None:
             return None
         try:
-            return self.password_file.read_text().rstrip("\r\n")
-        except OSError as exc:
+            password = self.password_file.read_text().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise ConfigError(
-                f"etcd.password_file: cannot read {self.password_file}: {exc.strerror}"
+                f"etcd.password_file: cannot read {self.password_file}: {reason}"
             ) from exc
+        if not password:
+            raise ConfigError(f"etcd.password_file: {self.password_file} is empty")
+        return password
 
     def user(self) -> str | None:
         return os.environ.get(ENV_ETCD_USERNAME) or self.username
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """User and password for etcd auth, both or neither."""
+        user, password = self.user(), self.password()
+        if user and not password:
+            raise ConfigError(
+                f"etcd.username is set but no password is: set etcd.password_file or "
+                f"{ENV_ETCD_PASSWORD}"
+            )
+        if password and not user:
+            raise ConfigError(
+                f"etcd.password_file is set but no user is: set etcd.username or "
+                f"{ENV_ETCD_USERNAME}"
+            )
+        return user, password
 
 
 class ScheduleConfig(_Strict):
@@ -140,23 +228,27 @@ class ScheduleConfig(_Strict):
     )
     timezone: str = Field("UTC", description="time zone the cron expressions are read in")
     jitter: float = Field(
-        0.0, ge=0, description="wait up to this many seconds after each fire time, at random"
+        0.0,
+        ge=0,
+        le=DAY,
+        description="wait up to this many seconds after each fire time, at random",
     )
     retry_attempts: int = Field(
-        3, ge=0, description="retries of a failed cycle before the next fire time"
+        3, ge=0, le=100, description="retries of a failed cycle before the next fire time"
     )
     retry_backoff: float = Field(
-        60.0, gt=0, description="seconds before the first retry; doubled for each next one"
+        60.0, gt=0, le=DAY, description="seconds before the first retry; doubled for each next one"
     )
     catch_up: bool = Field(
         True, description="at start, back up now if the newest backup predates the last fire"
     )
     shutdown_timeout: float = Field(
-        300.0, ge=0, description="on SIGTERM, seconds a running cycle may take to finish"
+        300.0, ge=0, le=DAY, description="on SIGTERM, seconds a running cycle may take to finish"
     )
     standby_grace: float = Field(
         120.0,
         ge=0,
+        le=DAY,
         description="with coordination, seconds a standby host waits for the leader's "
         "snapshot of a fire time before it takes one itself",
     )
@@ -184,12 +276,24 @@ class ScheduleConfig(_Strict):
 
 
 class RetentionConfig(_Strict):
-    keep_last: int | None = Field(None, ge=0, description="keep the N newest snapshots")
-    keep_hourly: int | None = Field(None, ge=0, description="newest in each of the last N hours")
-    keep_daily: int | None = Field(None, ge=0, description="newest in each of the last N days")
-    keep_weekly: int | None = Field(None, ge=0, description="newest in each of the last N weeks")
-    keep_monthly: int | None = Field(None, ge=0, description="newest in each of the last N months")
-    keep_yearly: int | None = Field(None, ge=0, description="newest in each of the last N years")
+    keep_last: int | None = Field(
+        None, ge=0, le=1_000_000, description="keep the N newest snapshots"
+    )
+    keep_hourly: int | None = Field(
+        None, ge=0, le=1_000_000, description="newest in each of the last N hours"
+    )
+    keep_daily: int | None = Field(
+        None, ge=0, le=1_000_000, description="newest in each of the last N days"
+    )
+    keep_weekly: int | None = Field(
+        None, ge=0, le=1_000_000, description="newest in each of the last N weeks"
+    )
+    keep_monthly: int | None = Field(
+        None, ge=0, le=1_000_000, description="newest in each of the last N months"
+    )
+    keep_yearly: int | None = Field(
+        None, ge=0, le=1_000_000, description="newest in each of the last N years"
+    )
     keep_within: str | None = Field(
         None, description='keep all snapshots this close to the newest one, e.g. "14d"'
     )
@@ -207,7 +311,7 @@ MIB = 1024 * 1024
 
 
 class _DestinationBase(_Strict):
-    name: str = Field(description="name used in logs, metrics and --destination")
+    name: str = Field(max_length=64, description="name used in logs, metrics and --destination")
     compression: Compression = Field(
         "none",
         description='"none" keeps files etcd\'s restore takes as they are; "zstd" or "gzip"',
@@ -236,7 +340,7 @@ class _DestinationBase(_Strict):
 
 class LocalDestination(_DestinationBase):
     type: Literal["local"]
-    path: Path = Field(description="directory holding snapshots and their manifests")
+    path: ConfigPath = Field(description="directory holding snapshots and their manifests")
 
 
 class S3Destination(_DestinationBase):
@@ -250,12 +354,17 @@ class S3Destination(_DestinationBase):
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto", description='"path" for most S3-compatible stores'
     )
-    ca_bundle: Path | None = Field(None, description="CA bundle to trust for endpoint_url")
-    storage_class: str | None = Field(None, description="e.g. STANDARD_IA, GLACIER_IR")
+    ca_bundle: ConfigPath | None = Field(None, description="CA bundle to trust for endpoint_url")
+    storage_class: Literal[STORAGE_CLASSES] | None = Field(  # type: ignore[valid-type]
+        None, description="e.g. STANDARD_IA, GLACIER_IR"
+    )
     sse: Literal["AES256", "aws:kms"] | None = Field(None, description="server-side encryption")
     sse_kms_key_id: str | None = Field(None, description='KMS key for sse = "aws:kms"')
     object_lock_days: int | None = Field(
-        None, gt=0, description="Object Lock retention on each object (bucket needs Object Lock)"
+        None,
+        gt=0,
+        le=36500,
+        description="Object Lock retention on each object (bucket needs Object Lock)",
     )
     object_lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = Field(
         "COMPLIANCE", description="Object Lock mode with object_lock_days"
@@ -289,9 +398,27 @@ class S3Destination(_DestinationBase):
     access_key_id: str | None = Field(
         None, description="static credentials; boto3's default chain when unset"
     )
-    secret_access_key_file: Path | None = Field(
+    secret_access_key_file: ConfigPath | None = Field(
         None, description="file holding the secret key for access_key_id"
     )
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, bucket: str) -> str:
+        if not _BUCKET_RE.match(bucket):
+            raise ValueError(
+                f"{bucket!r} is not a bucket name: 3 to 255 letters, digits, '.', '_' and '-', "
+                "starting and ending with a letter or digit"
+            )
+        return bucket
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_a_url(cls, url: str | None) -> str | None:
+        problem = _url_problem(url) if url is not None else None
+        if problem:
+            raise ValueError(f"{_shown(url or '')} {problem}")
+        return url
 
     @field_validator("prefix")
     @classmethod
@@ -314,12 +441,19 @@ class S3Destination(_DestinationBase):
         if self.secret_access_key_file is None:
             return None
         try:
-            return self.secret_access_key_file.read_text().strip()
-        except OSError as exc:
+            secret = self.secret_access_key_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise ConfigError(
                 f"destination {self.name}: secret_access_key_file: cannot read "
-                f"{self.secret_access_key_file}: {exc.strerror}"
+                f"{self.secret_access_key_file}: {reason}"
             ) from exc
+        if not secret:
+            raise ConfigError(
+                f"destination {self.name}: secret_access_key_file: "
+                f"{self.secret_access_key_file} is empty"
+            )
+        return secret
 
 
 DestinationConfig = Annotated[LocalDestination | S3Destination, Field(discriminator="type")]
@@ -330,17 +464,19 @@ class MetricsConfig(_Strict):
         "127.0.0.1:9479",
         description='host:port of /metrics, /healthz and /readyz; "" turns the server off',
     )
-    cert: Path | None = Field(None, description="TLS certificate for the metrics server")
-    key: Path | None = Field(None, description="TLS key for the metrics server")
-    client_ca: Path | None = Field(None, description="require client certificates from this CA")
+    cert: ConfigPath | None = Field(None, description="TLS certificate for the metrics server")
+    key: ConfigPath | None = Field(None, description="TLS key for the metrics server")
+    client_ca: ConfigPath | None = Field(
+        None, description="require client certificates from this CA"
+    )
 
     @field_validator("listen")
     @classmethod
     def _host_port(cls, listen: str) -> str:
         if listen:
             host, _, port = listen.rpartition(":")
-            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-                raise ValueError(f"{listen!r} is not host:port")
+            if not _valid_host(host) or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise ValueError(f"{listen!r} is not host:port (an IP address or a host name)")
         return listen
 
     @model_validator(mode="after")
@@ -352,13 +488,26 @@ class MetricsConfig(_Strict):
         return self
 
 
+def _valid_host(host: str) -> bool:
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        # a dotted quad that is no address (999.999.1.1) is no host name either
+        return not host.replace(".", "").isdigit() and _HOST_RE.match(host) is not None
+    return True
+
+
 class DrillConfig(_Strict):
     enabled: bool = Field(False, description="run restore drills from the daemon")
     cron: str = Field("0 3 * * 0", description="when the daemon runs a drill (weekly by default)")
     expect_prefixes: list[str] = Field(
         default=["/registry/"], description="key prefixes a restored cluster must hold keys under"
     )
-    bin_dir: Path | None = Field(
+    bin_dir: ConfigPath | None = Field(
         None, description="directory of etcd, etcdctl and etcdutl; PATH when unset"
     )
 
@@ -388,7 +537,7 @@ class RestoreConfig(_Strict):
                 raise ValueError(f"member name {name!r} {_NAME_RULE}")
             problem = _url_problem(url)
             if problem:
-                raise ValueError(f"{name}: {url!r} {problem}")
+                raise ValueError(f"{name}: {_shown(url)} {problem}")
         return urls
 
     @model_validator(mode="after")
@@ -400,7 +549,7 @@ class RestoreConfig(_Strict):
 
 
 class Config(_Strict):
-    state_dir: Path = Field(
+    state_dir: ConfigPath = Field(
         Path("/var/lib/etcd-backupd"),
         description="the daemon's own files; snapshots are spooled under it when no local "
         "destination can take the stream",
@@ -499,4 +648,8 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid TOML: invalid UTF-8 at byte {exc.start}; save it as UTF-8"
+        ) from None
     return parse_config(data, str(path))

@@ -29,7 +29,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from functools import cached_property
+from functools import cached_property, lru_cache
 from zoneinfo import ZoneInfo
 
 MACROS = {
@@ -77,8 +77,10 @@ def _value(token: str, field: _Field) -> int:
     if lowered in field.names:
         return field.names.index(lowered) + field.low
     if not _NUMBER.fullmatch(token):
-        kind = f"a number or a name ({field.names[0]}-{field.names[-1]})" if field.names else ""
-        raise CronError(f"{field.name} field: {token!r} is not {kind or 'a number'}")
+        expected = "a number"
+        if field.names:
+            expected += f" or a name ({field.names[0]}-{field.names[-1]})"
+        raise CronError(f"{field.name} field: {token!r} is not {expected}")
     value = int(token)
     if not field.low <= value <= field.high:
         raise CronError(f"{field.name} field: {value} is outside {field.low}-{field.high}")
@@ -107,7 +109,7 @@ def _item(text: str, field: _Field) -> set[int]:
             last = _value(end, field)
         elif slash:
             # `a/n` runs to the field's end; Kubernetes ends weekdays at 6 (Vixie refuses `a/n`)
-            last = 6 if field is _WEEKDAY_FIELD else field.high
+            last = max(first, 6) if field is _WEEKDAY_FIELD else field.high
         else:
             last = first
         if last < first and field is _WEEKDAY_FIELD and last == 0:
@@ -258,15 +260,20 @@ class Cron:
         for day in self._days(start, _GREGORIAN_CYCLE_YEARS + 1):
             if found_day is not None and day > found_day + timedelta(days=1):
                 break
-            candidate = self._first_instant_after(day, zone, moment)
+            offset = _steady_offset(day, zone)
+            candidate = self._first_instant_after(day, zone, offset, moment)
             if candidate is not None and (found is None or candidate < found):
                 found = candidate
-            if found is not None and found_day is None:
-                found_day = day
+            if found is not None:
+                if offset is not None:
+                    # its next midnight is unambiguous: no later day fires before it
+                    break
+                found_day = found_day or day
         return found.astimezone(zone) if found is not None else None
 
-    def _first_instant_after(self, day: date, zone: tzinfo, moment: datetime) -> datetime | None:
-        offset = _steady_offset(day, zone)
+    def _first_instant_after(
+        self, day: date, zone: tzinfo, offset: timedelta | None, moment: datetime
+    ) -> datetime | None:
         if offset is None:
             return next((i for i in self._day_instants(day, zone) if i > moment), None)
         midnight = datetime(day.year, day.month, day.day, tzinfo=UTC) - offset
@@ -279,6 +286,7 @@ class Cron:
         return midnight + self._minutes_of_day[index] * _MINUTE
 
 
+@lru_cache(maxsize=4096)
 def _steady_offset(day: date, zone: tzinfo) -> timedelta | None:
     """The UTC offset of `zone` all through the wall-clock day, or None when it changes."""
     midnight = datetime(day.year, day.month, day.day, tzinfo=zone)

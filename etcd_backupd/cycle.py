@@ -25,7 +25,7 @@ from .errors import (
     SnapshotInvalid,
 )
 from .etcd import EtcdSource, MemberStatus
-from .fsutil import fsync_dir, fsync_file, part_path, remove_stale_parts
+from .fsutil import fsync_dir, fsync_file, make_private_dir, part_path, remove_stale_parts
 from .manifest import Manifest, MemberInfo, parse_snapshot_name, snapshot_name
 from .prune import PruneResult, lock_period, policy_for, prune, sweep_orphans
 from .runlock import DestinationLock
@@ -83,7 +83,7 @@ def choose_spool_dir(
         if directory is not None:
             return directory, destination
     try:
-        fallback.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(fallback)
     except OSError as exc:
         raise DestinationError(
             f"cannot create spool directory {fallback}: {exc.strerror}; set state_dir"
@@ -614,6 +614,7 @@ def _manifest(
         revision=status.revision,
         total_keys=status.total_keys,
         live_keys=status.live_keys,
+        storage_version=status.storage_version,
         total_size=status.total_size,
         hash=status.hash,
         etcd_version=member.version,

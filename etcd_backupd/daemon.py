@@ -4,6 +4,7 @@ metrics server."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import logging
@@ -11,6 +12,7 @@ import math
 import os
 import random
 import signal
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .errors import BackupError
 from .etcd import EtcdSource
+from .fsutil import make_private_dir
 from .metrics import BackupMetrics, MetricsServer
 from .restore import drill, find_tools
 from .sdnotify import Notifier
@@ -60,10 +63,15 @@ class StateLock:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / LOCK_NAME
         try:
-            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            make_private_dir(state_dir)
+            # never through a symlink: the file is truncated next
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
-            raise BackupError(f"state_dir: cannot create {self.path}: {exc.strerror}") from exc
+            reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+            raise BackupError(f"state_dir: cannot create {self.path}: {reason}") from exc
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            os.close(self._fd)
+            raise BackupError(f"state_dir: {self.path} is not a regular file")
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -138,13 +146,13 @@ class Schedule:
     def intervals(self, now: datetime) -> tuple[float, dict[str, float]]:
         """The longest wait between two fire times of any destination, and of each destination:
         what a stale alert must allow. Infinite for a schedule that fires less than twice."""
-        computed: dict[str, list[float]] = {}
+        computed: dict[tuple[str, ...], list[float]] = {}
         fires = {}
         for name, trigger in self.triggers.items():
-            # destinations following the global cron share one (equal) trigger's computation
-            key = str(trigger)
+            # destinations following the global cron share one computation
+            key = tuple(trigger.schedule.expressions)
             if key not in computed:
-                computed[key] = _fire_times(trigger, now)
+                computed[key] = _fire_times(trigger.schedule, now)
             fires[name] = computed[key]
         # past the end of the shortest list, a gap would only be where that list stopped
         end = min((f[-1] for f in computed.values() if f), default=math.inf)
@@ -167,18 +175,15 @@ class Schedule:
         return None
 
 
-def _fire_times(trigger: BaseTrigger, now: datetime) -> list[float]:
+def _fire_times(schedule: CronSchedule, now: datetime) -> list[float]:
     fires: list[float] = []
     moment = now
-    while len(fires) < _INTERVAL_MAX_FIRES:
-        fire: datetime | None = trigger.get_next_fire_time(None, moment)
-        if fire is None:
-            break
+    while len(fires) < _INTERVAL_MAX_FIRES and (fire := schedule.next_after(moment)) is not None:
         # Unix time: the difference of two wall-clock times in one zone ignores a DST change
         fires.append(fire.timestamp())
         if fire > now + _INTERVAL_HORIZON and len(fires) >= 3:
             break
-        moment = fire + timedelta(seconds=1)
+        moment = fire
     return fires
 
 
@@ -285,7 +290,12 @@ class Daemon:
                     self.metrics.observe_drill(settings.name, False, 0.0)
                 return
             for settings in self.config.destination:
-                result = drill(build(settings), tools, self.config.drill.expect_prefixes)
+                result = drill(
+                    build(settings),
+                    tools,
+                    self.config.drill.expect_prefixes,
+                    credentials=self.config.etcd.credentials,
+                )
                 self.metrics.observe_drill(settings.name, result.ok, result.seconds)
 
     def _update_next_run(self) -> None:

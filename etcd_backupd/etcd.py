@@ -129,11 +129,9 @@ class EtcdSource:
             creds=self._credentials if secure else None,
             opts=_GRPC_OPTIONS,
         )
+        user, password = self._config.credentials()
         client = etcd3.MultiEndpointEtcd3Client(
-            endpoints=[ep],
-            timeout=self._config.dial_timeout,
-            user=self._config.user(),
-            password=self._config.password(),
+            endpoints=[ep], timeout=self._config.dial_timeout, user=user, password=password
         )
         if not secure:
             # gRPC refuses call credentials on a plaintext channel; the auth token also

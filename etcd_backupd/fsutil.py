@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -19,6 +20,30 @@ STALE_PART_AGE = timedelta(hours=1)
 # Backups hold every Secret of the cluster: readable by the owner only.
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+
+
+def make_private_dir(path: Path) -> None:
+    """Create `path` and its missing parents, each mode 0700 whatever the umask (mkdir's
+    `parents=True` gives the parents the umask's default, 0777 under umask 000). A directory
+    that exists already keeps its mode: loosening or tightening it is the operator's call."""
+    missing = []
+    current = path
+    while not os.path.lexists(current):
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            continue
+        # the umask can only take bits away: 0700 may have come out as less
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, DIR_MODE)
+        finally:
+            os.close(fd)
+    if not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
 
 
 def fsync_dir(directory: Path) -> None:

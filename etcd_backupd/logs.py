@@ -24,6 +24,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+def error_line(fmt: LogFormat, text: str, now: datetime) -> str:
+    """A line a command prints on stderr besides the log: plain, or with --log-format json one
+    JSON object like every log line, so that a log reader parses every line of the run."""
+    text = " ".join(text.splitlines())
+    if fmt != "json":
+        return text
+    entry = {
+        "time": now.isoformat(timespec="milliseconds"),
+        "level": "error",
+        "logger": "etcd_backupd",
+        "message": text,
+    }
+    return json.dumps(entry)
+
+
 def setup_logging(fmt: LogFormat, level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":

@@ -68,8 +68,15 @@ class Manifest(BaseModel):
     compression: str = "none"
     sha256: str = Field(description="SHA-256 of the database bytes, the snapshot's trailer")
     revision: int
-    total_keys: int = Field(description="entries in all buckets, as etcdutl snapshot status")
+    total_keys: int = Field(
+        description="TOTAL KEYS as the etcdutl of the snapshot's line prints it: entries of every "
+        "bucket before 3.6 (no storage version), live keys from 3.6"
+    )
     live_keys: int = Field(description="keys a restored cluster would hold")
+    storage_version: str | None = Field(
+        default=None,
+        description="the snapshot's storage version (etcd 3.6+, etcdutl's VERSION); none before",
+    )
     total_size: int = Field(description="database size (pages), as etcdutl snapshot status")
     hash: int = Field(description="CRC-32C of the buckets, as etcdutl snapshot status")
     etcd_version: str

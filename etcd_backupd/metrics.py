@@ -27,6 +27,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import (
     ThreadingWSGIServer,
+    delete_from_gateway,
     push_to_gateway,
 )
 from prometheus_client.metrics_core import Metric
@@ -66,7 +67,7 @@ class _WithCluster(Collector):
         for family in self._registry.collect():
             labelled = Metric(family.name, family.documentation, family.type, family.unit)
             labelled.samples = [
-                sample._replace(labels={**sample.labels, "cluster_id": cluster_id})
+                sample._replace(labels={"cluster_id": cluster_id, **sample.labels})
                 for sample in family.samples
             ]
             yield labelled
@@ -90,7 +91,8 @@ class BackupMetrics:
         )
         age = Gauge(
             "etcd_backup_last_success_age_seconds",
-            "Seconds since the newest verified backup was taken, computed at scrape time.",
+            "Seconds since the newest verified backup was taken, computed at scrape time (frozen "
+            "once pushed or written to a file: alerts use the timestamp).",
             registry=registry,
         )
         age.set_function(self._age)
@@ -102,7 +104,8 @@ class BackupMetrics:
         )
         self.last_keys = Gauge(
             "etcd_backup_last_keys",
-            "Entries in the newest backup (TOTAL KEYS of etcdutl snapshot status).",
+            "TOTAL KEYS of the newest backup as the etcdutl of its etcd line prints it: entries "
+            "of every bucket before 3.6, live keys from 3.6.",
             registry=registry,
         )
         self.last_live_keys = Gauge(
@@ -261,6 +264,9 @@ class BackupMetrics:
                 self.pruned.labels(destination.name).inc(len(destination.pruned.deleted))
             if destination.prune_error is not None:
                 self.failures.labels("prune").inc()
+        if result.manifest is not None:
+            # a snapshot was taken even when no destination stored it: the cluster is known
+            self.set_cluster(result.manifest.cluster_id)
         if result.ok and result.manifest is not None:
             self._newest(result.manifest)
 
@@ -290,6 +296,12 @@ def push(metrics: BackupMetrics, gateway: str, host: str) -> None:
             registry=metrics.exposition,
             grouping_key={"cluster_id": metrics.cluster_id, "instance": host},
         )
+        if metrics.cluster_id != UNKNOWN_CLUSTER:
+            # what this host pushed before it knew its cluster (a day-one mistake, now fixed)
+            # would page as a host without backups for ever
+            delete_from_gateway(
+                gateway, job=JOB, grouping_key={"cluster_id": UNKNOWN_CLUSTER, "instance": host}
+            )
     except OSError as exc:
         raise BackupError(f"cannot push metrics to {gateway}: {exc}") from exc
 

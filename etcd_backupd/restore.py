@@ -9,19 +9,21 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from .compression import plain_snapshot
+from .config import ENV_ETCD_PASSWORD
 from .destinations import Destination
 from .errors import BackupError, SnapshotInvalid
 from .manifest import SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX, Manifest
+from .snapshot.keyspace import auth_enabled
 from .snapshot.status import SnapshotStatus, verify_snapshot
 
 log = logging.getLogger(__name__)
@@ -187,13 +189,6 @@ def restore(
     return status
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass(frozen=True)
 class DrillResult:
     destination: str
@@ -203,25 +198,62 @@ class DrillResult:
     error: str | None = None
 
 
-def _etcdctl(tools: EtcdTools, endpoint: str, *args: str) -> str:
-    assert tools.etcdctl is not None
-    result = subprocess.run(
-        [str(tools.etcdctl), f"--endpoints={endpoint}", "--command-timeout=30s", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "ETCDCTL_API": "3"},
-    )
-    if result.returncode != 0:
-        raise BackupError(f"etcdctl {' '.join(args)}: {result.stderr.strip()[-300:]}")
-    return result.stdout
+# The throwaway member serves the restored keyspace (every Secret of the cluster) on unix sockets
+# in the drill's 0700 scratch directory, never on a TCP port another local user could reach.
+# etcd wants host:port even in a unix URL and takes it as the socket's file name, relative to
+# its working directory.
+DRILL_CLIENT_URL = "unix://drill-client:2379"
+DRILL_PEER_URL = "unix://drill-peer:2380"
+
+Credentials = Callable[[], tuple[str | None, str | None]]
 
 
-def _count(tools: EtcdTools, endpoint: str, prefix: str) -> int:
-    # the JSON response counts the whole range whatever the limit
-    output = _etcdctl(tools, endpoint, "get", prefix, "--prefix", "--limit=1", "-w", "json")
-    count: int = json.loads(output).get("count", 0)
-    return count
+def _no_credentials() -> tuple[str | None, str | None]:
+    return None, None
+
+
+@dataclass(frozen=True)
+class _Throwaway:
+    """etcdctl pointed at the drill's member, from its scratch directory, with the credentials
+    the restored cluster asks for (in the environment: a command line is visible to all)."""
+
+    etcdctl: Path
+    work: Path
+    env: dict[str, str]
+
+    def run(self, *args: str) -> str:
+        result = subprocess.run(
+            [str(self.etcdctl), f"--endpoints={DRILL_CLIENT_URL}", "--command-timeout=30s", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=self.work,
+            env={**os.environ, "ETCDCTL_API": "3", **self.env},
+        )
+        if result.returncode != 0:
+            detail = " ".join(result.stderr.split())[-300:]
+            raise BackupError(f"etcdctl {' '.join(args)}: {detail}")
+        return result.stdout
+
+    def count(self, prefix: str) -> int:
+        # the JSON response counts the whole range whatever the limit
+        output = self.run("get", prefix, "--prefix", "--limit=1", "-w", "json")
+        count: int = json.loads(output).get("count", 0)
+        return count
+
+
+def _etcdctl_env(plain: Path, credentials: Credentials) -> dict[str, str]:
+    """What etcdctl needs to read a cluster restored from `plain`: the configured user where the
+    snapshot's cluster has auth enabled (a restore keeps its users and roles)."""
+    if not auth_enabled(plain):
+        return {}
+    user, password = credentials()
+    if not user or not password:
+        raise BackupError(
+            "the snapshot's cluster has auth enabled: set etcd.username and etcd.password_file "
+            f"(or {ENV_ETCD_PASSWORD}) so that the drill can read the restored keys"
+        )
+    return {"ETCDCTL_USER": f"{user}:{password}"}
 
 
 def drill(
@@ -229,15 +261,18 @@ def drill(
     tools: EtcdTools,
     expect_prefixes: list[str],
     scratch_root: Path | None = None,
+    credentials: Credentials = _no_credentials,
 ) -> DrillResult:
-    """Restore the destination's newest backup into a throwaway member and check it."""
+    """Restore the destination's newest backup into a throwaway member and check it.
+    `credentials` gives etcd's user and password, asked for only when the snapshot's cluster
+    has auth enabled."""
     began = time.monotonic()
     manifests = destination.manifests()
     if not manifests:
         return DrillResult(destination.name, "", False, 0.0, "the destination holds no backup")
     newest: Manifest = manifests[-1]
     try:
-        _drill_one(destination, newest, tools, expect_prefixes, scratch_root)
+        _drill_one(destination, newest, tools, expect_prefixes, scratch_root, credentials)
     except BackupError as exc:
         log.error("drill of %s from %s failed: %s", newest.snapshot, destination.name, exc)
         return DrillResult(
@@ -254,15 +289,15 @@ def _drill_one(
     tools: EtcdTools,
     expect_prefixes: list[str],
     scratch_root: Path | None,
+    credentials: Credentials,
 ) -> None:
     if tools.etcd is None or tools.etcdctl is None:
         raise BackupError("a drill needs etcd and etcdctl beside the restore tool")
+    # mkdtemp makes it 0700: only this user reaches the sockets inside
     with tempfile.TemporaryDirectory(prefix="etcd-backupd-drill-", dir=scratch_root) as scratch:
         work = Path(scratch)
         fetched = destination.fetch(manifest.snapshot, work / manifest.snapshot)
-        peer = f"http://127.0.0.1:{_free_port()}"
-        client = f"http://127.0.0.1:{_free_port()}"
-        member = Member("drill", peer, work / "data")
+        member = Member("drill", DRILL_PEER_URL, work / "data")
         with (
             plain_snapshot(fetched, size=manifest.size) as plain,
             ThreadPoolExecutor(max_workers=1) as pool,
@@ -272,7 +307,7 @@ def _drill_one(
             # data dir is scratch, so the walk runs alongside the restore instead of before it.
             walked = pool.submit(verify_snapshot, plain, expected_sha256=manifest.sha256)
             try:
-                run_restore(plain, member, f"drill={peer}", "etcd-backupd-drill", tools)
+                run_restore(plain, member, f"drill={DRILL_PEER_URL}", "etcd-backupd-drill", tools)
             finally:
                 status = walked.result()
             if (status.revision, status.hash) != (manifest.revision, manifest.hash):
@@ -280,6 +315,7 @@ def _drill_one(
                     f"the snapshot says revision {status.revision}, hash {status.hash}; its "
                     f"manifest says revision {manifest.revision}, hash {manifest.hash}"
                 )
+            etcdctl = _Throwaway(tools.etcdctl, work, _etcdctl_env(plain, credentials))
         fetched.unlink()
         with (work / "etcd.log").open("wb") as log_file:
             process = subprocess.Popen(
@@ -287,16 +323,17 @@ def _drill_one(
                     str(tools.etcd),
                     "--name=drill",
                     f"--data-dir={member.data_dir}",
-                    f"--listen-client-urls={client}",
-                    f"--advertise-client-urls={client}",
-                    f"--listen-peer-urls={peer}",
-                    f"--initial-advertise-peer-urls={peer}",
+                    f"--listen-client-urls={DRILL_CLIENT_URL}",
+                    f"--advertise-client-urls={DRILL_CLIENT_URL}",
+                    f"--listen-peer-urls={DRILL_PEER_URL}",
+                    f"--initial-advertise-peer-urls={DRILL_PEER_URL}",
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                cwd=work,
             )
         try:
-            _check_drill_member(tools, client, manifest, expect_prefixes, process)
+            _check_drill_member(etcdctl, manifest, expect_prefixes, process)
         finally:
             # a throwaway member whose data is deleted next needs no graceful shutdown
             process.kill()
@@ -304,8 +341,7 @@ def _drill_one(
 
 
 def _check_drill_member(
-    tools: EtcdTools,
-    client: str,
+    etcdctl: _Throwaway,
     manifest: Manifest,
     expect_prefixes: list[str],
     process: subprocess.Popen[bytes],
@@ -315,7 +351,7 @@ def _check_drill_member(
         if process.poll() is not None:
             raise BackupError(f"the restored etcd exited with status {process.returncode}")
         try:
-            status = json.loads(_etcdctl(tools, client, "endpoint", "status", "-w", "json"))
+            status = json.loads(etcdctl.run("endpoint", "status", "-w", "json"))
             break
         except BackupError:
             if time.monotonic() > deadline:
@@ -324,9 +360,9 @@ def _check_drill_member(
     revision = status[0]["Status"]["header"]["revision"]
     if revision != manifest.revision:
         raise BackupError(f"restored revision {revision}, manifest says {manifest.revision}")
-    keys = _count(tools, client, "")
+    keys = etcdctl.count("")
     if keys != manifest.live_keys:
         raise BackupError(f"restored {keys} keys, manifest says {manifest.live_keys}")
     for prefix in expect_prefixes:
-        if _count(tools, client, prefix) == 0:
+        if etcdctl.count(prefix) == 0:
             raise BackupError(f"no key under {prefix!r} in the restored cluster")

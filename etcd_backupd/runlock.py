@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import DestinationBusy, DestinationError
-from .fsutil import DIR_MODE, FILE_MODE
+from .fsutil import FILE_MODE, make_private_dir
 
 LOCK_FOLDER = "locks"
 
@@ -26,7 +26,7 @@ class DestinationLock:
         # named by where the destination keeps its data, so two configs naming one place agree
         path = folder / (hashlib.sha256(identity.encode()).hexdigest()[:20] + ".lock")
         try:
-            folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            make_private_dir(folder)
             self._fd = os.open(
                 path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
             )

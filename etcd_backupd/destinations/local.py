@@ -14,10 +14,10 @@ from ..compression import SUFFIXES, compress_file
 from ..config import LocalDestination as LocalConfig
 from ..errors import DestinationBusy, DestinationError
 from ..fsutil import (
-    DIR_MODE,
     atomic_write_bytes,
     create_new,
     fsync_dir,
+    make_private_dir,
     part_path,
     part_target,
     remove_stale_parts,
@@ -71,7 +71,7 @@ class LocalDirectory:
                 f"destination {self.name!r}: {self.path} exists and is not a directory"
             )
         try:
-            self.path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            make_private_dir(self.path)
         except OSError as exc:
             raise self.error("create the directory", exc) from exc
 

@@ -45,10 +45,13 @@ _POLL_SECONDS = 0.2
 
 
 def _describe(exc: BaseException) -> str:
+    """One line: botocore's messages (a bad bucket name's, for one) span several."""
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'Error')}: {error.get('Message', str(exc))}"
-    return str(exc)
+        text = f"{error.get('Code', 'Error')}: {error.get('Message', str(exc))}"
+    else:
+        text = str(exc)
+    return " ".join(text.split())
 
 
 class S3Bucket:

@@ -1,5 +1,6 @@
 """The keys a snapshot holds, as a restored cluster would serve them: replaying bucket `key`
-(every revision, in revision order) on the read-only bbolt reader. Pure: reads only the file."""
+(every revision, in revision order) on the read-only bbolt reader. Pure: reads only the file.
+The key "" a revision bump leaves is not served: etcd refuses it in every request."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from ..errors import SnapshotInvalid
 from .bbolt import BoltReader, Bucket
-from .status import KEY_BUCKET, REVISION_KEY_SIZE, TOMBSTONE, replay
+from .status import BUMP_MARKER, KEY_BUCKET, REVISION_KEY_SIZE, TOMBSTONE, replay
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,23 @@ def _key_bucket(reader: BoltReader) -> Bucket | None:
     return next((b for b in reader.buckets() if b.name == KEY_BUCKET), None)
 
 
+_AUTH_BUCKET = b"auth"
+_AUTH_ENABLED = b"authEnabled"
+
+
+def auth_enabled(path: Path) -> bool:
+    """Whether a cluster restored from the snapshot asks clients to authenticate: etcd keeps
+    the switch as one byte, 1 for on, in bucket `auth`."""
+    with BoltReader(path) as reader:
+        for bucket in reader.buckets():
+            if bucket.name == _AUTH_BUCKET:
+                return any(
+                    key == _AUTH_ENABLED and bytes(value) == b"\x01"
+                    for key, value, _ in reader.items(bucket)
+                )
+    return False
+
+
 def live_key_names(path: Path, *, prefix: bytes = b"", revision: int | None = None) -> list[bytes]:
     """The keys under `prefix` at `revision` (default: the newest), sorted: the names of what
     `live_keys` gives, found a page of records at a time instead of one record at a time."""
@@ -57,6 +75,7 @@ def live_key_names(path: Path, *, prefix: bytes = b"", revision: int | None = No
                 break
             replay(leaf, len(revisions), live)
             del leaf  # a page of large values is megabytes: not held while the next is read
+    live.pop(BUMP_MARKER, None)
     return sorted(filter(methodcaller("startswith", prefix), live) if prefix else live)
 
 
@@ -84,7 +103,7 @@ def live_keys(path: Path, *, prefix: bytes = b"", revision: int | None = None) -
             message.ParseFromString(record)
         except DecodeError as exc:
             raise SnapshotInvalid(f"revision {main} holds a damaged KeyValue: {exc}") from exc
-        if not message.key.startswith(prefix):
+        if message.key == BUMP_MARKER or not message.key.startswith(prefix):
             continue
         if tombstone:
             live.pop(message.key, None)

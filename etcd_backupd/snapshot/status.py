@@ -1,13 +1,21 @@
 """etcd's view of a snapshot file: its SHA-256 trailer, then the figures `etcdutl snapshot status`
-prints (hash, revision, total keys, total size), computed from a read-only bbolt walk.
+prints (hash, revision, total keys, total size, and from 3.6 the storage version), computed from a
+read-only bbolt walk.
 
-Facts and algorithm: snapshot-format.md, sections 1 to 3 and 5.
+Facts and algorithm: snapshot-format.md, sections 1 to 3 and 5. etcd 3.6 (etcdutl/snapshot/
+v3_snapshot.go, Status, at v3.6.0) keeps the bbolt format, the HASH and the REVISION, prints the
+meta bucket's `storageVersion` as VERSION and counts as TOTAL KEYS the user keys alive at the
+snapshot's revision, where 3.4 and 3.5 (the same file at v3.5.x) count the entries of every
+bucket. 3.6's Snapshot RPC also names the storage version in each message (field 4 of
+SnapshotResponse, api/etcdserverpb/rpc.proto); python-etcd3's stubs predate that field and drop
+it, so the version is read from the file, where the server read it from.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import struct
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +44,12 @@ TOMBSTONE = ord("t")
 _MAGIC_AT = 16
 # protobuf tag of mvccpb.KeyValue.key: field 1, length-delimited
 _KEY_TAG = 0x0A
+# the key of the record a revision bump leaves; clients can neither write nor read key ""
+BUMP_MARKER = b""
+# go-semver's identifier (coreos/go-semver v0.3.1, semver.go), for a pre-release or metadata
+_SEMVER_IDENTIFIER = re.compile(r"[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*")
+_SEMVER_NUMBER = re.compile(r"[0-9]+")
+_INT64_MAX = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,7 @@ class DatabaseFigures:
     revision: int
     total_keys: int
     live_keys: int
+    entries: int
     total_size: int
     hash: int
     page_size: int
@@ -55,10 +70,15 @@ class DatabaseFigures:
 
 @dataclass(frozen=True)
 class SnapshotStatus:
+    """`total_keys` is TOTAL KEYS as the etcdutl of the snapshot's own line prints it: with a
+    storage version (3.6 on), `live_keys`; without (3.4, 3.5), `entries`, every entry of every
+    bucket, revisions and tombstones included."""
+
     valid: bool
     revision: int
     total_keys: int
     live_keys: int
+    entries: int
     total_size: int
     hash: int
     sha256: str
@@ -161,9 +181,28 @@ def _check_trailer(path: Path, data_size: int, digest: bytes) -> str:
 
 def walk_database(path: Path) -> DatabaseFigures:
     """Run bbolt's structural check and compute etcd's figures in one walk."""
+    with _bolt(path) as reader:
+        return _figures(reader)
+
+
+def read_storage_version(path: Path) -> str | None:
+    """The storage version alone, read from bucket `meta` without walking the rest: what the
+    tool that restores a snapshot must reach, known before a full walk has finished."""
+    with _bolt(path) as reader:
+        for bucket in reader.buckets():
+            if bucket.name != _META_BUCKET:
+                continue
+            for leaf in reader.leaves(bucket):
+                if _STORAGE_VERSION in leaf.keys:
+                    return semantic_version(_value_of(leaf, _STORAGE_VERSION))
+    return None
+
+
+@contextmanager
+def _bolt(path: Path) -> Iterator[BoltReader]:
     try:
         with BoltReader(path) as reader:
-            return _figures(reader)
+            yield reader
     except OSError as exc:
         raise SnapshotInvalid(f"cannot read {path}: {exc.strerror}") from exc
     except (IndexError, ValueError, OverflowError, struct.error) as exc:
@@ -176,8 +215,13 @@ def user_key(page: bytes, start: int, end: int) -> bytes:
     """The user key of the mvccpb.KeyValue at `page[start:end]`, read from the wire without
     decoding the rest.
 
-    etcd always writes the key first, as field 1; anything else is not an etcd record.
+    etcd always writes the key first, as field 1; anything else is not an etcd record, but for
+    the empty record, the KeyValue of key "" that `snapshot restore --bump-revision` puts at the
+    bumped revision (etcdutl/snapshot/v3_snapshot.go, unsafeBumpBucketsRevision, v3.6.0; the same
+    from v3.5.10). It outlives compactions: every snapshot of a cluster so restored holds it.
     """
+    if end == start:
+        return BUMP_MARKER
     if end - start < 2 or page[start] != _KEY_TAG:
         raise SnapshotInvalid("bucket 'key' holds a record that is not an etcd KeyValue")
     length = 0
@@ -199,29 +243,30 @@ def user_key(page: bytes, start: int, end: int) -> bytes:
 
 def _figures(reader: BoltReader) -> DatabaseFigures:
     checksum = 0
-    total_keys = 0
+    entries = 0
     revision = 0
-    live_keys = 0
+    user_keys: dict[bytes, None] = {}
     storage_version: str | None = None
     cluster_version: str | None = None
     for bucket in reader.buckets():
         checksum = crc32c.crc32c(bucket.name, checksum)
         if bucket.name == KEY_BUCKET:
-            checksum, entries, revision, live_keys = _key_bucket(reader, bucket, checksum)
-            total_keys += entries
+            checksum, revisions, revision, user_keys = _key_bucket(reader, bucket, checksum)
+            entries += revisions
             continue
         for leaf in reader.leaves(bucket):
-            total_keys += len(leaf.keys)
+            entries += len(leaf.keys)
             checksum = _feed(leaf, checksum)
-            if bucket.name == _META_BUCKET:
-                storage_version = _text_of(leaf, _STORAGE_VERSION, storage_version)
-            elif bucket.name == _CLUSTER_BUCKET:
-                cluster_version = _text_of(leaf, _CLUSTER_VERSION, cluster_version)
+            if bucket.name == _META_BUCKET and _STORAGE_VERSION in leaf.keys:
+                storage_version = semantic_version(_value_of(leaf, _STORAGE_VERSION))
+            elif bucket.name == _CLUSTER_BUCKET and _CLUSTER_VERSION in leaf.keys:
+                cluster_version = _value_of(leaf, _CLUSTER_VERSION).decode("utf-8", "replace")
     reader.check_unreached()
     return DatabaseFigures(
         revision=revision,
-        total_keys=total_keys,
-        live_keys=live_keys,
+        total_keys=entries if storage_version is None else len(user_keys),
+        live_keys=len(user_keys) - (BUMP_MARKER in user_keys),
+        entries=entries,
         total_size=reader.db_size,
         hash=checksum,
         page_size=reader.page_size,
@@ -231,9 +276,12 @@ def _figures(reader: BoltReader) -> DatabaseFigures:
     )
 
 
-def _key_bucket(reader: BoltReader, bucket: Bucket, checksum: int) -> tuple[int, int, int, int]:
-    """The checksum carried on, the entries, the revision and the live keys of bucket `key`,
-    which holds nearly every entry: its loop does per page what it can, not per entry."""
+def _key_bucket(
+    reader: BoltReader, bucket: Bucket, checksum: int
+) -> tuple[int, int, int, dict[bytes, None]]:
+    """The checksum carried on, the entries, the revision and the user keys of bucket `key`,
+    which holds nearly every entry: its loop does per page what it can, not per entry. The user
+    keys are those etcdutl 3.6 counts, the key "" of a revision bump included."""
     live: dict[bytes, None] = {}
     entries = 0
     last = b""
@@ -248,7 +296,7 @@ def _key_bucket(reader: BoltReader, bucket: Bucket, checksum: int) -> tuple[int,
         # not held while the walk reads the next page: a page of large values is megabytes
         del leaf
     revision = int.from_bytes(last[:8], "big")
-    return checksum, entries, revision, len(live)
+    return checksum, entries, revision, live
 
 
 def replay(leaf: Leaf, count: int, live: dict[bytes, None]) -> None:
@@ -295,10 +343,38 @@ def _feed(leaf: Leaf, checksum: int) -> int:
     return checksum
 
 
-def _text_of(leaf: Leaf, key: bytes, default: str | None) -> str | None:
-    if key not in leaf.keys:
-        return default
-    return bytes(leaf.values[leaf.keys.index(key)]).decode("utf-8", "replace")
+def _value_of(leaf: Leaf, key: bytes) -> bytes:
+    return bytes(leaf.values[leaf.keys.index(key)])
+
+
+def semantic_version(raw: bytes) -> str | None:
+    """A storage version as etcdutl prints it, or None where it prints none.
+
+    etcd parses the stored value with go-semver and prints it back (server/storage/schema/
+    version.go, ReadStorageVersionFromSnapshot): three dot-separated decimal int64s, an optional
+    `-pre-release` and `+metadata` of dot-separated [0-9A-Za-z-] identifiers, split off at the
+    first `+` and then the first `-` (coreos/go-semver v0.3.1, Version.Set); numbers print
+    without leading zeros (Version.String). A value that does not parse reads as no version.
+    """
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    text, _, metadata = text.partition("+")
+    text, _, pre_release = text.partition("-")
+    parts = text.split(".", 2)
+    if len(parts) != 3 or not all(_SEMVER_NUMBER.fullmatch(part) for part in parts):
+        return None
+    numbers = [int(part) for part in parts]
+    if any(number > _INT64_MAX for number in numbers):
+        return None
+    for identifier in (pre_release, metadata):
+        if identifier and not _SEMVER_IDENTIFIER.fullmatch(identifier):
+            return None
+    version = ".".join(map(str, numbers))
+    return (
+        version + (f"-{pre_release}" if pre_release else "") + (f"+{metadata}" if metadata else "")
+    )
 
 
 def _why_no_trailer(path: Path, size: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -115,6 +116,11 @@ def test_catches_up_serves_metrics_reloads_and_stops(
     assert metric(before, "etcd_backup_runs_total") == 1
     assert metric(before, "etcd_backup_last_size_bytes") > 0
     assert metric(before, "etcd_backup_next_run_timestamp_seconds") > time.time()
+    # every series names the cluster; staleness scales with the per-minute schedule
+    series = [line for line in before.splitlines() if line.startswith("etcd_backup_")]
+    assert series and all('cluster_id="' in line for line in series)
+    assert 'cluster_id="unknown"' not in before
+    assert metric(before, "etcd_backup_schedule_interval_seconds") == 60
 
     second = subprocess.run(
         [sys.executable, "-m", "etcd_backupd.cli", "run", "--config", str(config)],
@@ -173,13 +179,19 @@ def test_retries_until_etcd_comes_back(
     port = free_port()
     running = daemon(write_config(tmp_path, etcd35, port, retry_attempts=5, retry_backoff=2.0))
     running.wait_for("backup failed; retry 1 of 5")
-    assert metric(scrape(port), 'etcd_backup_failures_total{stage="snapshot"}') >= 1
+    # etcd was down at start: the host does not know its cluster yet
+    assert (
+        metric(scrape(port), 'etcd_backup_failures_total{cluster_id="unknown",stage="snapshot"}')
+        >= 1
+    )
     member.start()
     etcd35.wait_healthy()
     running.wait_for("destination local: stored", timeout=60)
     text = scrape(port)
-    assert 'etcd_backup_runs_total{result="failure"}' in text
-    assert metric(text, 'etcd_backup_runs_total{result="success"}') == 1
+    found = re.search(r'etcd_backup_info\{cluster_id="([0-9a-f]{16})"', text)
+    assert found is not None
+    assert f'etcd_backup_runs_total{{cluster_id="{found[1]}",result="failure"}}' in text
+    assert metric(text, f'etcd_backup_runs_total{{cluster_id="{found[1]}",result="success"}}') == 1
     assert running.stop() == 0
 
 
@@ -330,7 +342,7 @@ def test_prometheus_alerts_on_a_stale_backup_and_resolves(
 
 
 def test_weekdays_and_days_fire_as_cron_reads_them(tmp_path: Path) -> None:
-    """`0 3 * * 1` is Monday (APScheduler's from_crontab made it Tuesday), the drill's default
+    """`0 3 * * 1` is Monday (not Tuesday), the drill's default
     `0 3 * * 0` is Sunday, and a restricted day of month OR a restricted weekday is enough."""
     from datetime import UTC, datetime
 
@@ -401,9 +413,9 @@ def test_sighup_with_any_bad_config_keeps_the_daemon_serving(
     running = daemon(config)
     running.wait_for("scheduled; next backup")
 
-    def reload(text: str, needle: str) -> None:
+    def reload_bytes(content: bytes, needle: str) -> None:
         seen = running.text().count(needle)
-        config.write_text(text)
+        config.write_bytes(content)
         running.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
         while running.text().count(needle) == seen:
@@ -415,15 +427,16 @@ def test_sighup_with_any_bad_config_keeps_the_daemon_serving(
         (idle_config(tmp_path, port, "5- * * * *"), "'5-' is missing the end of its range"),
         (idle_config(tmp_path, port, "0 0 31 2 *"), "'0 0 31 2 *': never fires"),
         ("[schedule\ncron = '0 0 * * 7'\n", "not valid TOML"),
+        ("# caf\xe9\n", "invalid UTF-8 at byte 5"),
     ]
     for text, reason in bad:
-        reload(text, "reload refused, keeping the running config")
+        reload_bytes(text.encode("latin-1"), "reload refused, keeping the running config")
         assert reason in running.text().splitlines()[-1]
         assert scrape(port, "/healthz") == "ok\n"
         assert scrape(port, "/readyz") == "ok\n"
 
     # Sunday as 7 crashed `run` before; it is plain cron and now takes effect
-    reload(idle_config(tmp_path, port, "0 0 * * 7"), "config reloaded")
+    reload_bytes(idle_config(tmp_path, port, "0 0 * * 7").encode(), "config reloaded")
     today = datetime.now(UTC).date()
     sunday = today + timedelta(days=(6 - today.weekday()) % 7 or 7)
     next_run = metric(scrape(port), "etcd_backup_next_run_timestamp_seconds")

@@ -197,10 +197,13 @@ def test_alert_rules_check_and_pass_their_tests() -> None:
     names = {r["alert"] for g in yaml.safe_load(rules.read_text())["groups"] for r in g["rules"]}
     assert names == {
         "EtcdBackupStale",
+        "EtcdBackupNeverSucceeded",
+        "EtcdBackupNotPushed",
         "EtcdBackupFailing",
         "EtcdBackupAbsent",
         "EtcdBackupDestinationStale",
-        "EtcdBackupSizeDrop",
+        "EtcdBackupKeysDrop",
+        "EtcdBackupFutureDated",
         "EtcdBackupDrillFailing",
     }
 
@@ -244,7 +247,9 @@ def test_grafana_queries_are_valid_promql(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     used = " ".join(exprs)
     for metric in (
-        "etcd_backup_last_success_age_seconds",
+        "etcd_backup_last_success_timestamp_seconds",
+        "etcd_backup_schedule_interval_seconds",
+        "etcd_backup_last_live_keys",
         "etcd_backup_last_size_bytes",
         "etcd_backup_last_keys",
         "etcd_backup_duration_seconds",
@@ -252,3 +257,19 @@ def test_grafana_queries_are_valid_promql(tmp_path: Path) -> None:
         "etcd_backup_destination_snapshots",
     ):
         assert metric in used
+
+
+def test_grafana_alerts_are_the_paging_rules_per_cluster() -> None:
+    plain = yaml.safe_load((PROMETHEUS / "etcd-backupd.rules.yml").read_text())
+    severity = {r["alert"]: r["labels"]["severity"] for g in plain["groups"] for r in g["rules"]}
+    alerting = yaml.safe_load((GRAFANA / "alerting.yaml").read_text())
+    rules = [r for g in alerting["groups"] for r in g["rules"]]
+    assert {r["title"] for r in rules} == {
+        "EtcdBackupStale",
+        "EtcdBackupNeverSucceeded",
+        "EtcdBackupAbsent",
+    }
+    for rule in rules:
+        assert rule["labels"]["severity"] == severity[rule["title"]]
+        queries = [d["model"]["expr"] for d in rule["data"] if "expr" in d["model"]]
+        assert queries and all("by (cluster_id" in q for q in queries), rule["title"]

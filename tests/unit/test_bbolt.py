@@ -270,10 +270,10 @@ def test_live_keys_follow_the_newest_revision_of_each_key(tmp_path: Path) -> Non
     ]
     top = [
         (b"key", bucket(inline=history), BUCKET_FLAG),
-        (b"meta", bucket(inline=[(b"storageVersion", b"3.6", 0)]), BUCKET_FLAG),
+        (b"meta", bucket(inline=[(b"storageVersion", b"3.6.0", 0)]), BUCKET_FLAG),
     ]
     figures = walk_database(write(tmp_path, db.build(db.add(leaf_image(top)))))
-    assert (figures.live_keys, figures.revision, figures.storage_version) == (2, 7, "3.6")
+    assert (figures.live_keys, figures.revision, figures.storage_version) == (2, 7, "3.6.0")
 
 
 def test_a_nested_bucket_gives_its_name_only_to_the_hash_and_its_pages_are_checked(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -9,9 +10,11 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from etcd_backupd.cli import main as cli_main
 from etcd_backupd.config import (
     DEFAULT_CRON,
     ENV_ETCD_PASSWORD,
+    ENV_ETCD_USERNAME,
     Config,
     DrillConfig,
     EtcdConfig,
@@ -160,6 +163,13 @@ def test_cron_list_is_checked_item_by_item() -> None:
     assert "hour field: 25" in error_of(data)
 
 
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"# caf\xe9\n")
+    with pytest.raises(ConfigError, match="not valid TOML: invalid UTF-8 at byte 5"):
+        load_config(path)
+
+
 def test_every_schedule_is_read_by_the_daemons_parser() -> None:
     """What `run` could not run, check-config refuses, naming the key."""
     destination = {**MINIMAL["destination"][0], "cron": "0 0 30 2 *"}
@@ -258,3 +268,177 @@ def test_restore_members_for_the_runbook() -> None:
 )
 def test_restore_member_errors(restore: dict[str, object], expected: str) -> None:
     assert expected in error_of({**MINIMAL, "restore": restore})
+
+
+def local(**settings: object) -> dict[str, object]:
+    return {"destination": [{"name": "local", "type": "local", "path": "/x", **settings}]}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({**MINIMAL, "retention": {"keep_last": "3"}}, "At 'retention.keep_last': Input should"),
+        ({**MINIMAL, "retention": {"keep_last": True}}, "At 'retention.keep_last': Input should"),
+        ({**MINIMAL, "schedule": {"catch_up": 1}}, "At 'schedule.catch_up': Input should"),
+        ({**MINIMAL, "schedule": {"jitter": "5"}}, "At 'schedule.jitter': Input should"),
+        ({**MINIMAL, "etcd": {"dial_timeout": float("inf")}}, "At 'etcd.dial_timeout': "),
+        ({**MINIMAL, "etcd": {"stall_timeout": float("nan")}}, "At 'etcd.stall_timeout': "),
+        ({**MINIMAL, "schedule": {"shutdown_timeout": float("inf")}}, "schedule.shutdown_timeout"),
+        ({**MINIMAL, "schedule": {"retry_attempts": 100_000_000}}, "At 'schedule.retry_attempts'"),
+        ({**MINIMAL, "schedule": {"retry_backoff": 1e12}}, "At 'schedule.retry_backoff'"),
+        ({**MINIMAL, "etcd": {"cluster_name": 7}}, "At 'etcd.cluster_name': Input should"),
+        ({**MINIMAL, "etcd": {"endpoints": "http://x:2379"}}, "At 'etcd.endpoints': Input"),
+        ({**MINIMAL, "metrics": {"listen": "999.999.1.1:80"}}, "At 'metrics.listen'"),
+        ({**MINIMAL, "metrics": {"listen": "bad host!:80"}}, "At 'metrics.listen'"),
+        ({**MINIMAL, "metrics": {"listen": "::1:80"}}, "At 'metrics.listen'"),
+        ({**MINIMAL, "state_dir": ""}, "At 'state_dir': must not be empty"),
+        ({**MINIMAL, "state_dir": 5}, "At 'state_dir'"),
+        (local(path=""), "At 'destination[0].path': must not be empty"),
+        (local(path="/x\0y"), "At 'destination[0].path': must not hold a NUL"),
+        ({**MINIMAL, "etcd": {"password_file": " "}}, "At 'etcd.password_file': must not be"),
+        (s3(endpoint_url="not a url"), "At 'destination[0].endpoint_url': 'not a url' is not"),
+        (s3(storage_class="PLATINUM"), "At 'destination[0].storage_class'"),
+        (s3(object_lock_days=100_000_000), "At 'destination[0].object_lock_days'"),
+        (s3(max_concurrency="8"), "At 'destination[0].max_concurrency'"),
+        (s3(bucket="bad bucket!"), "At 'destination[0].bucket': 'bad bucket!' is not a bucket"),
+        (s3(bucket="-x-"), "At 'destination[0].bucket'"),
+        ({**MINIMAL, "etcd": {"cluster_name": "c" * 129}}, "At 'etcd.cluster_name': String"),
+        (local(name="d" * 65), "At 'destination[0].name': String should have at most 64"),
+    ],
+)
+def test_bad_values_name_their_field_on_one_line(data: dict[str, object], expected: str) -> None:
+    message = error_of(data)
+    assert expected in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (
+            {**MINIMAL, "etcd": {"endpoints": ["http://root:hunter2@10.0.0.1:2379"]}},
+            "etcd.endpoints",
+        ),
+        ({**MINIMAL, "etcd": {"endpoints": ["root:hunter2@10.0.0.1:2379"]}}, "etcd.endpoints"),
+        (
+            {**MINIMAL, "etcd": {"local_endpoint": "https://u:hunter2@h:2379"}},
+            "etcd.local_endpoint",
+        ),
+        (s3(endpoint_url="http://AKIA:hunter2@minio:9000"), "destination[0].endpoint_url"),
+        ({**MINIMAL, "restore": {"members": {"a": "https://u:hunter2@h:2380"}}}, "restore.members"),
+    ],
+)
+def test_credentials_in_a_url_are_refused_and_never_shown(
+    data: dict[str, object], field: str
+) -> None:
+    message = error_of(data)
+    assert f"At '{field}'" in message and "holds credentials" in message
+    assert "hunter2" not in message
+
+
+def test_valid_listen_addresses() -> None:
+    for listen in ("127.0.0.1:9479", "[::1]:9479", "0.0.0.0:80", "metrics.local:9479", ""):
+        assert parse_config({**MINIMAL, "metrics": {"listen": listen}}).metrics.listen == listen
+
+
+def test_username_without_password_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    etcd = parse_config({**MINIMAL, "etcd": {"username": "root"}}).etcd
+    with pytest.raises(ConfigError, match=r"etcd\.username is set but no password is"):
+        etcd.credentials()
+    monkeypatch.setenv(ENV_ETCD_PASSWORD, "pw")
+    assert etcd.credentials() == ("root", "pw")
+    monkeypatch.delenv(ENV_ETCD_PASSWORD)
+    monkeypatch.setenv(ENV_ETCD_USERNAME, "root")
+    with pytest.raises(ConfigError, match=r"etcd\.username is set but no password is"):
+        parse_config(MINIMAL).etcd.credentials()
+
+
+def test_password_without_user_and_empty_secrets(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("pw\n")
+    etcd = parse_config({**MINIMAL, "etcd": {"password_file": str(secret)}}).etcd
+    with pytest.raises(ConfigError, match=r"etcd\.password_file is set but no user is"):
+        etcd.credentials()
+    secret.write_text("\n")
+    with pytest.raises(ConfigError, match=r"etcd\.password_file: .* is empty"):
+        etcd.password()
+    s3_config = parse_config(s3(access_key_id="AKIA", secret_access_key_file=str(secret)))
+    destination = s3_config.destination[0]
+    assert isinstance(destination, S3Destination)
+    with pytest.raises(ConfigError, match=r"secret_access_key_file: .* is empty"):
+        destination.secret_access_key()
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        text + '\n[[destination]]\nname = "local"\ntype = "local"\npath = "/var/backups/etcd"\n'
+    )
+    path.chmod(0o600)
+    return path
+
+
+def check_config(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli_main(["check-config", "--config", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_config_reads_every_file_it_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    key = tmp_path / "secret"
+    key.write_text("s3cr3t\n")
+    key.chmod(0o600)
+    path = write_config(
+        tmp_path,
+        f'[etcd]\ncacert = "{tmp_path / "missing.pem"}"\nkey = "{fifo}"\ncert = "{key}"\n'
+        f'[metrics]\nclient_ca = "{tmp_path}"\ncert = "{key}"\nkey = "{key}"\n'
+        f'[drill]\nbin_dir = "{key}"\n'
+        '[[destination]]\nname = "s3"\ntype = "s3"\nbucket = "b-1"\naccess_key_id = "AKIA"\n'
+        f'secret_access_key_file = "{tmp_path / "nope"}"\n',
+    )
+    code, out, err = check_config(path, capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    for expected in (
+        f"etcd.cacert: cannot read {tmp_path / 'missing.pem'}: No such file or directory",
+        f"etcd.key: {fifo} is not a file",
+        f"metrics.client_ca: {tmp_path} is not a file",
+        f"drill.bin_dir: {key} is not a directory",
+        f"destination[0].secret_access_key_file: cannot read {tmp_path / 'nope'}",
+    ):
+        assert expected in err
+
+
+def test_check_config_warns_of_secrets_others_may_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secrets = {name: tmp_path / name for name in ("password", "tls.key", "s3-secret")}
+    for secret in secrets.values():
+        secret.write_text("s3cr3t\n")
+        secret.chmod(0o600)
+    path = write_config(
+        tmp_path,
+        f'[etcd]\nusername = "root"\npassword_file = "{secrets["password"]}"\n'
+        f'cert = "{secrets["tls.key"]}"\nkey = "{secrets["tls.key"]}"\n'
+        '[[destination]]\nname = "s3"\ntype = "s3"\nbucket = "b-1"\naccess_key_id = "AKIA"\n'
+        f'secret_access_key_file = "{secrets["s3-secret"]}"\n',
+    )
+    assert check_config(path, capsys) == (0, check_config(path, capsys)[1], "")
+    path.chmod(0o644)
+    secrets["password"].chmod(0o640)
+    secrets["tls.key"].chmod(0o604)
+    secrets["s3-secret"].chmod(0o644)
+    code, _, err = check_config(path, capsys)
+    assert code == 0
+    assert err.splitlines() == [
+        f"warning: config: {path} has mode 0644, so other users may read it; run chmod 600 {path}",
+        f"warning: etcd.key: {secrets['tls.key']} has mode 0604, so other users may read it; "
+        f"run chmod 600 {secrets['tls.key']}",
+        f"warning: etcd.password_file: {secrets['password']} has mode 0640, so other users may "
+        f"read it; run chmod 600 {secrets['password']}",
+        f"warning: destination[0].secret_access_key_file: {secrets['s3-secret']} has mode 0644, "
+        f"so other users may read it; run chmod 600 {secrets['s3-secret']}",
+    ]
+    assert "s3cr3t" not in err

@@ -98,6 +98,7 @@ def utc(*days_and_times: str) -> list[str]:
             THURSDAY_NOON,
             utc("2026-12-04T00:00", "2026-12-05T00:00", "2026-12-11T00:00"),
         ),
+        ("0 0 * * 7/2", SATURDAY_NOON, utc("2026-11-29T00:00", "2026-12-06T00:00")),
         # both day fields restricted: either matches (the 1st and 15th, and every Friday)
         (
             "0 0 1,15 * fri",
@@ -109,6 +110,18 @@ def utc(*days_and_times: str) -> list[str]:
             "0 0 30 2 mon",
             SATURDAY_NOON,
             utc("2027-02-01T00:00", "2027-02-08T00:00", "2027-02-15T00:00"),
+        ),
+        # 1-31 restricts (it does not start with '*'), so any Monday or any day matches: every day
+        (
+            "0 0 1-31 * mon",
+            SATURDAY_NOON,
+            utc("2026-11-29T00:00", "2026-11-30T00:00", "2026-12-01T00:00"),
+        ),
+        # the month still has to match: 1 January and January's Mondays
+        (
+            "0 0 1 jan mon",
+            SATURDAY_NOON,
+            utc("2027-01-01T00:00", "2027-01-04T00:00", "2027-01-11T00:00"),
         ),
         # a day field starting with '*' (steps too) restricts nothing on its own: both must match
         (

@@ -157,3 +157,23 @@ def test_metrics_server_with_tls_and_client_certificates(tmp_path: Path) -> None
         assert not_ready.value.code == 503
     finally:
         server.close()
+
+
+def test_a_snapshot_no_destination_stored_still_names_the_cluster() -> None:
+    metrics = BackupMetrics(CollectorRegistry())
+    taken = manifest(T0)
+    metrics.observe(
+        CycleResult(
+            started=T0,
+            finished=T0,
+            ok=False,
+            manifest=taken,
+            destinations=(DestinationResult("s3", False, error="access denied"),),
+            error="s3: access denied",
+            failed_stage="ship",
+        )
+    )
+    assert metrics.cluster_id == taken.cluster_id
+    values = samples(metrics.exposition)
+    never = ("etcd_backup_last_success_timestamp_seconds", (("cluster_id", taken.cluster_id),))
+    assert values[never] == 0
