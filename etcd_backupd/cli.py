@@ -377,7 +377,8 @@ def cmd_once(args: argparse.Namespace) -> int:
                 "stage_seconds": {k: round(v, 3) for k, v in result.stage_seconds.items()},
                 "snapshot": result.manifest.model_dump(mode="json") if result.manifest else None,
                 "destinations": [
-                    {"name": d.name, "ok": d.ok, "error": d.error} for d in result.destinations
+                    {"name": d.name, "ok": d.ok, "busy": d.busy, "error": d.error}
+                    for d in result.destinations
                 ],
             }
         )
@@ -387,7 +388,8 @@ def cmd_once(args: argparse.Namespace) -> int:
             f"{result.manifest.size} bytes, {result.duration:.1f} s"
         )
         for d in result.destinations:
-            print(f"  {d.name}: {'ok' if d.ok else 'FAILED: ' + (d.error or '')}")
+            outcome = "ok" if d.ok else ("left to another run: " if d.busy else "FAILED: ")
+            print(f"  {d.name}: {outcome if d.ok else outcome + (d.error or '')}")
     else:
         _print_error(args, f"backup failed at {result.failed_stage}: {result.error}")
     return result.exit_code

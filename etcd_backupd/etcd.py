@@ -195,7 +195,11 @@ class EtcdSource:
         found.sort(key=lambda s: s.is_leader)
         return found
 
-    def open_snapshot(self, member: MemberStatus) -> SnapshotStream:
+    def open_snapshot(
+        self, member: MemberStatus, cancel: threading.Event | None = None
+    ) -> SnapshotStream:
+        """The snapshot stream of `member`; setting `cancel` ends it within a second, even
+        while the member sends nothing."""
         try:
             client = self._client(member.endpoint)
             call = client.maintenancestub.Snapshot(
@@ -207,7 +211,7 @@ class EtcdSource:
             raise EtcdError(
                 f"snapshot from {member.describe()} failed: {_grpc_detail(exc)} ({_advice(exc)})"
             ) from exc
-        return SnapshotStream(member, client, call, self._config.stall_timeout)
+        return SnapshotStream(member, client, call, self._config.stall_timeout, cancel)
 
 
 class SnapshotStream:
@@ -217,8 +221,16 @@ class SnapshotStream:
     the data (the trailer of a saved snapshot file).
     """
 
-    def __init__(self, member: MemberStatus, client: Any, call: Any, stall_timeout: float) -> None:
+    def __init__(
+        self,
+        member: MemberStatus,
+        client: Any,
+        call: Any,
+        stall_timeout: float,
+        cancel: threading.Event | None = None,
+    ) -> None:
         self.member = member
+        self._cancel = cancel
         self.digest: bytes | None = None
         self.received = 0
         self._client = client
@@ -231,6 +243,9 @@ class SnapshotStream:
 
     def _watch(self) -> None:
         while not self._done.wait(min(1.0, self._stall_timeout / 4)):
+            if self._cancel is not None and self._cancel.is_set():
+                self.cancel()
+                return
             if time.monotonic() - self._last_progress > self._stall_timeout:
                 self._stalled = True
                 self._call.cancel()
