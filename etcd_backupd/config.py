@@ -376,6 +376,25 @@ class S3Destination(_DestinationBase):
     max_attempts: int = Field(
         8, ge=1, le=30, description="attempts per request for throttling and 5xx errors"
     )
+    connect_timeout: float = Field(
+        10.0, gt=0, le=300, description="seconds to wait for a connection to the endpoint"
+    )
+    read_timeout: float = Field(
+        60.0, gt=0, le=3600, description="seconds to wait for an answer to a request"
+    )
+    stall_timeout: float = Field(
+        120.0,
+        gt=0,
+        le=86400,
+        description="give the destination up for this cycle when no part of the upload has "
+        "finished for this many seconds (the others still get the snapshot)",
+    )
+    deadline: float = Field(
+        3600.0,
+        gt=0,
+        le=7 * 86400,
+        description="seconds one cycle may spend on this destination in all",
+    )
     access_key_id: str | None = Field(
         None, description="static credentials; boto3's default chain when unset"
     )

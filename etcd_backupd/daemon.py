@@ -437,8 +437,6 @@ class Daemon:
         try:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, self._signal)
-            self._load_held()
-            self._identify_cluster()
             self._scheduler.start()
             self._schedule_jobs(self._schedule)
             if self.config.metrics.listen:
@@ -449,8 +447,7 @@ class Daemon:
             job = self._scheduler.get_job("backup")
             log.info("scheduled; next backup at %s", job.next_run_time if job else "never")
             self.notifier.ready("scheduled")
-            if self.config.schedule.catch_up:
-                self._catch_up()
+            threading.Thread(target=self._start_up, name="start-up", daemon=True).start()
             self._wait()
             self._shutdown()
         finally:
@@ -458,6 +455,15 @@ class Daemon:
                 self._server.close()
             lock.release()
         return 0
+
+    def _start_up(self) -> None:
+        """What the daemon reads from the destinations and etcd at start, after READY: a slow
+        or hung store delays the last_* metrics and the catch-up, never the start itself
+        (systemd gives a unit 90 s to report ready)."""
+        self._load_held()
+        self._identify_cluster()
+        if self.config.schedule.catch_up and not self.stopping.is_set():
+            self._catch_up()
 
     def _wait(self) -> None:
         interval = self.notifier.watchdog_interval
