@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import ctypes
 import errno
 import json
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .commands import add_parsers
 from .errors import BackupError, SnapshotInvalid
 from .logs import error_line, setup_logging
+from .runbook import DEFAULT_BUMP_REVISION
 
 # Each command imports what it uses: `verify` and `inspect` then start without gRPC and pydantic,
 # and every command starts faster.
@@ -32,7 +35,6 @@ if TYPE_CHECKING:
     from .snapshot.status import SnapshotStatus
 
 log = logging.getLogger(__name__)
-
 DEFAULT_CONFIG = Path(os.environ.get("ETCD_BACKUPD_CONFIG", "/etc/etcd-backupd/config.toml"))
 EXIT_OK = 0
 EXIT_DRILL_FAILED = 6
@@ -100,11 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         help="list the keys a snapshot holds, without restoring it",
         description="Print the live keys of a snapshot file (plain or compressed) as "
-        "'etcdctl get --prefix' would on the restored cluster, in pure Python.",
+        "'etcdctl get --prefix' would on the restored cluster, in pure Python; --output json "
+        "as 'etcdctl get -w json' (base64 keys and values).",
     )
     inspect.add_argument("file", type=Path, help="snapshot file")
+    inspect.add_argument("key", nargs="?", help="only this key")
     inspect.add_argument("--prefix", default="", help="only keys starting with this")
     inspect.add_argument("--keys-only", action="store_true", help="print keys, not values")
+    inspect.add_argument(
+        "--print-value-only",
+        action="store_true",
+        help="write KEY's value to stdout as raw bytes, nothing else (for 'etcdctl put KEY < F')",
+    )
     inspect.add_argument(
         "--revision", type=int, help="the keyspace as of this revision (default: the newest)"
     )
@@ -150,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="with --snapshot latest in a destination several clusters share: whose latest "
         "(the cluster part of snapshot names; default: etcd.cluster_name)",
+    )
+    restoring.add_argument(
+        "--bump-revision",
+        type=int,
+        default=0,
+        metavar="N",
+        help="raise the restored revision by N, past any a client saw (with --mark-compacted; "
+        "etcdutl 3.5.10+ or 3.6)",
+    )
+    restoring.add_argument(
+        "--mark-compacted",
+        action="store_true",
+        help="mark the bumped revision compacted, so that old watches are told to re-list",
     )
 
     plan_parser = commands.add_parser(
@@ -220,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=300,
         help="seconds each member waits for every member to be healthy",
     )
+    plan_parser.add_argument(
+        "--bump-revision",
+        type=int,
+        default=DEFAULT_BUMP_REVISION,
+        metavar="N",
+        help="every member restores with --bump-revision N --mark-compacted, so that Kubernetes' "
+        f"watches re-list (default: {DEFAULT_BUMP_REVISION}; needs etcdutl 3.5.10+ or 3.6)",
+    )
+    plan_parser.add_argument(
+        "--no-bump",
+        action="store_true",
+        help="restore without a revision bump (for an older etcdutl; then restart the kubelets)",
+    )
     plan_parser.add_argument("--output", "-o", choices=("markdown", "script"), default="markdown")
     plan_parser.add_argument(
         "--script-dir", type=Path, default=Path("."), help="where --output script writes"
@@ -251,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check a snapshot file without etcd",
         description="Check a snapshot file (plain, or compressed with zstd or gzip): its SHA-256 "
-        "trailer and its bbolt structure, and print the revision, key count, size and hash "
-        "'etcdutl snapshot status' would print. Exits 0 only for a sound snapshot.",
+        "trailer and its bbolt structure, and print the revision, total keys, size, hash and "
+        "(etcd 3.6) version 'etcdutl snapshot status' of the snapshot's etcd line would print, "
+        "and the live keys a restore would hold. Exits 0 only for a sound snapshot.",
     )
     verify.add_argument("file", type=Path, help="snapshot file")
     _output_option(verify)
@@ -294,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         "times of every schedule; exits 2 when it is invalid.",
     )
     _config_option(check)
+    add_parsers(commands)
     return parser
 
 
@@ -358,6 +395,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     from .coordination import fire_minute, plan
     from .cycle import run_cycle
     from .destinations import build
+    from .notify import Notifications
 
     config = load_config(args.config)
     _warn_loose_permissions(config, args.config)
@@ -368,7 +406,13 @@ def cmd_once(args: argparse.Namespace) -> int:
         if args.textfile or args.pushgateway:
             _export_metrics(args, config, None, decided.role)
         return EXIT_OK
-    result = run_cycle(config, destinations=decided.destinations)
+    notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
+    try:
+        notifications.cycle_started()
+        result = run_cycle(config, destinations=decided.destinations)
+        notifications.cycle_finished(result)
+    finally:
+        notifications.close()
     if args.textfile or args.pushgateway:
         _export_metrics(args, config, result, decided.role)
     if args.output == "json":
@@ -381,7 +425,8 @@ def cmd_once(args: argparse.Namespace) -> int:
                 "stage_seconds": {k: round(v, 3) for k, v in result.stage_seconds.items()},
                 "snapshot": result.manifest.model_dump(mode="json") if result.manifest else None,
                 "destinations": [
-                    {"name": d.name, "ok": d.ok, "error": d.error} for d in result.destinations
+                    {"name": d.name, "ok": d.ok, "busy": d.busy, "error": d.error}
+                    for d in result.destinations
                 ],
             }
         )
@@ -391,7 +436,8 @@ def cmd_once(args: argparse.Namespace) -> int:
             f"{result.manifest.size} bytes, {result.duration:.1f} s"
         )
         for d in result.destinations:
-            print(f"  {d.name}: {'ok' if d.ok else 'FAILED: ' + (d.error or '')}")
+            outcome = "ok" if d.ok else ("left to another run: " if d.busy else "FAILED: ")
+            print(f"  {d.name}: {outcome if d.ok else outcome + (d.error or '')}")
     else:
         _print_error(args, f"backup failed at {result.failed_stage}: {result.error}")
     return result.exit_code
@@ -406,15 +452,26 @@ def verify_file(path: Path) -> SnapshotStatus:
         return verify_snapshot(plain)
 
 
-def _kv_json(kv: KeyValue) -> dict[str, Any]:
-    return {
-        "key": kv.key.decode(errors="backslashreplace"),
-        "value": kv.value.decode(errors="backslashreplace"),
+def _kv_json(kv: KeyValue, *, with_value: bool = True) -> dict[str, Any]:
+    """A key as `etcdctl get -w json` writes it: base64 bytes, and zero fields left out."""
+    fields: dict[str, Any] = {
+        "key": base64.b64encode(kv.key).decode(),
         "create_revision": kv.create_revision,
         "mod_revision": kv.mod_revision,
         "version": kv.version,
-        "lease": kv.lease,
     }
+    if with_value and kv.value:
+        fields["value"] = base64.b64encode(kv.value).decode()
+    if kv.lease:
+        fields["lease"] = kv.lease
+    return fields
+
+
+def _kvs_json(kvs: list[KeyValue], *, with_value: bool = True) -> dict[str, Any]:
+    """The body of `etcdctl get -w json` without its header, which only a live member has."""
+    if not kvs:
+        return {}
+    return {"kvs": [_kv_json(kv, with_value=with_value) for kv in kvs], "count": len(kvs)}
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -422,12 +479,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .snapshot.keyspace import live_key_names, live_keys
     from .snapshot.status import check_trailer
 
-    prefix = args.prefix.encode()
+    if args.print_value_only and args.key is None:
+        raise BackupError("--print-value-only needs a KEY: the value of one key is written raw")
+    if args.key is not None and args.prefix:
+        raise BackupError("give a KEY or --prefix, not both")
+    prefix = (args.key if args.key is not None else args.prefix).encode()
+    names_only = args.keys_only and args.output == "text" and args.key is None
     with plain_snapshot(args.file) as plain, ThreadPoolExecutor(max_workers=1) as pool:
         # the SHA-256 proves the file is what etcd sent; the walk checks every page it reads
         trailer = pool.submit(check_trailer, plain)
         try:
-            if args.keys_only:
+            if names_only:
                 names = live_key_names(plain, prefix=prefix, revision=args.revision)
             else:
                 keys = live_keys(plain, prefix=prefix, revision=args.revision)
@@ -436,15 +498,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             raise
         trailer.result()
     out = sys.stdout.buffer
-    if args.keys_only:
-        if args.output == "json":
-            _print_json([{"key": name.decode(errors="backslashreplace")} for name in names])
-        else:
-            # the layout of 'etcdctl get --prefix --keys-only': a key, then an empty line
-            out.write(b"\n\n".join(names))
-            out.write(b"\n\n" if names else b"")
+    if names_only:
+        # the layout of 'etcdctl get --prefix --keys-only': a key, then an empty line
+        out.write(b"\n\n".join(names))
+        out.write(b"\n\n" if names else b"")
+        out.flush()
+        return EXIT_OK
+    if args.key is not None:
+        keys = [kv for kv in keys if kv.key == prefix]
+        if not keys:
+            when = f" at revision {args.revision}" if args.revision is not None else ""
+            raise BackupError(f"{args.file}: holds no key {args.key!r}{when}")
+    if args.print_value_only:
+        # no newline: redirected to a file, the value is byte for byte what etcd held
+        out.write(keys[0].value)
     elif args.output == "json":
-        _print_json([_kv_json(kv) for kv in keys])
+        _print_json(_kvs_json(keys, with_value=not args.keys_only))
+    elif args.keys_only:
+        out.write(keys[0].key + b"\n\n")
     else:
         # the layout of 'etcdctl get --prefix': a key, then its value, each on a line
         out.write(b"".join(kv.key + b"\n" + kv.value + b"\n" for kv in keys))
@@ -487,8 +558,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from .config import load_config
     from .destinations import build
     from .fsutil import inside
-    from .restore import Member, find_snapshot, find_tools, restore, restore_token
+    from .restore import (
+        Member,
+        find_snapshot,
+        find_tools,
+        restore,
+        restore_token,
+        restore_tool,
+    )
 
+    if args.bump_revision < 0 or (args.bump_revision > 0) != args.mark_compacted:
+        # etcdutl refuses one without the other too, but only after the data dir moved aside
+        raise BackupError(
+            "--bump-revision N (N > 0) and --mark-compacted go together: give both, or neither"
+        )
     config = load_config(args.config) if args.config else None
     bin_dir = args.etcd_bin_dir or (config.drill.bin_dir if config else None)
     tools = find_tools(bin_dir)
@@ -497,7 +580,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     if args.file is not None:
         token = args.initial_cluster_token or restore_token(args.file.name)
-        status = restore(
+        status, tool = restore(
             args.file,
             member,
             cluster,
@@ -505,6 +588,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             tools,
             force=args.force,
             now=now,
+            bump_revision=args.bump_revision,
         )
     else:
         if config is None or args.destination is None:
@@ -519,9 +603,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
             now=now,
         )
         token = args.initial_cluster_token or restore_token(wanted.snapshot)
+        # refused before fetching what no tool here could restore
+        restore_tool(
+            tools,
+            wanted.storage_version,
+            bump=args.bump_revision > 0,
+            etcd_version=wanted.etcd_version,
+        )
         with tempfile.TemporaryDirectory(prefix="etcd-backupd-restore-") as scratch:
             fetched = destination.fetch(wanted.snapshot, inside(Path(scratch), wanted.snapshot))
-            status = restore(
+            status, tool = restore(
                 fetched,
                 member,
                 cluster,
@@ -531,10 +622,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 now=now,
                 expected_sha256=wanted.sha256,
                 expected_size=wanted.size,
+                bump_revision=args.bump_revision,
+                etcd_version=wanted.etcd_version,
             )
+    bumped = (
+        f", bumped by {args.bump_revision} to {status.revision + args.bump_revision} and marked "
+        "compacted"
+        if args.bump_revision
+        else ""
+    )
     print(
-        f"restored revision {status.revision} ({status.live_keys} keys) into {args.data_dir} "
-        f"with {tools.description}, cluster token {token}"
+        f"restored revision {status.revision} ({status.live_keys} keys){bumped} into "
+        f"{args.data_dir} with {tool.description}, cluster token {token}"
     )
     return EXIT_OK
 
@@ -582,6 +681,8 @@ def _runbook(args: argparse.Namespace) -> Any:
 
     if args.health_timeout <= 0:
         raise BackupError("--health-timeout must be a positive number of seconds")
+    if args.bump_revision <= 0:
+        raise BackupError("--bump-revision must be a positive number (or give --no-bump)")
     peers = pairs(args.member, "--member")
     clients = pairs(args.client_url, "--client-url")
     config = None
@@ -629,6 +730,7 @@ def _runbook(args: argparse.Namespace) -> Any:
         data_dir_owner=args.data_dir_owner,
         access=access,
         health_timeout=args.health_timeout,
+        bump_revision=0 if args.no_bump else args.bump_revision,
     )
 
 
@@ -657,23 +759,30 @@ def _runbook_source(args: argparse.Namespace, config: Config | None) -> Any:
 def cmd_drill(args: argparse.Namespace) -> int:
     from .config import load_config
     from .destinations import build
+    from .drill_record import record_result
+    from .notify import Notifications
     from .restore import drill, find_tools
 
     config = load_config(args.config)
     tools = find_tools(config.drill.bin_dir)
     cluster = _our_cluster(config, args.cluster)
     now = datetime.now(UTC)
-    results = [
-        drill(
-            build(d),
-            tools,
-            config.drill.expect_prefixes,
-            cluster=cluster,
-            now=now,
-            credentials=config.etcd.credentials,
+    notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
+    results = []
+    for settings in _chosen(config, args.destination):
+        results.append(
+            drill(
+                build(settings),
+                tools,
+                config.drill.expect_prefixes,
+                cluster=cluster,
+                now=now,
+                credentials=config.etcd.credentials,
+            )
         )
-        for d in _chosen(config, args.destination)
-    ]
+        record_result(config.state_dir, results[-1], datetime.now(UTC))
+        notifications.drill_finished(results[-1])
+    notifications.close()
     for result in results:
         verdict = "passed" if result.ok else f"FAILED: {result.error}"
         print(
@@ -714,7 +823,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"OK {args.file}")
         # TOTAL KEYS as the etcdutl of the snapshot's line prints it, and how that line counts
         counted = (
-            "live keys, as etcdutl 3.6+ counts"
+            "user keys, as etcdutl 3.6+ counts them"
             if status.storage_version
             else "entries of every bucket, as etcdutl 3.4 and 3.5 count"
         )
@@ -962,7 +1071,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, "debug" if args.debug else args.log_level)
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return int(handler(args))
     except BackupError as exc:
         _print_error(args, f"etcd-backupd: {exc}")
         return exc.exit_code

@@ -381,6 +381,25 @@ class S3Destination(_DestinationBase):
     max_attempts: int = Field(
         8, ge=1, le=30, description="attempts per request for throttling and 5xx errors"
     )
+    connect_timeout: float = Field(
+        10.0, gt=0, le=300, description="seconds to wait for a connection to the endpoint"
+    )
+    read_timeout: float = Field(
+        60.0, gt=0, le=3600, description="seconds to wait for an answer to a request"
+    )
+    stall_timeout: float = Field(
+        120.0,
+        gt=0,
+        le=86400,
+        description="give the destination up for this cycle when no part of the upload has "
+        "finished for this many seconds (the others still get the snapshot)",
+    )
+    deadline: float = Field(
+        3600.0,
+        gt=0,
+        le=7 * 86400,
+        description="seconds one cycle may spend on this destination in all",
+    )
     access_key_id: str | None = Field(
         None, description="static credentials; boto3's default chain when unset"
     )
@@ -534,6 +553,45 @@ class RestoreConfig(_Strict):
         return self
 
 
+NotifyEvent = Literal["success", "failure", "drill_failure"]
+
+
+class _NotifyBase(_Strict):
+    url: str = Field(description="where notifications go (http or https)")
+    timeout: float = Field(
+        10.0, gt=0, le=300, description="seconds to wait for the server to accept and answer"
+    )
+    retries: int = Field(2, ge=0, le=10, description="retries after a failed attempt")
+    retry_backoff: float = Field(
+        2.0, gt=0, le=300, description="seconds before the first retry; doubled for each next one"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        problem = _url_problem(url)
+        if problem:
+            # the URL may hold a secret (a ping token): say what is wrong without echoing it
+            raise ValueError(f"the URL {problem}")
+        return url
+
+
+class PingNotify(_NotifyBase):
+    type: Literal["ping"]
+
+
+class WebhookNotify(_NotifyBase):
+    type: Literal["webhook"]
+    on: list[NotifyEvent] = Field(
+        default=["failure", "drill_failure"],
+        min_length=1,
+        description='events posted as JSON: "success", "failure", "drill_failure"',
+    )
+
+
+NotifyConfig = Annotated[PingNotify | WebhookNotify, Field(discriminator="type")]
+
+
 class Config(_Strict):
     state_dir: ConfigPath = Field(
         Path("/var/lib/etcd-backupd"),
@@ -549,6 +607,10 @@ class Config(_Strict):
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
     drill: DrillConfig = Field(default_factory=lambda: DrillConfig())
     restore: RestoreConfig = Field(default_factory=lambda: RestoreConfig())
+    notify: list[NotifyConfig] = Field(
+        default_factory=list,
+        description="who hears about each backup cycle and drill, without Prometheus",
+    )
     coordination: Literal["leader", "none"] | None = Field(
         None,
         description='"leader": of several hosts backing up one cluster, the one whose member '
@@ -578,6 +640,7 @@ class Config(_Strict):
 
 
 DESTINATION_TYPES = ("local", "s3")
+NOTIFY_TYPES = ("ping", "webhook")
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -586,7 +649,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif isinstance(previous, int) and part in DESTINATION_TYPES:
+        elif isinstance(previous, int) and part in DESTINATION_TYPES + NOTIFY_TYPES:
             # pydantic names the union member it tried; the user never wrote that key
             pass
         else:
@@ -601,12 +664,13 @@ def _describe(error: Any) -> str:
         return "unknown key (check the spelling; see config.example.toml)"
     if kind == "missing":
         return "required key is missing"
+    types = NOTIFY_TYPES if error["loc"][:1] == ("notify",) else DESTINATION_TYPES
     if kind == "union_tag_invalid":
         return f"type {error['input'].get('type')!r} is unknown; expected one of: " + ", ".join(
-            DESTINATION_TYPES
+            types
         )
     if kind == "union_tag_not_found":
-        return "the key 'type' is missing; expected one of: " + ", ".join(DESTINATION_TYPES)
+        return "the key 'type' is missing; expected one of: " + ", ".join(types)
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
 

@@ -1,12 +1,15 @@
 """Several hosts, one backup per fire time: the host whose local member leads takes it; the
 others stand by and take it only when, after a grace period, no snapshot of that fire time exists
-or is being written in a destination. Read-only: it writes nothing to etcd."""
+or is being written in a destination. Standbys act in turn, by rank: the live follower with the
+lowest member ID after one grace period, the next after two, and so on, so two standbys never
+race for the same fire time. Read-only: it writes nothing to etcd."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -14,7 +17,7 @@ from typing import Literal
 from .config import Config
 from .destinations import Destination
 from .errors import BackupError
-from .etcd import EtcdSource, identify_cluster
+from .etcd import EtcdSource, MemberStatus, identify_cluster
 from .manifest import Cluster
 from .retention import is_future
 
@@ -36,18 +39,35 @@ def fire_minute(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
 
-def local_role(config: Config) -> tuple[Role, str]:
-    """Active when coordination is off or the local member is the leader."""
+def local_role(config: Config) -> tuple[Role, str, int | None]:
+    """Active when coordination is off or the local member is the leader; with the local
+    member's ID when it answered."""
     if not config.coordinated or config.etcd.local_endpoint is None:
-        return "active", "coordination is off"
+        return "active", "coordination is off", None
     local = config.etcd.model_copy(update={"endpoints": [config.etcd.local_endpoint]})
     try:
         member = EtcdSource(local).healthy_members()[0]
     except BackupError as exc:
-        return "standby", f"the local member does not answer ({exc})"
+        return "standby", f"the local member does not answer ({exc})", None
     if member.is_leader:
-        return "active", f"the local member {member.describe()} leads"
-    return "standby", f"the local member {member.describe()} follows"
+        return "active", f"the local member {member.describe()} leads", member.member_id
+    return "standby", f"the local member {member.describe()} follows", member.member_id
+
+
+def standby_rank(local_id: int | None, live: Sequence[MemberStatus]) -> int:
+    """This host's turn among the standbys: 0 for the live follower with the lowest member ID,
+    1 for the next; a host whose member does not answer comes after every live follower."""
+    followers = sorted({m.member_id for m in live if not m.is_leader})
+    return followers.index(local_id) if local_id in followers else len(followers)
+
+
+def _rank(config: Config, local_id: int | None) -> int:
+    try:
+        live = EtcdSource(config.etcd).healthy_members()
+    except BackupError as exc:
+        log.warning("standby: cannot list the live members (%s); taking the first turn", exc)
+        return 0
+    return standby_rank(local_id, live)
 
 
 def _covered(destination: Destination, fire: datetime, cluster: Cluster) -> bool:
@@ -68,16 +88,19 @@ def plan(
     max_wait: float | None = None,
 ) -> Plan:
     """Decide who backs up the fire time `fire`; a standby waits and looks before it acts."""
-    role, reason = local_role(config)
+    role, reason, local_id = local_role(config)
     if role == "active":
         return Plan("active", reason, tuple(targets))
+    rank = _rank(config, local_id)
+    grace = config.schedule.standby_grace * (rank + 1)
     log.info(
-        "standby: %s; waiting %.0f s for the snapshot of %s",
+        "standby %d: %s; waiting %.0f s for the snapshot of %s",
+        rank + 1,
         reason,
-        config.schedule.standby_grace,
+        grace,
         fire.isoformat(),
     )
-    if stopping.wait(config.schedule.standby_grace):
+    if stopping.wait(grace):
         return Plan("standby", "stopping", ())
     deadline = time.monotonic() + (max_wait if max_wait is not None else 3600.0)
     while time.monotonic() < deadline:

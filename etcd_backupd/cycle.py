@@ -4,6 +4,7 @@ the stages; the CLI and the daemon both call `run_cycle` and read its plain-data
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -15,19 +16,21 @@ from pathlib import Path
 from . import __version__
 from .config import Config
 from .destinations import Destination, SpooledSnapshot, Upload, build
-from .errors import BackupError, Cancelled, DestinationError, EtcdError, SnapshotInvalid
-from .etcd import EtcdSource, MemberStatus
-from .fsutil import (
-    PART_SUFFIX,
-    fsync_dir,
-    fsync_file,
-    make_private_dir,
-    remove_stale_parts,
+from .errors import (
+    BackupError,
+    Cancelled,
+    DestinationBusy,
+    DestinationError,
+    EtcdError,
+    SnapshotInvalid,
 )
-from .manifest import Cluster, Manifest, MemberInfo, snapshot_name
+from .etcd import EtcdSource, MemberStatus
+from .fsutil import fsync_dir, fsync_file, make_private_dir, part_path, remove_stale_parts
+from .manifest import Cluster, Manifest, MemberInfo, parse_snapshot_name, snapshot_name
 from .prune import PruneResult, lock_period, policy_for, prune
+from .runlock import DestinationLock
 from .snapshot.status import SnapshotStatus, verify_snapshot
-from .spool import SpoolWriter
+from .spool import SpoolError, SpoolWriter
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ class DestinationResult:
     error: str | None = None
     pruned: PruneResult | None = None
     prune_error: str | None = None
+    # left to another run that was writing into it at the same time: no failure of this one
+    busy: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,9 +68,11 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def choose_spool_dir(destinations: Sequence[Destination], fallback: Path) -> tuple[Path, bool]:
+def choose_spool_dir(
+    destinations: Sequence[Destination], fallback: Path
+) -> tuple[Path, Destination | None]:
     """Stream into the first destination that offers local disk, so storing there costs a link;
-    else into a scratch directory. Says whether the spool file will be kept as a backup."""
+    else into a scratch directory. Says which destination the spool file will be kept in."""
     for destination in destinations:
         try:
             directory = destination.spool_dir()
@@ -74,41 +81,154 @@ def choose_spool_dir(destinations: Sequence[Destination], fallback: Path) -> tup
             log.warning("cannot spool into destination %s: %s", destination.name, exc)
             continue
         if directory is not None:
-            return directory, True
+            return directory, destination
     try:
         make_private_dir(fallback)
     except OSError as exc:
         raise DestinationError(
             f"cannot create spool directory {fallback}: {exc.strerror}; set state_dir"
         ) from exc
-    for stale in remove_stale_parts(fallback, datetime.now(UTC)):
+    for stale in remove_stale_parts(
+        fallback, datetime.now(UTC), lambda final: parse_snapshot_name(final) is not None
+    ):
         log.warning("removed %s, left by an interrupted run", fallback / stale)
-    return fallback, False
+    return fallback, None
+
+
+class _Tide:
+    """How far the spool file is written, for the feeds that follow it."""
+
+    def __init__(self) -> None:
+        self._written = 0
+        self._final = False
+        self._stopped = False
+        self._changed = threading.Condition()
+
+    def advance(self, size: int) -> None:
+        with self._changed:
+            self._written += size
+            self._changed.notify_all()
+
+    def finish(self) -> None:
+        with self._changed:
+            self._final = True
+            self._changed.notify_all()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+
+    def wait_past(self, offset: int) -> tuple[int, bool] | None:
+        """Wait until the file holds more than `offset` bytes or is complete; the bytes written
+        and whether that is all of them. None once the stream was given up."""
+        with self._changed:
+            while not self._stopped and not self._final and self._written <= offset:
+                self._changed.wait()
+            return None if self._stopped else (self._written, self._final)
+
+
+class _Feed:
+    """Hands one upload the spooled bytes, read back from the file at the upload's own pace:
+    a slow or hung destination never holds up the stream from etcd nor the other destinations.
+    The page cache holds what it has yet to send; its own bounds (stall_timeout, deadline)
+    decide when it is given up."""
+
+    _BLOCK = 1024 * 1024
+
+    def __init__(self, name: str, upload: Upload, path: Path, tide: _Tide) -> None:
+        self.error: BaseException | None = None
+        self._upload = upload
+        self._path = path
+        self._tide = tide
+        self._thread = threading.Thread(target=self._run, name=f"feed-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        fd = -1
+        offset = 0
+        try:
+            while (tide := self._tide.wait_past(offset)) is not None:
+                end, final = tide
+                if fd < 0:
+                    fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW)
+                while offset < end:
+                    block = os.pread(fd, min(self._BLOCK, end - offset), offset)
+                    if not block:
+                        raise DestinationError(f"spool file {self._path} ended early")
+                    self._upload.write(block)
+                    offset += len(block)
+                if final:
+                    return
+        except BaseException as exc:  # handed to the cycle at commit
+            self.error = exc
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def wait(self) -> None:
+        """Until every byte was handed on, or the upload failed (then raise why)."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 class _Shipment:
     """The uploads of one streaming attempt; a destination that fails drops out alone."""
 
-    def __init__(self, targets: Sequence[Destination], snapshot: str) -> None:
+    def __init__(
+        self,
+        targets: Sequence[Destination],
+        snapshot: str,
+        part: Path,
+        cancel: threading.Event,
+    ) -> None:
         self.uploads: dict[str, Upload] = {}
         self.failures: dict[str, str] = {}
+        self.busy: dict[str, str] = {}
+        self._tide = _Tide()
+        self._feeds: dict[str, _Feed] = {}
         for target in targets:
             try:
-                self.uploads[target.name] = target.begin(snapshot)
+                upload = target.begin(snapshot)
+            except DestinationBusy as exc:
+                log.warning("%s", exc)
+                self.busy[target.name] = str(exc)
+                continue
             except BackupError as exc:
                 self._failed(target.name, exc)
+                continue
+            self.uploads[target.name] = upload
+            if upload.streams:
+                self._feeds[target.name] = _Feed(target.name, upload, part, self._tide)
+        self._over = threading.Event()
+        if self._feeds:
+            threading.Thread(
+                target=self._watch, args=(cancel,), name="shipment-cancel", daemon=True
+            ).start()
+
+    def _watch(self, cancel: threading.Event) -> None:
+        """On cancel, stop the uploads that talk to a network at once, even mid-request: a
+        hung store must not hold up a shutdown."""
+        while not self._over.wait(0.2):
+            if cancel.is_set():
+                self._tide.stop()
+                for name in self._feeds:
+                    upload = self.uploads.get(name)
+                    if upload is not None:
+                        upload.abort()
+                return
 
     def _failed(self, name: str, exc: BaseException) -> None:
         log.error("destination %s failed: %s", name, exc)
         self.failures[name] = str(exc)
 
     def write(self, chunk: bytes) -> None:
-        for name, upload in list(self.uploads.items()):
-            try:
-                upload.write(chunk)
-            except BackupError as exc:
-                self._failed(name, exc)
-                self._drop(name)
+        """The spool writer's sink: `chunk` is in the file now. Never blocks."""
+        self._tide.advance(len(chunk))
+
+    def finish(self) -> None:
+        self._tide.finish()
 
     def _drop(self, name: str) -> None:
         upload = self.uploads.pop(name)
@@ -118,17 +238,28 @@ class _Shipment:
             log.warning("destination %s: cleaning up the failed upload: %s", name, exc)
 
     def abort(self) -> None:
+        self._over.set()
+        self._tide.stop()
         for name in list(self.uploads):
             self._drop(name)
 
     def commit(self, spooled: SpooledSnapshot, manifest: Manifest) -> dict[str, Manifest]:
         stored: dict[str, Manifest] = {}
-        for name in list(self.uploads):
+        # the destinations already holding every byte first: a slow one delays no other
+        for name in sorted(self.uploads, key=lambda n: n in self._feeds):
             try:
+                if name in self._feeds:
+                    self._feeds[name].wait()
                 stored[name] = self.uploads[name].commit(spooled, manifest)
+            except DestinationBusy as exc:
+                log.warning("%s", exc)
+                self.busy[name] = str(exc)
             except BackupError as exc:
                 self._failed(name, exc)
+                self._drop(name)
+                continue
             del self.uploads[name]
+        self._over.set()
         return stored
 
 
@@ -144,7 +275,7 @@ def _spool_snapshot(
     The file ends up exactly as `etcdctl snapshot save` writes it: database bytes, then the
     32-byte SHA-256 etcd sent after them, which must match the bytes received.
     """
-    stream = source.open_snapshot(member)
+    stream = source.open_snapshot(member, cancel)
     try:
         writer = SpoolWriter(part, shipment.write)
     except BackupError:
@@ -162,6 +293,13 @@ def _spool_snapshot(
                 "the data was damaged in transit"
             )
         writer.seal(stream.digest)
+        shipment.finish()
+    except EtcdError as exc:
+        stream.cancel()
+        writer.close()
+        if cancel.is_set():
+            raise Cancelled(f"backup cancelled after {stream.received} bytes") from exc
+        raise
     except BaseException:
         stream.cancel()
         writer.close()
@@ -196,6 +334,7 @@ def run_cycle(
     targets = (
         list(destinations) if destinations is not None else [build(d) for d in config.destination]
     )
+    claims = _Claims(config.state_dir)
     part: Path | None = None
     shipment: _Shipment | None = None
 
@@ -213,16 +352,21 @@ def run_cycle(
 
     try:
         mark = stages.start("snapshot")
-        _housekeeping(config, targets, started)
-        spool, durable = choose_spool_dir(targets, config.state_dir / "spool")
+        held = claims.take(targets)
+        _housekeeping(config, held, started)
         source = EtcdSource(config.etcd)
         members = source.healthy_members()
         cluster_id = f"{members[0].cluster_id:016x}"
         cluster_name = config.etcd.cluster_name or cluster_id
         name = snapshot_name(cluster_name, started)
-        part = spool / (name + PART_SUFFIX)
-        sha256, member, shipment = _stream_from_first_working(
-            source, members, part, targets, name, cancel or threading.Event()
+        sha256, member, shipment, part, durable = _stream_from_first_working(
+            source,
+            members,
+            config.state_dir / "spool",
+            held,
+            name,
+            cancel or threading.Event(),
+            claims.failures,
         )
         stages.stop("snapshot", mark)
 
@@ -242,45 +386,103 @@ def run_cycle(
         manifest = _manifest(name, started, began, status, member, cluster_id, cluster_name)
         stored = shipment.commit(SpooledSnapshot(part, status), manifest)
         stages.stop("ship", mark)
+
+        mark = stages.start("prune")
+        cluster = Cluster(cluster_name, cluster_id)
+        results = tuple(
+            _prune(config, target, stored[target.name], started, cluster)
+            if target.name in stored
+            else _not_stored(target.name, claims, shipment)
+            for target in targets
+        )
+        stages.stop("prune", mark)
     except BackupError as exc:
         return failed(exc)
     finally:
         if shipment is not None:
             shipment.abort()
         if part is not None:
-            part.unlink(missing_ok=True)
+            _remove(part)
+        claims.release()
 
-    mark = stages.start("prune")
-    cluster = Cluster(cluster_name, cluster_id)
-    results = tuple(
-        _prune(config, target, stored[target.name], started, cluster)
-        if target.name in stored
-        else DestinationResult(
-            target.name, False, error=shipment.failures.get(target.name, "not stored")
-        )
-        for target in targets
-    )
-    stages.stop("prune", mark)
-    failures = [f"{r.name}: {r.error}" for r in results if not r.ok]
+    failures = [f"{r.name}: {r.error}" for r in results if not r.ok and not r.busy]
+    refusals = [f"{r.name}: {r.error}" for r in results if r.busy]
+    exit_code = 0
     if failures:
+        exit_code = DestinationError.exit_code
+    elif not stored:
+        # every destination got a snapshot from another run of the same moment instead
+        exit_code = DestinationBusy.exit_code
+        failures = refusals
+    if exit_code:
         stages.current = "ship"
-        log.error(
-            "backup %s reached %d of %d destinations",
-            name,
-            len(targets) - len(failures),
-            len(targets),
-        )
+        log.error("backup %s reached %d of %d destinations", name, len(stored), len(targets))
     return CycleResult(
         started=started,
         finished=clock(),
-        ok=not failures,
+        ok=not exit_code,
         manifest=manifest,
         destinations=results,
         error="; ".join(failures) or None,
-        failed_stage="ship" if failures else None,
+        failed_stage="ship" if exit_code else None,
         stage_seconds=stages.seconds,
-        exit_code=DestinationError.exit_code if failures else 0,
+        exit_code=exit_code,
     )
+
+
+class _Claims:
+    """The destinations this run holds against other runs, and the ones it leaves alone."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._state_dir = state_dir
+        self.held: list[DestinationLock] = []
+        self.busy: dict[str, str] = {}
+        self.failures: dict[str, str] = {}
+
+    def take(self, targets: Sequence[Destination]) -> list[Destination]:
+        usable = []
+        for target in targets:
+            try:
+                self.held.append(DestinationLock(self._state_dir, target.name, target.identity()))
+            except DestinationBusy as exc:
+                log.warning("%s", exc)
+                self.busy[target.name] = str(exc)
+                continue
+            except BackupError as exc:
+                log.error("destination %s failed: %s", target.name, exc)
+                self.failures[target.name] = str(exc)
+                continue
+            usable.append(target)
+        if not usable and self.busy:
+            raise DestinationBusy(
+                "another run is backing up to every destination; this run takes no snapshot: "
+                + "; ".join(self.busy.values())
+            )
+        if not usable:
+            raise DestinationError(
+                "no destination can take the snapshot: " + "; ".join(self.failures.values())
+            )
+        return usable
+
+    def release(self) -> None:
+        while self.held:
+            self.held.pop().release()
+
+
+def _not_stored(name: str, claims: _Claims, shipment: _Shipment) -> DestinationResult:
+    refusal = claims.busy.get(name) or shipment.busy.get(name)
+    if refusal is not None:
+        return DestinationResult(name, False, error=refusal, busy=True)
+    error = claims.failures.get(name) or shipment.failures.get(name, "not stored")
+    return DestinationResult(name, False, error=error)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file this run created; a failure to is worth a warning, not the cycle."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc.strerror)
 
 
 def _prune(
@@ -321,33 +523,60 @@ def _housekeeping(config: Config, targets: Sequence[Destination], now: datetime)
 def _stream_from_first_working(
     source: EtcdSource,
     members: list[MemberStatus],
-    part: Path,
+    spool_fallback: Path,
     targets: Sequence[Destination],
     name: str,
     cancel: threading.Event,
-) -> tuple[str, MemberStatus, _Shipment]:
+    failures: dict[str, str],
+) -> tuple[str, MemberStatus, _Shipment, Path, bool]:
+    """Stream the snapshot from the first member that delivers it whole; return its SHA-256,
+    the member, the uploads, the spooled file and whether that file is kept as a backup.
+
+    A destination whose directory cannot hold the spool file (full, read-only) fails alone:
+    the stream starts over in the next local destination, else in `spool_fallback`."""
     problems: list[str] = []
+    targets = list(targets)
     for member in members:
-        log.info("streaming snapshot from %s", member.describe())
-        shipment = _Shipment(targets, name)
-        if not shipment.uploads:
-            raise DestinationError(
-                "no destination can take the snapshot: " + "; ".join(shipment.failures.values())
-            )
-        try:
-            sha256 = _spool_snapshot(source, member, part, shipment, cancel)
-        except (EtcdError, SnapshotInvalid) as exc:
-            shipment.abort()
-            part.unlink(missing_ok=True)
-            log.warning("%s", exc)
-            problems.append(str(exc))
-            continue
-        except BaseException:
-            shipment.abort()
-            part.unlink(missing_ok=True)
-            raise
-        log.info("snapshot from %s: %d bytes", member.describe(), part.stat().st_size)
-        return sha256, member, shipment
+        while True:
+            spool, owner = choose_spool_dir(targets, spool_fallback)
+            part = part_path(spool / name)
+            log.info("streaming snapshot from %s", member.describe())
+            shipment = _Shipment(targets, name, part, cancel)
+            if not shipment.uploads and not shipment.failures:
+                raise DestinationBusy(
+                    "another run of the same second is backing up to every destination: "
+                    + "; ".join(shipment.busy.values())
+                )
+            if not shipment.uploads:
+                raise DestinationError(
+                    "no destination can take the snapshot: " + "; ".join(shipment.failures.values())
+                )
+            try:
+                sha256 = _spool_snapshot(source, member, part, shipment, cancel)
+            except SpoolError as exc:
+                shipment.abort()
+                _remove(part)
+                if owner is None:
+                    raise
+                error = f"destination {owner.name!r}: {exc}"
+                log.error("%s; the other destinations go on", error)
+                failures[owner.name] = error
+                targets.remove(owner)
+                if not targets:
+                    raise DestinationError(error) from exc
+                continue
+            except (EtcdError, SnapshotInvalid) as exc:
+                shipment.abort()
+                _remove(part)
+                log.warning("%s", exc)
+                problems.append(str(exc))
+                break
+            except BaseException:
+                shipment.abort()
+                _remove(part)
+                raise
+            log.info("snapshot from %s: %d bytes", member.describe(), part.stat().st_size)
+            return sha256, member, shipment, part, owner is not None
     raise EtcdError("no member delivered a complete snapshot: " + "; ".join(problems))
 
 

@@ -32,12 +32,14 @@ from .coordination import fire_minute, plan
 from .cron import CronSchedule
 from .cycle import CycleResult, run_cycle
 from .destinations import build
+from .drill_record import record_result
 from .errors import BackupError
 from .etcd import identify_cluster
 from .fsutil import make_private_dir
 from .manifest import Cluster, Manifest
 from .metrics import BackupMetrics, MetricsServer
-from .restore import drill, find_tools
+from .notify import Notifications
+from .restore import DrillResult, drill, find_tools
 from .retention import is_future
 from .sdnotify import Notifier
 
@@ -198,6 +200,7 @@ class Daemon:
         self.config_path = config_path
         self.config = config
         self.notifier = notifier or Notifier()
+        self.notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
         self.metrics = BackupMetrics(CollectorRegistry())
         self.stopping = threading.Event()
         self.cancel = threading.Event()
@@ -301,23 +304,29 @@ class Daemon:
                 log.error("drill: %s", exc)
                 for settings in self.config.destination:
                     self.metrics.observe_drill(settings.name, False, 0.0)
+                    self.notifications.drill_finished(
+                        DrillResult(settings.name, "", False, 0.0, str(exc))
+                    )
                 return
             if self.cluster is None:
                 self._identify_cluster()
             for settings in self.config.destination:
                 if self.cluster is None:
-                    log.error("drill of %s: cannot tell this cluster's backups", settings.name)
-                    self.metrics.observe_drill(settings.name, False, 0.0)
-                    continue
-                result = drill(
-                    build(settings),
-                    tools,
-                    self.config.drill.expect_prefixes,
-                    cluster=self.cluster,
-                    now=datetime.now(UTC),
-                    credentials=self.config.etcd.credentials,
-                )
+                    unknown = "cannot tell this cluster's backups until etcd answers"
+                    log.error("drill of %s: %s", settings.name, unknown)
+                    result = DrillResult(settings.name, "", False, 0.0, unknown)
+                else:
+                    result = drill(
+                        build(settings),
+                        tools,
+                        self.config.drill.expect_prefixes,
+                        cluster=self.cluster,
+                        now=datetime.now(UTC),
+                        credentials=self.config.etcd.credentials,
+                    )
                 self.metrics.observe_drill(settings.name, result.ok, result.seconds)
+                record_result(self.config.state_dir, result, datetime.now(UTC))
+                self.notifications.drill_finished(result)
 
     def _update_next_run(self) -> None:
         job = self._scheduler.get_job("backup")
@@ -378,10 +387,12 @@ class Daemon:
             chosen = [d for d in config.destination if d.name in due]
             log.info("backup starting for %s", ", ".join(d.name for d in chosen))
             self.notifier.status("backing up")
+            self.notifications.cycle_started()
             result = run_cycle(config, destinations=[build(d) for d in chosen], cancel=self.cancel)
             if result.manifest is not None:
                 self.cluster = Cluster(result.manifest.cluster_name, result.manifest.cluster_id)
             self.metrics.observe(result)
+            self.notifications.cycle_finished(result)
             self._load_held(chosen)
             summary = (
                 f"last backup {result.manifest.snapshot if result.manifest else ''} ok"
@@ -422,6 +433,7 @@ class Daemon:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         self.config = config
+        self.notifications.reconfigure(config.notify, config.etcd.cluster_name)
         self._schedule_jobs(schedule)
         log.info("config reloaded from %s", self.config_path)
 
@@ -437,7 +449,6 @@ class Daemon:
         try:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, self._signal)
-            self._load_held()  # which identifies the cluster first
             self._scheduler.start()
             self._schedule_jobs(self._schedule)
             if self.config.metrics.listen:
@@ -448,8 +459,7 @@ class Daemon:
             job = self._scheduler.get_job("backup")
             log.info("scheduled; next backup at %s", job.next_run_time if job else "never")
             self.notifier.ready("scheduled")
-            if self.config.schedule.catch_up:
-                self._catch_up()
+            threading.Thread(target=self._start_up, name="start-up", daemon=True).start()
             self._wait()
             self._shutdown()
         finally:
@@ -457,6 +467,14 @@ class Daemon:
                 self._server.close()
             lock.release()
         return 0
+
+    def _start_up(self) -> None:
+        """What the daemon reads from the destinations and etcd at start, after READY: a slow
+        or hung store delays the last_* metrics and the catch-up, never the start itself
+        (systemd gives a unit 90 s to report ready)."""
+        self._load_held()  # which identifies the cluster first
+        if self.config.schedule.catch_up and not self.stopping.is_set():
+            self._catch_up()
 
     def _wait(self) -> None:
         interval = self.notifier.watchdog_interval
@@ -480,4 +498,5 @@ class Daemon:
             with self._cycle_done:
                 while self._cycle_lock.locked():
                     self._cycle_done.wait(timeout=1.0)
+        self.notifications.close()
         log.info("stopped")

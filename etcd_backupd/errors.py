@@ -35,3 +35,10 @@ class Cancelled(BackupError):
     """A cycle was aborted on shutdown; everything it had written was removed."""
 
     exit_code = 130
+
+
+class DestinationBusy(BackupError):
+    """Another run of the tool is writing into the destination; this run leaves it alone.
+    EX_TEMPFAIL: nothing is wrong, and the other run takes the backup."""
+
+    exit_code = 75

@@ -43,6 +43,23 @@ _GRPC_OPTIONS = [
     ("grpc.http2.lookahead_bytes", _SNAPSHOT_WINDOW_BYTES),
 ]
 _SHA256_SIZE = 32
+# seconds between progress lines of a snapshot stream (read when a stream starts)
+PROGRESS_INTERVAL = 10.0
+_MIB = 1024 * 1024
+
+
+def describe_progress(received: int, seconds: float, total: int) -> str:
+    """How far a stream of `total` expected bytes has come after `seconds`: bytes, rate, ETA."""
+    rate = received / seconds if seconds > 0 else 0.0
+    line = f"{received / _MIB:.1f} MiB"
+    if total > 0:
+        line += f" of {total / _MIB:.1f} MiB ({min(100 * received // total, 100)}%)"
+    line += f" at {rate / _MIB:.1f} MiB/s"
+    if total > received and rate > 0:
+        line += f", about {max(1, round((total - received) / rate))} s left"
+    elif 0 < total < received:
+        line += ", past the size the member reported (the database grew)"
+    return line
 
 
 @dataclass(frozen=True)
@@ -196,7 +213,11 @@ class EtcdSource:
         found.sort(key=lambda s: s.is_leader)
         return found
 
-    def open_snapshot(self, member: MemberStatus) -> SnapshotStream:
+    def open_snapshot(
+        self, member: MemberStatus, cancel: threading.Event | None = None
+    ) -> SnapshotStream:
+        """The snapshot stream of `member`; setting `cancel` ends it within a second, even
+        while the member sends nothing."""
         try:
             client = self._client(member.endpoint)
             call = client.maintenancestub.Snapshot(
@@ -208,7 +229,7 @@ class EtcdSource:
             raise EtcdError(
                 f"snapshot from {member.describe()} failed: {_grpc_detail(exc)} ({_advice(exc)})"
             ) from exc
-        return SnapshotStream(member, client, call, self._config.stall_timeout)
+        return SnapshotStream(member, client, call, self._config.stall_timeout, cancel)
 
 
 class SnapshotStream:
@@ -218,8 +239,16 @@ class SnapshotStream:
     the data (the trailer of a saved snapshot file).
     """
 
-    def __init__(self, member: MemberStatus, client: Any, call: Any, stall_timeout: float) -> None:
+    def __init__(
+        self,
+        member: MemberStatus,
+        client: Any,
+        call: Any,
+        stall_timeout: float,
+        cancel: threading.Event | None = None,
+    ) -> None:
         self.member = member
+        self._cancel = cancel
         self.digest: bytes | None = None
         self.received = 0
         self._client = client
@@ -231,11 +260,22 @@ class SnapshotStream:
         self._done = threading.Event()
 
     def _watch(self) -> None:
-        while not self._done.wait(min(1.0, self._stall_timeout / 4)):
-            if time.monotonic() - self._last_progress > self._stall_timeout:
+        started = time.monotonic()
+        interval = PROGRESS_INTERVAL
+        report_at = started + interval
+        while not self._done.wait(min(1.0, self._stall_timeout / 4, interval)):
+            if self._cancel is not None and self._cancel.is_set():
+                self.cancel()
+                return
+            now = time.monotonic()
+            if now - self._last_progress > self._stall_timeout:
                 self._stalled = True
                 self._call.cancel()
                 return
+            if now >= report_at:
+                report_at = now + interval
+                progress = describe_progress(self.received, now - started, self.member.db_size)
+                log.info("snapshot from %s: %s", self.member.describe(), progress)
 
     def cancel(self) -> None:
         """Abort the stream from another thread (shutdown)."""

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from .errors import DestinationError
 
 PART_SUFFIX = ".part"
+# <final name>.<12 hex digits>.part: unique per file created, so runs that start in the same
+# second never share, truncate or remove each other's files
+_PART_RE = re.compile(r"^(?P<final>.+?)(?:\.[0-9a-f]{12})?\.part$")
 # A .part file untouched this long belongs to a run that was killed; a live stream writes to its
 # file every few milliseconds and gives up after etcd.stall_timeout.
 STALE_PART_AGE = timedelta(hours=1)
@@ -59,11 +65,28 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to <path>.part, fsync, rename over path, fsync the directory."""
-    part = path.with_name(path.name + PART_SUFFIX)
+def part_path(final: Path) -> Path:
+    """A name no other file has, for a file that becomes `final` once complete."""
+    return final.with_name(f"{final.name}.{secrets.token_hex(6)}{PART_SUFFIX}")
+
+
+def part_target(name: str) -> str | None:
+    """The final name a .part file of ours is for (also the <final>.part of earlier versions)."""
+    match = _PART_RE.match(name)
+    return match["final"] if match else None
+
+
+def create_new(path: Path) -> int:
+    """Open a file that must not exist yet: never a file or a symlink someone else put there."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, replace: bool = True) -> None:
+    """Write to a fresh .part file, fsync, move it to `path`, fsync the directory. With
+    replace=False an existing `path` is left alone and FileExistsError raised."""
+    part = part_path(path)
+    fd = create_new(part)
     try:
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
         try:
             view = memoryview(data)
             while view:
@@ -71,24 +94,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(part, path)
-    except BaseException:
+        if replace:
+            os.replace(part, path)
+        else:
+            os.link(part, path)
+    finally:
         part.unlink(missing_ok=True)
-        raise
     fsync_dir(path.parent)
 
 
-def remove_stale_parts(directory: Path, now: datetime) -> list[str]:
-    """Delete the .part files interrupted runs left in a directory; return their names."""
+def remove_stale_parts(directory: Path, now: datetime, ours: Callable[[str], bool]) -> list[str]:
+    """Delete the .part files interrupted runs of this tool left in a directory: regular files
+    whose final name `ours` accepts, untouched for STALE_PART_AGE. Return their names."""
     removed: list[str] = []
     if not directory.is_dir():
         return removed
     cutoff = (now - STALE_PART_AGE).timestamp()
-    for part in directory.glob("*" + PART_SUFFIX):
+    for entry in os.scandir(directory):
+        final = part_target(entry.name)
+        if final is None or not ours(final):
+            continue
         try:
-            if part.stat().st_mtime < cutoff:
-                part.unlink()
-                removed.append(part.name)
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed.append(entry.name)
         except FileNotFoundError:
             continue
     return removed

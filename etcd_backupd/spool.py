@@ -13,12 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import DestinationError
-from .fsutil import FILE_MODE
+from .fsutil import create_new
 
 # Chunks travel to the hashing thread in batches of about this size; the queue holds a few of
 # them, which bounds the memory between receiving and hashing to BATCH_BYTES x QUEUE_BATCHES.
 BATCH_BYTES = 256 * 1024
 QUEUE_BATCHES = 4
+
+
+class SpoolError(DestinationError):
+    """The spool file cannot be written (full disk, read-only directory)."""
 
 
 class SpoolWriter:
@@ -31,16 +35,14 @@ class SpoolWriter:
         self._queue: queue.Queue[list[bytes] | None] = queue.Queue(QUEUE_BATCHES)
         self._crash: BaseException | None = None
         try:
-            self._fd = os.open(
-                path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE
-            )
+            self._fd = create_new(path)
         except OSError as exc:
             raise self._failure(exc) from exc
         self._thread = threading.Thread(target=self._run, name="spool-hasher", daemon=True)
         self._thread.start()
 
-    def _failure(self, exc: OSError) -> DestinationError:
-        return DestinationError(f"cannot write spool file {self.path}: {exc.strerror}")
+    def _failure(self, exc: OSError) -> SpoolError:
+        return SpoolError(f"cannot write spool file {self.path}: {exc.strerror}")
 
     def _run(self) -> None:
         while (batch := self._queue.get()) is not None:

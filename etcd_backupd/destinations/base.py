@@ -48,6 +48,10 @@ class Upload(Protocol):
     happens only after verification passed; `abort` removes every trace.
     """
 
+    # whether `write` wants the bytes while they stream; they are then handed over from a
+    # thread of the upload's own, so a slow destination never holds up the stream
+    streams: bool
+
     def write(self, chunk: bytes) -> None: ...
 
     def commit(self, spooled: SpooledSnapshot, manifest: Manifest) -> Manifest: ...
@@ -62,6 +66,11 @@ class Destination(Protocol):
 
     def spool_dir(self) -> Path | None:
         """A local directory where a snapshot may be streamed so that storing it costs no copy."""
+        ...
+
+    def identity(self) -> str:
+        """Where the snapshots are kept, however a config names it: runs of the tool that
+        write into one place take turns (see runlock)."""
         ...
 
     def begin(self, snapshot: str) -> Upload:

@@ -12,13 +12,14 @@ from pathlib import Path
 
 from ..compression import SUFFIXES, compress_file
 from ..config import LocalDestination as LocalConfig
-from ..errors import DestinationError
+from ..errors import DestinationBusy, DestinationError
 from ..fsutil import (
-    FILE_MODE,
-    PART_SUFFIX,
     atomic_write_bytes,
+    create_new,
     fsync_dir,
     make_private_dir,
+    part_path,
+    part_target,
     remove_stale_parts,
 )
 from ..manifest import (
@@ -34,6 +35,11 @@ from .base import SpooledSnapshot, StoredItem, pair
 
 log = logging.getLogger(__name__)
 _COPY_BLOCK = 8 * 1024 * 1024
+
+
+def _ours(name: str) -> bool:
+    """Whether a file name is one this tool makes: a snapshot or its manifest."""
+    return parse_snapshot_name(name) is not None or snapshot_of_manifest(name) is not None
 
 
 class LocalDirectory:
@@ -55,6 +61,12 @@ class LocalDirectory:
             f"destination {self.name!r} ({self.path}): cannot {action}: {reason}{suffix}"
         )
 
+    def taken(self, path: Path) -> DestinationBusy:
+        return DestinationBusy(
+            f"destination {self.name!r}: {path} already exists, stored by another run of the "
+            "same second; not overwriting a backup"
+        )
+
     def _ensure_directory(self) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise DestinationError(
@@ -69,15 +81,15 @@ class LocalDirectory:
         self._ensure_directory()
         return self.path
 
+    def identity(self) -> str:
+        return str(self.path.resolve())
+
     def begin(self, snapshot: str) -> _LocalUpload:
         self._ensure_directory()
         stored = snapshot + SUFFIXES[self.compression]
         for taken in (stored, manifest_name(stored)):
             if (self.path / taken).exists():
-                raise DestinationError(
-                    f"destination {self.name!r}: {self.path / taken} already exists; "
-                    "not overwriting a backup"
-                )
+                raise self.taken(self.path / taken)
         return _LocalUpload(self, self.path / stored)
 
     def manifests(self, inventory: Sequence[StoredItem] | None = None) -> list[Manifest]:
@@ -149,10 +161,9 @@ class LocalDirectory:
                 raise DestinationError(
                     f"destination {self.name!r}: {snapshot} is not a regular file; not fetching it"
                 )
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             with (
                 os.fdopen(os.dup(src), "rb") as reader,
-                os.fdopen(os.open(target, flags, FILE_MODE), "wb") as writer,
+                os.fdopen(create_new(target), "wb") as writer,
             ):
                 while block := reader.read(_COPY_BLOCK):
                     writer.write(block)
@@ -180,14 +191,18 @@ class LocalDirectory:
     def in_progress(self, since: datetime) -> bool:
         if not self.path.is_dir():
             return False
-        for part in self.path.glob("*" + PART_SUFFIX):
-            parsed = parse_snapshot_name(part.name.removesuffix(PART_SUFFIX))
+        for entry in os.scandir(self.path):
+            final = part_target(entry.name)
+            parsed = parse_snapshot_name(final) if final is not None else None
             if parsed is not None and parsed[1] >= since:
                 return True
         return False
 
     def housekeeping(self, now: datetime) -> list[str]:
-        return remove_stale_parts(self.path, now)
+        try:
+            return remove_stale_parts(self.path, now, _ours)
+        except OSError as exc:
+            raise self.error("remove files left by interrupted runs", exc) from exc
 
 
 def _why(exc: OSError | ManifestRejected) -> str:
@@ -224,9 +239,12 @@ def _read_regular(path: Path) -> bytes:
 class _LocalUpload:
     """Stores from the spooled file at commit: a hard link when it shares the filesystem."""
 
+    streams = False
+
     def __init__(self, destination: LocalDirectory, final: Path) -> None:
         self._destination = destination
         self._final = final
+        # only a file this upload put in place is ever removed: never another run's backup
         self._placed = False
 
     def write(self, chunk: bytes) -> None:
@@ -236,10 +254,11 @@ class _LocalUpload:
         destination = self._destination
         try:
             self._place(spooled.path)
+        except FileExistsError as exc:
+            raise destination.taken(self._final) from exc
         except OSError as exc:
             self.abort()
             raise destination.error(f"store {self._final.name}", exc) from exc
-        self._placed = True
         stored = manifest.model_copy(
             update={
                 "snapshot": self._final.name,
@@ -249,12 +268,15 @@ class _LocalUpload:
         )
         try:
             atomic_write_bytes(
-                destination.path / manifest_name(self._final.name), stored.to_json().encode()
+                destination.path / manifest_name(self._final.name),
+                stored.to_json().encode(),
+                replace=False,
             )
         except OSError as exc:
             # without its manifest the snapshot is not a backup: do not leave it looking like one
             self.abort()
             raise destination.error(f"write the manifest of {self._final.name}", exc) from exc
+        self._placed = False  # a backup now: nothing to undo
         log.info(
             "destination %s: stored %s (%d bytes)",
             destination.name,
@@ -264,10 +286,21 @@ class _LocalUpload:
         return stored
 
     def abort(self) -> None:
-        self._final.unlink(missing_ok=True)
-        self._final.with_name(self._final.name + PART_SUFFIX).unlink(missing_ok=True)
+        if not self._placed:
+            return
+        self._placed = False
+        try:
+            self._final.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning(
+                "destination %s: could not remove %s after the failure: %s",
+                self._destination.name,
+                self._final,
+                exc.strerror,
+            )
 
     def _place(self, source: Path) -> None:
+        """Link the file into place; an existing file of that name is never replaced."""
         if self._destination.compression == "none":
             try:
                 os.link(source, self._final)
@@ -275,6 +308,7 @@ class _LocalUpload:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                     raise
             else:
+                self._placed = True
                 # a no-op when the spool file was synced already; it may come from scratch
                 fd = os.open(self._final, os.O_RDONLY)
                 try:
@@ -283,14 +317,14 @@ class _LocalUpload:
                     os.close(fd)
                 fsync_dir(self._final.parent)
                 return
-        part = self._final.with_name(self._final.name + PART_SUFFIX)
-        try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
-            with os.fdopen(fd, "wb") as out:
+        part = part_path(self._final)
+        with os.fdopen(create_new(part), "wb") as out:
+            try:
                 compress_file(source, out, self._destination.compression)
                 out.flush()
                 os.fsync(out.fileno())
-            os.rename(part, self._final)
-        finally:
-            part.unlink(missing_ok=True)
+                os.link(part, self._final)
+                self._placed = True
+            finally:
+                part.unlink(missing_ok=True)
         fsync_dir(self._final.parent)

@@ -12,9 +12,12 @@ import base64
 import hashlib
 import logging
 import os
+import secrets
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..compression import SUFFIXES, compressor
 from ..config import S3Destination as S3Config
-from ..errors import DestinationError
-from ..fsutil import FILE_MODE
+from ..errors import DestinationBusy, DestinationError
+from ..fsutil import create_new
 from ..manifest import (
     MANIFEST_MAX_BYTES,
     Manifest,
@@ -48,6 +51,8 @@ DELETE_BATCH = 1_000
 MANIFEST_FOLDER = "manifests/"
 # An upload this old is no live stream of ours: a killed run left it.
 STALE_UPLOAD_AGE = timedelta(days=1)
+# how often a wait for a part looks at the clock (stall_timeout, deadline) and at abort
+_POLL_SECONDS = 0.2
 
 
 def _describe(exc: BaseException) -> str:
@@ -82,6 +87,8 @@ class S3Bucket:
                 retries={"mode": "standard", "total_max_attempts": config.max_attempts},
                 s3={"addressing_style": config.addressing_style},
                 max_pool_connections=config.max_concurrency + 2,
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.read_timeout,
                 # newer botocore adds CRC checksums to every request by default, which many
                 # S3-compatible stores reject; the parts carry explicit CRC-32C checksums instead
                 request_checksum_calculation="when_required",
@@ -104,6 +111,9 @@ class S3Bucket:
 
     def spool_dir(self) -> Path | None:
         return None
+
+    def identity(self) -> str:
+        return f"s3 {self.config.endpoint_url or 'aws'} {self.bucket}/{self.prefix}"
 
     def begin(self, snapshot: str) -> _S3Upload:
         return _S3Upload(self, snapshot + SUFFIXES[self.config.compression])
@@ -184,9 +194,8 @@ class S3Bucket:
             raise DestinationError(
                 f"destination {self.name!r}: {snapshot!r} is not a snapshot name"
             )
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(target, flags, FILE_MODE)
+            fd = create_new(target)
         except OSError as exc:
             raise DestinationError(
                 f"destination {self.name!r}: cannot create {target}: {exc.strerror}"
@@ -270,13 +279,20 @@ class S3Bucket:
                 Bucket=self.bucket, Prefix=self.prefix
             )
             return any(
-                self._upload_started(upload) >= since
-                and parse_snapshot_name(upload["Key"][len(self.prefix) :]) is not None
+                self._ours(upload) and self._upload_started(upload) >= since
                 for page in pages
                 for upload in page.get("Uploads", [])
             )
         except (ClientError, BotoCoreError) as exc:
             raise self.error("list uploads in progress", exc) from exc
+
+    def _ours(self, upload: dict[str, Any]) -> bool:
+        """Whether this tool started an incomplete upload: its key is a snapshot name directly
+        under the prefix. Other applications' uploads, even under the prefix, are not ours."""
+        key: str = upload["Key"]
+        return (
+            key.startswith(self.prefix) and parse_snapshot_name(key[len(self.prefix) :]) is not None
+        )
 
     def _upload_started(self, upload: dict[str, Any]) -> datetime:
         """When an incomplete upload began. Our keys carry their start time, which wins over
@@ -293,7 +309,10 @@ class S3Bucket:
             )
             for page in pages:
                 for upload in page.get("Uploads", []):
-                    if now - self._upload_started(upload) < STALE_UPLOAD_AGE:
+                    if (
+                        not self._ours(upload)
+                        or now - self._upload_started(upload) < STALE_UPLOAD_AGE
+                    ):
                         continue
                     self.client.abort_multipart_upload(
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
@@ -307,6 +326,8 @@ class S3Bucket:
 class _S3Upload:
     """A multipart upload fed while the snapshot streams; parts go up in parallel."""
 
+    streams = True
+
     def __init__(self, destination: S3Bucket, stored_name: str) -> None:
         self._destination = destination
         self._config = destination.config
@@ -319,17 +340,26 @@ class _S3Upload:
         self._parts: list[Future[dict[str, Any]]] = []
         # bounds memory to about part_size x (max_concurrency + 1)
         self._slots = threading.BoundedSemaphore(self._config.max_concurrency)
-        self._pool = ThreadPoolExecutor(
-            max_workers=self._config.max_concurrency, thread_name_prefix=f"s3-{destination.name}"
-        )
+        # parts in flight, and when one last finished (or the first of a new batch was sent)
+        self._in_flight = 0
+        self._progress = time.monotonic()
+        self._deadline = self._progress + self._config.deadline
+        self._abandoned = False
+        self._lock = threading.Lock()
         self._stored_size = 0
         self._upload_id: str | None = None
+        self._run = secrets.token_hex(6)
         arguments: dict[str, Any] = {
             "Bucket": destination.bucket,
             "Key": self._key,
             "ChecksumAlgorithm": "CRC32C",
             "ContentType": "application/octet-stream",
-            "Metadata": {"tool": "etcd-backupd", "compression": self._config.compression},
+            # which run started the upload: runs of the same second share the key, never an id
+            "Metadata": {
+                "tool": "etcd-backupd",
+                "run": self._run,
+                "compression": self._config.compression,
+            },
         }
         parsed = parse_snapshot_name(stored_name)
         assert parsed is not None
@@ -338,7 +368,6 @@ class _S3Upload:
         try:
             response = destination.client.create_multipart_upload(**arguments)
         except (ClientError, BotoCoreError) as exc:
-            self._pool.shutdown(wait=False)
             raise destination.error(f"start the upload of {stored_name}", exc) from exc
         self._upload_id = response["UploadId"]
 
@@ -348,11 +377,17 @@ class _S3Upload:
             return
         self._pending.append(data)
         self._pending_size += len(data)
-        if self._pending_size >= self._config.part_size:
-            self._send_pending()
+        size = self._config.part_size
+        if self._pending_size >= size:
+            # parts of exactly part_size, whatever the size of the blocks handed in
+            joined = b"".join(self._pending)
+            whole = len(joined) - len(joined) % size
+            for start in range(0, whole, size):
+                self._send(joined[start : start + size])
+            self._pending = [joined[whole:]] if whole < len(joined) else []
+            self._pending_size = len(joined) - whole
 
     def _send_pending(self) -> None:
-        # a part may exceed part_size by less than one chunk; S3 asks only that it not be smaller
         data = b"".join(self._pending)
         self._pending = []
         self._pending_size = 0
@@ -366,31 +401,71 @@ class _S3Upload:
                 f"{MAX_PARTS} parts; raise part_size"
             )
         self._raise_failed_part()
-        self._slots.acquire()
+        while not self._slots.acquire(timeout=_POLL_SECONDS):
+            self._check_time()
         self._stored_size += len(data)
-        try:
-            self._parts.append(self._pool.submit(self._upload_part, number, data))
-        except BaseException:
-            self._slots.release()
-            raise
+        future: Future[dict[str, Any]] = Future()
+        with self._lock:
+            if not self._in_flight:
+                self._progress = time.monotonic()
+            self._in_flight += 1
+        self._parts.append(future)
+        # daemon threads: a request that hangs neither holds up an upload given up nor the
+        # process's exit; its wait is bounded by read_timeout
+        threading.Thread(
+            target=self._upload_part,
+            args=(number, data, future),
+            name=f"s3-{self._destination.name}-part{number}",
+            daemon=True,
+        ).start()
 
-    def _upload_part(self, number: int, data: bytes) -> dict[str, Any]:
-        try:
-            # CRC-32C guards each part in transit at a twentieth of SHA-256's cost; the
-            # snapshot's own SHA-256 is checked once, as it streams in
-            checksum = base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode()
-            response = self._destination.client.upload_part(
-                Bucket=self._destination.bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                PartNumber=number,
-                Body=data,
-                ChecksumAlgorithm="CRC32C",
-                ChecksumCRC32C=checksum,
+    def _check_time(self) -> None:
+        """Give the upload up when it stalls or runs out of time, or was aborted meanwhile."""
+        destination = self._destination
+        where = f"destination {destination.name!r} (s3://{destination.bucket}/{destination.prefix})"
+        if self._abandoned:
+            raise DestinationError(f"{where}: the upload was aborted")
+        now = time.monotonic()
+        if now - self._progress > self._config.stall_timeout:
+            raise DestinationError(
+                f"{where}: no part of the upload finished for {self._config.stall_timeout:g} s; "
+                "giving this destination up for this cycle (raise stall_timeout if the store "
+                "is just slow)"
             )
-            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumCRC32C": checksum}
+        if now > self._deadline:
+            raise DestinationError(
+                f"{where}: the upload took longer than deadline = {self._config.deadline:g} s; "
+                "giving this destination up for this cycle"
+            )
+
+    def _upload_part(self, number: int, data: bytes, future: Future[dict[str, Any]]) -> None:
+        try:
+            future.set_result(self._put_part(number, data))
+        except BaseException as exc:  # handed to the waiting side
+            future.set_exception(exc)
         finally:
+            with self._lock:
+                self._in_flight -= 1
             self._slots.release()
+
+    def _put_part(self, number: int, data: bytes) -> dict[str, Any]:
+        if self._abandoned:
+            raise DestinationError("the upload was aborted")
+        # CRC-32C guards each part in transit at a twentieth of SHA-256's cost; the
+        # snapshot's own SHA-256 is checked once, as it streams in
+        checksum = base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode()
+        response = self._destination.client.upload_part(
+            Bucket=self._destination.bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=data,
+            ChecksumAlgorithm="CRC32C",
+            ChecksumCRC32C=checksum,
+        )
+        with self._lock:
+            self._progress = time.monotonic()
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumCRC32C": checksum}
 
     def _raise_failed_part(self) -> None:
         for part in self._parts:
@@ -408,7 +483,7 @@ class _S3Upload:
                 self._pending_size += len(tail)
             if self._pending or not self._parts:
                 self._send_pending()
-            parts = [future.result() for future in self._parts]
+            parts = [self._wait(future) for future in self._parts]
         except (ClientError, BotoCoreError) as exc:
             self.abort()
             raise destination.error(f"upload {self._stored_name}", exc) from exc
@@ -429,16 +504,18 @@ class _S3Upload:
             "MultipartUpload": {"Parts": parts},
         }
         try:
-            destination.client.complete_multipart_upload(**complete)
+            self._create_new(destination.client.complete_multipart_upload, complete)
+        except DestinationBusy:
+            self.abort()
+            raise
         except (ClientError, BotoCoreError) as exc:
             self.abort()
             raise destination.error(f"complete the upload of {self._stored_name}", exc) from exc
         self._upload_id = None
-        self._pool.shutdown(wait=True)
         try:
             self._describe_object(stored)
-            destination.client.put_object(**self._manifest_arguments(stored))
-        except (ClientError, BotoCoreError) as exc:
+            self._create_new(destination.client.put_object, self._manifest_arguments(stored))
+        except (ClientError, BotoCoreError, DestinationBusy) as exc:
             # without its manifest the object is not a backup: remove it (unless it is locked,
             # in which case housekeeping reports it as an orphan later)
             self._remove_completed()
@@ -451,6 +528,36 @@ class _S3Upload:
             self._stored_size,
         )
         return stored
+
+    def _create_new(self, call: Any, arguments: dict[str, Any]) -> None:
+        """Create an object that must not exist yet: two runs of the same second name their
+        snapshots alike, and the second never replaces the first one's backup."""
+        try:
+            call(**arguments, IfNoneMatch="*")
+            return
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise self._taken(arguments["Key"]) from exc
+            if code not in ("NotImplemented", "InvalidArgument"):
+                raise
+        # a store without conditional writes: look first, which leaves a narrower window
+        try:
+            self._destination.client.head_object(
+                Bucket=self._destination.bucket, Key=arguments["Key"]
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                raise
+        else:
+            raise self._taken(arguments["Key"])
+        call(**arguments)
+
+    def _taken(self, key: str) -> DestinationBusy:
+        return DestinationBusy(
+            f"destination {self._destination.name!r}: s3://{self._destination.bucket}/{key} "
+            "was stored by another run meanwhile; not overwriting it"
+        )
 
     def _object_arguments(self) -> dict[str, Any]:
         """Storage class, encryption and Object Lock, the same for snapshot and manifest."""
@@ -511,8 +618,18 @@ class _S3Upload:
         return arguments
 
     def _remove_completed(self) -> None:
+        """Delete the object this upload completed, unless another run's replaced it."""
+        client = self._destination.client
         try:
-            self._destination.client.delete_object(Bucket=self._destination.bucket, Key=self._key)
+            found = client.head_object(Bucket=self._destination.bucket, Key=self._key)
+            if found.get("Metadata", {}).get("run") != self._run:
+                log.warning(
+                    "destination %s: %s is another run's now; leaving it",
+                    self._destination.name,
+                    self._key,
+                )
+                return
+            client.delete_object(Bucket=self._destination.bucket, Key=self._key)
         except (ClientError, BotoCoreError) as exc:
             log.warning(
                 "destination %s: could not remove %s after the failure: %s",
@@ -521,10 +638,17 @@ class _S3Upload:
                 _describe(exc),
             )
 
+    def _wait(self, part: Future[dict[str, Any]]) -> dict[str, Any]:
+        while True:
+            try:
+                return part.result(timeout=_POLL_SECONDS)
+            except FutureTimeout:
+                self._check_time()
+
     def abort(self) -> None:
-        for part in self._parts:
-            part.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        # parts still in flight are not waited for: their requests end with read_timeout, and
+        # the abort below discards whatever they upload
+        self._abandoned = True
         if self._upload_id is None:
             return
         upload_id, self._upload_id = self._upload_id, None

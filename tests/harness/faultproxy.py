@@ -1,6 +1,7 @@
 """An HTTP proxy in front of the S3 test server that counts requests by S3 operation and
 injects the faults a real server does not produce on demand: 503 SlowDown bursts, slow
-requests, outages."""
+requests, outages. It can also make moto's conditional writes atomic, as S3's are: moto checks
+If-None-Match and then writes, so two completions at once may both pass the check."""
 
 from __future__ import annotations
 
@@ -54,6 +55,9 @@ class FaultProxy:
         self._delays: dict[str | None, float] = {}
         self._down = False
         self._lock = threading.Lock()
+        self._serialized: dict[str, threading.Lock] = {}
+        self._hung: set[str] = set()
+        self._closing = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -83,6 +87,17 @@ class FaultProxy:
         with self._lock:
             self._delays[operation] = seconds
 
+    def hang(self, *operations: str) -> None:
+        """Accept requests of these operations ("*": every one) and never answer them."""
+        with self._lock:
+            self._hung.update(operations)
+
+    def serialize(self, *operations: str) -> None:
+        """Forward requests of these operations one at a time."""
+        with self._lock:
+            for name in operations:
+                self._serialized.setdefault(name, threading.Lock())
+
     def outage(self, down: bool) -> None:
         self._down = down
 
@@ -91,6 +106,7 @@ class FaultProxy:
             self.counts.clear()
 
     def close(self) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
@@ -114,6 +130,11 @@ class FaultProxy:
         with self._lock:
             self.counts[name] += 1
             pause = self._delays.get(name, self._delays.get(None, 0.0))
+            hung = name in self._hung or "*" in self._hung
+        if hung:
+            self._closing.wait()
+            handler.close_connection = True
+            return
         if pause:
             time.sleep(pause)
         fault = self._take_fault(name)
@@ -128,12 +149,20 @@ class FaultProxy:
             handler.end_headers()
             handler.wfile.write(payload)
             return
+        with self._lock:
+            one_at_a_time = self._serialized.get(name)
         upstream = http.client.HTTPConnection(*self._upstream, timeout=120)
         try:
             headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP_BY_HOP}
-            upstream.request(handler.command, handler.path, body=body, headers=headers)
-            response = upstream.getresponse()
-            data = response.read()
+            if one_at_a_time is not None:
+                one_at_a_time.acquire()
+            try:
+                upstream.request(handler.command, handler.path, body=body, headers=headers)
+                response = upstream.getresponse()
+                data = response.read()
+            finally:
+                if one_at_a_time is not None:
+                    one_at_a_time.release()
         finally:
             upstream.close()
         handler.send_response(response.status)
