@@ -191,6 +191,7 @@ def test_a_manifest_cannot_aim_restore_or_drill_outside(
     bad = make_manifest("prod", NOW - timedelta(hours=1), snapshot=target)
     store.put_manifest(stored_as, bad.to_json().encode())
     config = write_config(tmp_path, store, bin_dir=etcd_binaries_35.etcd.parent)
+    (tmp_path / "state").mkdir()  # the drill records its result there
     before = sorted(p.name for p in tmp_path.iterdir())
 
     restored = cli(
