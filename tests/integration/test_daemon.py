@@ -144,7 +144,11 @@ def test_catches_up_serves_metrics_reloads_and_stops(
     # a restart reads the same last backup from the destination, not "no backup ever"
     restarted = daemon(write_config(tmp_path, etcd35, port, catch_up=False))
     restarted.wait_for("scheduled; next backup")
-    after = scrape(port)
+    # the destinations are read after READY, by the start-up thread
+    deadline = time.monotonic() + 20
+    while metric(after := scrape(port), "etcd_backup_last_success_timestamp_seconds") == 0:
+        assert time.monotonic() < deadline, "the restarted daemon never loaded its backups"
+        time.sleep(0.2)
     for name in (
         "etcd_backup_last_success_timestamp_seconds",
         "etcd_backup_last_size_bytes",
