@@ -91,10 +91,11 @@ def test_atomic_writes_never_follow_a_planted_part_symlink(tmp_path: Path) -> No
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
     (tmp_path / "m.json.part").symlink_to(victim)
-    with pytest.raises(OSError):
-        atomic_write_bytes(tmp_path / "m.json", b"{}")
+    # every write takes a fresh .part name of its own, created with O_EXCL|O_NOFOLLOW
+    atomic_write_bytes(tmp_path / "m.json", b"{}")
     assert victim.read_text() == "precious\n"
-    assert not (tmp_path / "m.json").exists()
+    assert (tmp_path / "m.json").read_bytes() == b"{}"
+    assert (tmp_path / "m.json.part").is_symlink()
 
 
 def test_restore_plan_scripts_are_never_written_through_a_symlink(
