@@ -112,20 +112,20 @@ def test_a_hung_s3_upload_drops_out_alone(
     assert uploads_in_progress(client) == []
 
 
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        {"connect_timeout": 1, "read_timeout": 1, "max_attempts": 2},
+        {"stall_timeout": 2},  # requests wait 60 s and are retried: the destination does not
+    ],
+    ids=["request-timeouts", "stall-timeout"],
+)
 def test_an_endpoint_that_never_answers_is_given_up_in_bounded_time(
-    etcd35: EtcdCluster, tmp_path: Path, fault_proxy: FaultProxy
+    etcd35: EtcdCluster, tmp_path: Path, fault_proxy: FaultProxy, bounds: dict[str, float]
 ) -> None:
     fault_proxy.hang("*")
     config = write_toml(
-        tmp_path / "c.toml",
-        s3_with_local(
-            tmp_path,
-            etcd35,
-            fault_proxy.endpoint_url,
-            connect_timeout=1,
-            read_timeout=1,
-            max_attempts=2,
-        ),
+        tmp_path / "c.toml", s3_with_local(tmp_path, etcd35, fault_proxy.endpoint_url, **bounds)
     )
     began = time.monotonic()
     result = once(config)
