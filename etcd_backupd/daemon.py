@@ -32,7 +32,7 @@ from .coordination import fire_minute, plan
 from .cron import CronSchedule
 from .cycle import CycleResult, run_cycle
 from .destinations import build
-from .errors import BackupError
+from .errors import BackupError, DestinationBusy
 from .etcd import EtcdSource
 from .fsutil import make_private_dir
 from .metrics import BackupMetrics, MetricsServer
@@ -329,7 +329,9 @@ class Daemon:
         backoff = self.config.schedule.retry_backoff
         for attempt in range(1, attempts + 1):
             result = self._cycle(due)
-            if result is None or result.ok or self.stopping.is_set():
+            # another run holding every destination is taking this backup: nothing to retry
+            busy = result is not None and result.exit_code == DestinationBusy.exit_code
+            if result is None or result.ok or busy or self.stopping.is_set():
                 return
             job = self._scheduler.get_job("backup")
             next_fire = job.next_run_time if job is not None else None
@@ -358,7 +360,10 @@ class Daemon:
             log.info("backup starting for %s", ", ".join(d.name for d in chosen))
             self.notifier.status("backing up")
             result = run_cycle(config, destinations=[build(d) for d in chosen], cancel=self.cancel)
-            self.metrics.observe(result)
+            if result.exit_code == DestinationBusy.exit_code:
+                self.metrics.skipped()
+            else:
+                self.metrics.observe(result)
             self._refresh_counts(chosen)
             summary = (
                 f"last backup {result.manifest.snapshot if result.manifest else ''} ok"
