@@ -194,7 +194,7 @@ class _Shipment:
         self._feeds: dict[str, _Feed] = {}
         for target in targets:
             try:
-                upload = within(
+                upload = _within(
                     bounds.get(target.name),
                     target.name,
                     "starting the upload",
@@ -531,8 +531,8 @@ def _housekeeping(
             sweep_orphans(target, now=now, lock=lock)
 
         try:
-            within(_bound(config, target.name), target.name, "housekeeping", sweep)
-        except Unanswered as exc:
+            _within(_bound(config, target.name), target.name, "housekeeping", sweep)
+        except _Unanswered as exc:
             log.error("%s", exc)
             failures[target.name] = str(exc)
             continue
@@ -542,7 +542,7 @@ def _housekeeping(
     return answering
 
 
-class Unanswered(DestinationError):
+class _Unanswered(DestinationError):
     """A destination did not answer within its bound; the call goes on in the background."""
 
 
@@ -552,7 +552,7 @@ def _bound(config: Config, name: str) -> float | None:
     return settings.stall_timeout if isinstance(settings, S3Destination) else None
 
 
-def within(seconds: float | None, name: str, action: str, call: Callable[[], _T]) -> _T:
+def _within(seconds: float | None, name: str, action: str, call: Callable[[], _T]) -> _T:
     """Run `call`, giving up after `seconds`: a hung store then holds a daemon thread until its
     own timeouts end the request, never the cycle."""
     if seconds is None:
@@ -570,7 +570,7 @@ def within(seconds: float | None, name: str, action: str, call: Callable[[], _T]
     worker.start()
     worker.join(seconds)
     if worker.is_alive():
-        raise Unanswered(
+        raise _Unanswered(
             f"destination {name!r}: {action} got no answer within {seconds:g} s "
             "(stall_timeout); giving this destination up for this cycle"
         )
