@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .errors import BackupError, SnapshotInvalid
 from .logs import error_line, setup_logging
+from .runbook import DEFAULT_BUMP_REVISION
 
 # Each command imports what it uses: `verify` and `inspect` then start without gRPC and pydantic,
 # and every command starts faster.
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from .snapshot.status import SnapshotStatus
 
 log = logging.getLogger(__name__)
-
 DEFAULT_CONFIG = Path(os.environ.get("ETCD_BACKUPD_CONFIG", "/etc/etcd-backupd/config.toml"))
 EXIT_OK = 0
 EXIT_DRILL_FAILED = 6
@@ -145,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restoring.add_argument("--force", action="store_true", help="move a non-empty data dir aside")
     restoring.add_argument("--etcd-bin-dir", type=Path, help="where etcdutl/etcdctl are")
+    restoring.add_argument(
+        "--bump-revision",
+        type=int,
+        default=0,
+        metavar="N",
+        help="raise the restored revision by N, past any a client saw (with --mark-compacted; "
+        "etcdutl 3.5.10+ or 3.6)",
+    )
+    restoring.add_argument(
+        "--mark-compacted",
+        action="store_true",
+        help="mark the bumped revision compacted, so that old watches are told to re-list",
+    )
 
     plan_parser = commands.add_parser(
         "restore-plan",
@@ -214,6 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=300,
         help="seconds each member waits for every member to be healthy",
     )
+    plan_parser.add_argument(
+        "--bump-revision",
+        type=int,
+        default=DEFAULT_BUMP_REVISION,
+        metavar="N",
+        help="every member restores with --bump-revision N --mark-compacted, so that Kubernetes' "
+        f"watches re-list (default: {DEFAULT_BUMP_REVISION}; needs etcdutl 3.5.10+ or 3.6)",
+    )
+    plan_parser.add_argument(
+        "--no-bump",
+        action="store_true",
+        help="restore without a revision bump (for an older etcdutl; then restart the kubelets)",
+    )
     plan_parser.add_argument("--output", "-o", choices=("markdown", "script"), default="markdown")
     plan_parser.add_argument(
         "--script-dir", type=Path, default=Path("."), help="where --output script writes"
@@ -244,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check a snapshot file without etcd",
         description="Check a snapshot file (plain, or compressed with zstd or gzip): its SHA-256 "
-        "trailer and its bbolt structure, and print the revision, key count, size and hash "
-        "'etcdutl snapshot status' would print. Exits 0 only for a sound snapshot.",
+        "trailer and its bbolt structure, and print the revision, total keys, size, hash and "
+        "(etcd 3.6) version 'etcdutl snapshot status' of the snapshot's etcd line would print, "
+        "and the live keys a restore would hold. Exits 0 only for a sound snapshot.",
     )
     verify.add_argument("file", type=Path, help="snapshot file")
     _output_option(verify)
@@ -463,8 +490,20 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from .config import load_config
     from .destinations import build
-    from .restore import Member, find_snapshot, find_tools, restore, restore_token
+    from .restore import (
+        Member,
+        find_snapshot,
+        find_tools,
+        restore,
+        restore_token,
+        restore_tool,
+    )
 
+    if args.bump_revision < 0 or (args.bump_revision > 0) != args.mark_compacted:
+        # etcdutl refuses one without the other too, but only after the data dir moved aside
+        raise BackupError(
+            "--bump-revision N (N > 0) and --mark-compacted go together: give both, or neither"
+        )
     config = load_config(args.config) if args.config else None
     bin_dir = args.etcd_bin_dir or (config.drill.bin_dir if config else None)
     tools = find_tools(bin_dir)
@@ -473,7 +512,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     if args.file is not None:
         token = args.initial_cluster_token or restore_token(args.file.name)
-        status = restore(
+        status, tool = restore(
             args.file,
             member,
             cluster,
@@ -481,6 +520,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             tools,
             force=args.force,
             now=now,
+            bump_revision=args.bump_revision,
         )
     else:
         if config is None or args.destination is None:
@@ -489,9 +529,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
         destination = build(settings)
         wanted = find_snapshot(destination.manifests(), args.snapshot, settings.name)
         token = args.initial_cluster_token or restore_token(wanted.snapshot)
+        # refused before fetching what no tool here could restore
+        restore_tool(
+            tools,
+            wanted.storage_version,
+            bump=args.bump_revision > 0,
+            etcd_version=wanted.etcd_version,
+        )
         with tempfile.TemporaryDirectory(prefix="etcd-backupd-restore-") as scratch:
             fetched = destination.fetch(wanted.snapshot, Path(scratch) / wanted.snapshot)
-            status = restore(
+            status, tool = restore(
                 fetched,
                 member,
                 cluster,
@@ -501,10 +548,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 now=now,
                 expected_sha256=wanted.sha256,
                 expected_size=wanted.size,
+                bump_revision=args.bump_revision,
+                etcd_version=wanted.etcd_version,
             )
+    bumped = (
+        f", bumped by {args.bump_revision} to {status.revision + args.bump_revision} and marked "
+        "compacted"
+        if args.bump_revision
+        else ""
+    )
     print(
-        f"restored revision {status.revision} ({status.live_keys} keys) into {args.data_dir} "
-        f"with {tools.description}, cluster token {token}"
+        f"restored revision {status.revision} ({status.live_keys} keys){bumped} into "
+        f"{args.data_dir} with {tool.description}, cluster token {token}"
     )
     return EXIT_OK
 
@@ -552,6 +607,8 @@ def _runbook(args: argparse.Namespace) -> Any:
 
     if args.health_timeout <= 0:
         raise BackupError("--health-timeout must be a positive number of seconds")
+    if args.bump_revision <= 0:
+        raise BackupError("--bump-revision must be a positive number (or give --no-bump)")
     peers = pairs(args.member, "--member")
     clients = pairs(args.client_url, "--client-url")
     config = None
@@ -599,6 +656,7 @@ def _runbook(args: argparse.Namespace) -> Any:
         data_dir_owner=args.data_dir_owner,
         access=access,
         health_timeout=args.health_timeout,
+        bump_revision=0 if args.no_bump else args.bump_revision,
     )
 
 
@@ -669,7 +727,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"OK {args.file}")
         # TOTAL KEYS as the etcdutl of the snapshot's line prints it, and how that line counts
         counted = (
-            "live keys, as etcdutl 3.6+ counts"
+            "user keys, as etcdutl 3.6+ counts them"
             if status.storage_version
             else "entries of every bucket, as etcdutl 3.4 and 3.5 count"
         )

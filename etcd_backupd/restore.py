@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -24,42 +23,160 @@ from .destinations import Destination
 from .errors import BackupError, SnapshotInvalid
 from .manifest import SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX, Manifest
 from .snapshot.keyspace import auth_enabled
-from .snapshot.status import SnapshotStatus, verify_snapshot
+from .snapshot.status import SnapshotStatus, read_storage_version, verify_snapshot
 
 log = logging.getLogger(__name__)
 
 # a drill's throwaway member must answer within this long after it starts
 DRILL_START_TIMEOUT = 120.0
 DRILL_POLL_INTERVAL = 0.05
+# etcd's revisions are int64
+MAX_REVISION = (1 << 63) - 1
+
+
+# Which tool restores what (etcd's changelogs, CHANGELOG/CHANGELOG-3.5.md and -3.6.md): etcdutl
+# arrived in 3.5 and is the only offline tool from 3.6, which removed `etcdctl snapshot restore`
+# (etcd PR 13809); 3.5 deprecated that etcdctl command, so etcdctl restores only for 3.4.
+# `--bump-revision` and `--mark-compacted` came in etcdutl 3.5.10 and 3.6.0, each refused without
+# the other (etcdutl/etcdutl/snapshot_command.go, release-3.6).
+RESTORE_TOOLS = ("etcdutl", "etcdctl")
+BUMP_FLAGS = ("--bump-revision", "--mark-compacted")
+# seconds a tool may take to print its version or its help
+PROBE_TIMEOUT = 30.0
+_DETAIL_LIMIT = 300
+# the first line of `etcdutl version` and `etcdctl version` (etcdutl/etcdutl/version_command.go)
+_TOOL_VERSION = re.compile(r"^(etcdutl|etcdctl) version: (\d+)\.(\d+)\.(\d+)", re.MULTILINE)
+_FLAG = re.compile(r"--[a-z][a-z-]*")
+_MAJOR_MINOR = re.compile(r"(\d+)\.(\d+)\.")
 
 
 @dataclass(frozen=True)
 class EtcdTools:
-    """etcd's binaries: etcdutl restores 3.5+ snapshots, 3.4's etcdctl restores its own."""
+    """etcd's binaries as found: the restore candidates (every etcdutl, then every etcdctl, in
+    PATH order), and etcd and etcdctl for drills."""
 
-    restore: list[str]
+    candidates: tuple[Path, ...]
     etcd: Path | None
     etcdctl: Path | None
-    description: str
+    where: str
+
+
+@dataclass(frozen=True)
+class RestoreTool:
+    """A restore tool that ran: its kind and version as it printed them, and the flags its
+    `snapshot restore --help` advertises."""
+
+    path: Path
+    kind: str
+    version: tuple[int, int, int]
+    flags: frozenset[str]
+
+    @property
+    def description(self) -> str:
+        return f"{self.kind} {'.'.join(map(str, self.version))} ({self.path})"
 
 
 def find_tools(bin_dir: Path | None = None) -> EtcdTools:
-    def locate(name: str) -> Path | None:
-        if bin_dir is not None:
-            candidate = bin_dir / name
-            return candidate if os.access(candidate, os.X_OK) else None
-        found = shutil.which(name)
-        return Path(found) if found else None
+    def locate(name: str) -> list[Path]:
+        directories = [bin_dir] if bin_dir is not None else _path_directories()
+        found: dict[Path, Path] = {}
+        for directory in directories:
+            candidate = directory / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                # /bin and /usr/bin are one directory on merged-/usr systems
+                found.setdefault(candidate.resolve(), candidate)
+        return list(found.values())
 
-    etcd, etcdctl, etcdutl = locate("etcd"), locate("etcdctl"), locate("etcdutl")
     where = f"in {bin_dir}" if bin_dir else "on PATH"
-    if etcdutl is not None:
-        return EtcdTools([str(etcdutl), "snapshot", "restore"], etcd, etcdctl, str(etcdutl))
-    if etcdctl is not None:
-        return EtcdTools([str(etcdctl), "snapshot", "restore"], etcd, etcdctl, str(etcdctl))
+    candidates = tuple(path for name in RESTORE_TOOLS for path in locate(name))
+    if not candidates:
+        raise BackupError(
+            f"no etcdutl or etcdctl found {where}: install etcd's tools (the same version as the "
+            "cluster) or name their directory with --etcd-bin-dir"
+        )
+    etcd, etcdctl = (next(iter(locate(name)), None) for name in ("etcd", "etcdctl"))
+    return EtcdTools(candidates, etcd, etcdctl, where)
+
+
+def _path_directories() -> list[Path]:
+    return [Path(entry) for entry in os.environ.get("PATH", os.defpath).split(os.pathsep) if entry]
+
+
+def _run_tool(path: Path, *args: str) -> subprocess.CompletedProcess[str] | str:
+    """The tool's answer, or why it did not run."""
+    try:
+        result = subprocess.run(
+            [str(path), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=PROBE_TIMEOUT,
+            env={**os.environ, "ETCDCTL_API": "3"},
+        )
+    except subprocess.TimeoutExpired:
+        return f"no answer within {PROBE_TIMEOUT:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        # the last line says why; a tool gone wrong may print anything, at any length
+        return lines[-1][:_DETAIL_LIMIT] if lines else f"exit status {result.returncode}"
+    return result
+
+
+def probe_tool(path: Path) -> RestoreTool | str:
+    """The restore tool at `path` as it describes itself, or why it cannot be used."""
+    answer = _run_tool(path, "version")
+    if isinstance(answer, str):
+        return f"found {path} but it does not run: {answer}"
+    match = _TOOL_VERSION.search(answer.stdout)
+    if match is None:
+        return f"found {path} but it does not run as etcdutl or etcdctl: no version line"
+    kind, version = match[1], (int(match[2]), int(match[3]), int(match[4]))
+    shown = ".".join(map(str, version))
+    if kind == "etcdctl" and version >= (3, 6, 0):
+        return f"etcdctl {shown} ({path}) has no snapshot restore: etcd 3.6 moved it to etcdutl"
+    if kind == "etcdctl" and version >= (3, 5, 0):
+        return f"etcdctl {shown} ({path}) is not used: etcd 3.5 restores with etcdutl"
+    helped = _run_tool(path, "snapshot", "restore", "--help")
+    if isinstance(helped, str):
+        return f"found {path} but its snapshot restore --help does not run: {helped}"
+    flags = frozenset(_FLAG.findall(helped.stdout + helped.stderr))
+    return RestoreTool(path, kind, version, flags)
+
+
+def restore_tool(
+    tools: EtcdTools, storage_version: str | None, *, bump: bool, etcd_version: str | None = None
+) -> RestoreTool:
+    """The first candidate that runs, is not older than the snapshot's storage version, and
+    takes --bump-revision and --mark-compacted when `bump`. A snapshot its manifest says a 3.4
+    member served (`etcd_version`) tries 3.4's own etcdctl first. A candidate passed over is
+    logged with the reason; when none is left, the reasons are the error."""
+    needed = _MAJOR_MINOR.match(storage_version or "")
+    candidates = list(tools.candidates)
+    if (etcd_version or "").startswith("3.4."):
+        candidates.sort(key=lambda path: path.name != "etcdctl")
+    reasons = []
+    for path in candidates:
+        tool = probe_tool(path)
+        if isinstance(tool, str):
+            reason = tool
+        elif needed is not None and tool.version[:2] < (int(needed[1]), int(needed[2])):
+            reason = (
+                f"{tool.description} is older than the snapshot's storage version "
+                f"{storage_version}: restore it with etcdutl {needed[1]}.{needed[2]} or newer"
+            )
+        elif bump and not tool.flags.issuperset(BUMP_FLAGS):
+            reason = (
+                f"{tool.description} has no --bump-revision and --mark-compacted (etcdutl has "
+                "them from 3.5.10): restore without them, or with etcdutl 3.5.10 or newer"
+            )
+        else:
+            return tool
+        log.warning("%s", reason)
+        reasons.append(reason)
     raise BackupError(
-        f"no etcdutl or etcdctl found {where}: install etcd's tools (the same version as the "
-        "cluster) or name their directory with --etcd-bin-dir"
+        f"no etcdutl or etcdctl {tools.where} can restore this snapshot: " + "; ".join(reasons)
     )
 
 
@@ -135,10 +252,15 @@ def run_restore(
     member: Member,
     initial_cluster: str,
     token: str,
-    tools: EtcdTools,
+    tool: RestoreTool,
+    bump_revision: int = 0,
 ) -> None:
+    """Run the tool's snapshot restore; with `bump_revision`, the restored revision jumps by that
+    much and is marked compacted, so that watchers of the old cluster re-list."""
     command = [
-        *tools.restore,
+        str(tool.path),
+        "snapshot",
+        "restore",
         str(snapshot),
         f"--name={member.name}",
         f"--initial-cluster={initial_cluster}",
@@ -146,7 +268,9 @@ def run_restore(
         f"--initial-advertise-peer-urls={member.peer_url}",
         f"--data-dir={member.data_dir}",
     ]
-    log.info("restoring with %s", tools.description)
+    if bump_revision:
+        command += [f"--bump-revision={bump_revision}", "--mark-compacted"]
+    log.info("restoring with %s", tool.description)
     result = subprocess.run(
         command,
         capture_output=True,
@@ -157,7 +281,7 @@ def run_restore(
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise BackupError(
-            f"{tools.description} snapshot restore failed: {detail[-1] if detail else '?'}"
+            f"{tool.description} snapshot restore failed: {detail[-1] if detail else '?'}"
         )
 
 
@@ -172,10 +296,13 @@ def restore(
     now: datetime,
     expected_sha256: str | None = None,
     expected_size: int | None = None,
-) -> SnapshotStatus:
+    bump_revision: int = 0,
+    etcd_version: str | None = None,
+) -> tuple[SnapshotStatus, RestoreTool]:
     """Verify, then restore; nothing on disk is touched unless the snapshot is sound and, when
-    its manifest's digest is given, is the snapshot the manifest describes. A compressed file
-    is decompressed to at most `expected_size` bytes, its manifest's size, when given."""
+    its manifest's digest is given, is the snapshot the manifest describes, and a tool here can
+    restore it. A compressed file is decompressed to at most `expected_size` bytes, its
+    manifest's size, when given; `etcd_version` is its manifest's too."""
     check_data_dir(member.data_dir, force)
     with plain_snapshot(source, size=expected_size) as plain:
         status = verify_snapshot(plain)
@@ -184,9 +311,17 @@ def restore(
                 f"{source.name} has SHA-256 {status.sha256}, but its manifest says "
                 f"{expected_sha256}: it is not the snapshot the manifest describes"
             )
+        if status.revision + bump_revision > MAX_REVISION:
+            raise BackupError(
+                f"--bump-revision {bump_revision} takes revision {status.revision} past etcd's "
+                f"largest, {MAX_REVISION}"
+            )
+        tool = restore_tool(
+            tools, status.storage_version, bump=bump_revision > 0, etcd_version=etcd_version
+        )
         move_aside(member.data_dir, now)
-        run_restore(plain, member, initial_cluster, token, tools)
-    return status
+        run_restore(plain, member, initial_cluster, token, tool, bump_revision)
+    return status, tool
 
 
 @dataclass(frozen=True)
@@ -307,7 +442,13 @@ def _drill_one(
             # data dir is scratch, so the walk runs alongside the restore instead of before it.
             walked = pool.submit(verify_snapshot, plain, expected_sha256=manifest.sha256)
             try:
-                run_restore(plain, member, f"drill={DRILL_PEER_URL}", "etcd-backupd-drill", tools)
+                tool = restore_tool(
+                    tools,
+                    read_storage_version(plain),
+                    bump=False,
+                    etcd_version=manifest.etcd_version,
+                )
+                run_restore(plain, member, f"drill={DRILL_PEER_URL}", "etcd-backupd-drill", tool)
             finally:
                 status = walked.result()
             if (status.revision, status.hash) != (manifest.revision, manifest.hash):

@@ -16,6 +16,9 @@ KUBEADM_MANIFESTS = "/etc/kubernetes/manifests"
 KUBEADM_ETCD_MANIFEST = f"{KUBEADM_MANIFESTS}/etcd.yaml"
 KUBERNETES_UNITS = "kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy"
 CONTROL_PLANE_PODS = "kube-apiserver kube-controller-manager kube-scheduler"
+# far past the revisions written between a snapshot and a disaster, as etcd's own recovery guide
+# bumps (op-guide/recovery.md), and far below int64's end
+DEFAULT_BUMP_REVISION = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class Runbook:
     data_dir_owner: str | None = None
     access: EtcdAccess = EtcdAccess()
     health_timeout: int = 300
+    # 0: no bump
+    bump_revision: int = DEFAULT_BUMP_REVISION
 
     @property
     def initial_cluster(self) -> str:
@@ -91,6 +96,11 @@ class Runbook:
         lines = [
             *line("INITIAL_CLUSTER", self.initial_cluster),
             *line("TOKEN", self.token, "the same on every member: it comes from the snapshot"),
+            *line(
+                "BUMP_REVISION",
+                self.bump_revision,
+                "the same on every member; 0: no bump (for an etcdutl before 3.5.10)",
+            ),
             *line("ENDPOINTS", self.endpoints),
             *line("SNAPSHOT", self.source.snapshot),
             *line("CONFIG", self.source.config),
@@ -168,7 +178,9 @@ class Runbook:
             else '"$SNAPSHOT"'
         )
         bin_dir = ' --etcd-bin-dir "$ETCD_BIN_DIR"' if self.etcd_bin_dir else ""
-        return _RESTORE.format(source=source, bin_dir=bin_dir)
+        why = [f"BUMP_REVISION: {BUMP_WHY}.", f"Without the flags: {BUMP_FALLBACK}."]
+        bump_why = "\n".join(f"# {line}" for text in why for line in _wrap(text))
+        return _RESTORE.format(source=source, bin_dir=bin_dir, bump_why=bump_why)
 
     def steps(self) -> list[Step]:
         fetch = "Fetch, verify" if self.source.destination is not None else "Verify"
@@ -216,6 +228,16 @@ class Runbook:
         return f"`{self.source.snapshot}` (copy it to the same path on every member)"
 
 
+def _wrap(text: str, width: int = 96) -> list[str]:
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
 def render_markdown(book: Runbook) -> str:
     layout = (
         "kubeadm (etcd and the control plane are static pods)"
@@ -227,6 +249,13 @@ def render_markdown(book: Runbook) -> str:
         "",
         f"Snapshot: {book.describe_source()}. Layout: {layout}.",
         f"New cluster token: `{book.token}` (from the snapshot's name, the same on every member).",
+        (
+            f"Revision bump: `{book.bump_revision}` on every member (`--bump-revision "
+            f"--mark-compacted`): {BUMP_WHY}."
+            f" Without the bump: {BUMP_FALLBACK}."
+            if book.bump_revision
+            else f"Revision bump: none (`--no-bump`): {RESTART_WATCHERS}."
+        ),
         f"Members: {', '.join(f'{m.name} ({m.peer_url})' for m in book.members)}.",
         "",
         "Run the steps on every member at about the same time; `restore-plan --output script` "
@@ -342,10 +371,24 @@ wait_stopped() {
 _RESTORE = """\
 # decompressed and verified (against its manifest's SHA-256 when fetched) before anything is
 # stopped; a STAGING left by an earlier run is moved aside
+{bump_why}
+if [ "$BUMP_REVISION" != 0 ]; then set -- --bump-revision "$BUMP_REVISION" --mark-compacted; fi
 "$ETCD_BACKUPD" restore {source} \\
     --data-dir "$STAGING" --force --name "$MEMBER_NAME" \\
     --initial-cluster "$INITIAL_CLUSTER" --initial-cluster-token "$TOKEN" \\
-    --initial-advertise-peer-urls "$PEER_URL"{bin_dir}"""
+    --initial-advertise-peer-urls "$PEER_URL"{bin_dir} "$@"\
+"""
+# one line each: why the bump, and what to do without it
+BUMP_WHY = "the revision jumps past any a client saw, so Kubernetes' watches re-list"
+RESTART_WATCHERS = (
+    "once etcd is back, restart the kubelet on every node and every controller outside the "
+    "control plane, so that none keeps watching revisions from before the restore"
+)
+BUMP_FALLBACK = (
+    "an etcdutl before 3.5.10 (or 3.4's etcdctl) lacks --bump-revision and --mark-compacted, "
+    "and the restore refuses them before touching anything: set BUMP_REVISION=0 (or make the "
+    f"plan with --no-bump) and, {RESTART_WATCHERS}"
+)
 
 _SWAP = """\
 [ -d "$STAGING/member" ] || fail "$STAGING holds no restored member: run the prepare step first"

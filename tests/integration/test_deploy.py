@@ -273,3 +273,64 @@ def test_grafana_alerts_are_the_paging_rules_per_cluster() -> None:
         assert rule["labels"]["severity"] == severity[rule["title"]]
         queries = [d["model"]["expr"] for d in rule["data"] if "expr" in d["model"]]
         assert queries and all("by (cluster_id" in q for q in queries), rule["title"]
+
+
+def test_grafana_alerts_fire_as_the_prometheus_rules_do(tmp_path: Path) -> None:
+    """Grafana's queries, each with its threshold, run through the promtool cases of the rule
+    of the same name: they fire for the same clusters at the same times. (The case without any
+    series at all is Grafana's noDataState.)"""
+    promtool = need("promtool")
+    alerting = yaml.safe_load((GRAFANA / "alerting.yaml").read_text())
+    operators = {"gt": ">", "lt": "<"}
+    rules = []
+    for rule in (r for g in alerting["groups"] for r in g["rules"]):
+        steps = {d["refId"]: d["model"] for d in rule["data"]}
+        (evaluator,) = [c["evaluator"] for c in steps[rule["condition"]]["conditions"]]
+        query = steps[steps[rule["condition"]]["expression"]]["expr"]
+        rules.append(
+            {
+                "alert": rule["title"],
+                "expr": f"({query}) {operators[evaluator['type']]} {evaluator['params'][0]}",
+                "for": rule["for"],
+                "labels": rule["labels"],
+            }
+        )
+    (tmp_path / "grafana.rules.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "grafana", "rules": rules}]})
+    )
+    plain = yaml.safe_load((PROMETHEUS / "etcd-backupd.rules.test.yml").read_text())
+    names = {r["alert"] for r in rules}
+    cases = []
+    for case in plain["tests"]:
+        checks = [
+            {
+                **check,
+                "exp_alerts": [
+                    {"exp_labels": alert["exp_labels"]}
+                    for alert in check["exp_alerts"]
+                    if "cluster_id" in alert["exp_labels"]
+                ],
+            }
+            for check in case["alert_rule_test"]
+            if check["alertname"] in names
+        ]
+        if checks:
+            cases.append({**case, "alert_rule_test": checks})
+    assert len(cases) >= 5
+    (tmp_path / "grafana.test.yml").write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": ["grafana.rules.yml"],
+                "evaluation_interval": plain["evaluation_interval"],
+                "tests": cases,
+            }
+        )
+    )
+    tested = subprocess.run(
+        [promtool, "test", "rules", "grafana.test.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr

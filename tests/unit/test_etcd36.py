@@ -120,7 +120,9 @@ def test_verify_prints_each_lines_total_keys_and_the_storage_version(
 
     assert cli_main(["verify", str(path)]) == 0
     text = capsys.readouterr().out
-    counted = "live keys, as etcdutl 3.6+ counts" if version else "as etcdutl 3.4 and 3.5 count"
+    counted = (
+        "user keys, as etcdutl 3.6+ counts them" if version else "as etcdutl 3.4 and 3.5 count"
+    )
     assert f"total keys  {total_keys} (" in text and counted in text
     assert f"version     {version or 'none (before etcd 3.6)'}" in text
 

@@ -16,7 +16,7 @@ from etcd_backupd.cycle import choose_spool_dir
 from etcd_backupd.daemon import StateLock
 from etcd_backupd.destinations.local import LocalDirectory
 from etcd_backupd.errors import BackupError
-from etcd_backupd.fsutil import atomic_write_bytes
+from etcd_backupd.fsutil import atomic_write_bytes, create_new
 
 
 @pytest.fixture
@@ -90,12 +90,15 @@ def test_a_lock_file_that_is_no_regular_file_is_refused(tmp_path: Path) -> None:
 def test_atomic_writes_never_follow_a_planted_part_symlink(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
-    (tmp_path / "m.json.part").symlink_to(victim)
-    # every write takes a fresh .part name of its own, created with O_EXCL|O_NOFOLLOW
+    planted = tmp_path / "m.json.part"
+    planted.symlink_to(victim)
     atomic_write_bytes(tmp_path / "m.json", b"{}")
     assert victim.read_text() == "precious\n"
+    assert planted.is_symlink()
     assert (tmp_path / "m.json").read_bytes() == b"{}"
-    assert (tmp_path / "m.json.part").is_symlink()
+    with pytest.raises(FileExistsError):
+        create_new(planted)
+    assert victim.read_text() == "precious\n"
 
 
 def test_restore_plan_scripts_are_never_written_through_a_symlink(

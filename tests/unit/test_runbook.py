@@ -37,12 +37,13 @@ OPTIONS = {
 }
 
 
-def plan(layout: str, tmp: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+def plan(layout: str, tmp: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, str]:
+    tmp.mkdir(exist_ok=True)
     config = tmp / "config.toml"
     config.write_text(CONFIGS[layout] + DESTINATION)
     args = ["restore-plan", "--config", str(config), *MEMBERS, *OPTIONS[layout],
             "--snapshot", "/var/backups/etcd/etcd-snapshot-prod-20261123T224500Z.db.zst",
-            "--layout", layout]  # fmt: skip
+            "--layout", layout, *extra]  # fmt: skip
     assert main(args) == 0
     files = {"runbook.md": capsys.readouterr().out}
     assert main([*args, "--output", "script", "--script-dir", str(tmp / "scripts")]) == 0
@@ -88,3 +89,30 @@ def test_scripts_refuse_an_unknown_step(tmp_path: Path, capsys: pytest.CaptureFi
     refused = subprocess.run(["sh", str(script), "swap"], capture_output=True, text=True)
     assert refused.returncode == 1
     assert refused.stderr.startswith("FAILED: no step swap; the steps: prepare stop_kubernetes")
+
+
+def test_no_bump_changes_only_the_bump_setting_and_its_explanation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bumped = plan("kubeadm", tmp_path / "bumped", capsys)
+    plain = plan("kubeadm", tmp_path / "plain", capsys, "--no-bump")
+    assert sorted(plain) == sorted(bumped)
+    for name, text in bumped.items():
+        changed = [
+            (before, after)
+            for before, after in zip(text.splitlines(), plain[name].splitlines(), strict=True)
+            if before != after
+        ]
+        why = "  # the same on every member; 0: no bump (for an etcdutl before 3.5.10)"
+        setting = (f"BUMP_REVISION=1000000000{why}", f"BUMP_REVISION=0{why}")
+        if name.endswith(".sh"):
+            assert changed == [setting]
+            continue
+        (explained, *settings) = changed
+        assert settings == [setting]
+        assert explained[0].startswith("Revision bump: `1000000000` on every member")
+        assert explained[1] == (
+            "Revision bump: none (`--no-bump`): once etcd is back, restart the kubelet on every "
+            "node and every controller outside the control plane, so that none keeps watching "
+            "revisions from before the restore."
+        )

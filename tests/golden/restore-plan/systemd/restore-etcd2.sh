@@ -11,6 +11,7 @@ MEMBER_NAME=etcd2
 PEER_URL=https://192.168.7.102:2380
 INITIAL_CLUSTER=etcd1=https://192.168.7.101:2380,etcd2=https://192.168.7.102:2380,etcd3=https://192.168.7.103:2380
 TOKEN=etcd-restore-prod-20261123T224500Z  # the same on every member: it comes from the snapshot
+BUMP_REVISION=1000000000  # the same on every member; 0: no bump (for an etcdutl before 3.5.10)
 ENDPOINTS=https://192.168.7.101:2379,https://192.168.7.102:2379,https://192.168.7.103:2379
 SNAPSHOT=/var/backups/etcd/etcd-snapshot-prod-20261123T224500Z.db.zst
 DATA_DIR=/var/lib/etcd
@@ -47,10 +48,17 @@ ctl() {
 prepare() {
     # decompressed and verified (against its manifest's SHA-256 when fetched) before anything is
     # stopped; a STAGING left by an earlier run is moved aside
+    # BUMP_REVISION: the revision jumps past any a client saw, so Kubernetes' watches re-list.
+    # Without the flags: an etcdutl before 3.5.10 (or 3.4's etcdctl) lacks --bump-revision and
+    # --mark-compacted, and the restore refuses them before touching anything: set BUMP_REVISION=0 (or
+    # make the plan with --no-bump) and, once etcd is back, restart the kubelet on every node and
+    # every controller outside the control plane, so that none keeps watching revisions from before
+    # the restore.
+    if [ "$BUMP_REVISION" != 0 ]; then set -- --bump-revision "$BUMP_REVISION" --mark-compacted; fi
     "$ETCD_BACKUPD" restore "$SNAPSHOT" \
         --data-dir "$STAGING" --force --name "$MEMBER_NAME" \
         --initial-cluster "$INITIAL_CLUSTER" --initial-cluster-token "$TOKEN" \
-        --initial-advertise-peer-urls "$PEER_URL" --etcd-bin-dir "$ETCD_BIN_DIR"
+        --initial-advertise-peer-urls "$PEER_URL" --etcd-bin-dir "$ETCD_BIN_DIR" "$@"
 }
 
 # Stop Kubernetes
