@@ -207,3 +207,22 @@ def test_the_daemon_leaves_a_destination_another_run_holds(
     finally:
         assert running.stop() == 0
         held.release()
+
+
+def test_a_store_without_conditional_writes_is_asked_first(
+    etcd35: EtcdCluster, tmp_path: Path, s3: MotoServer, fault_proxy: FaultProxy
+) -> None:
+    client = s3.client()
+    make_bucket(client, BUCKET)
+    fault_proxy.fail_next(1, 501, "NotImplemented", operation="CompleteMultipartUpload")
+    fault_proxy.fail_next(1, 501, "NotImplemented", operation="PutObject")
+    config = parse_config(config_data(tmp_path, etcd35, fault_proxy.endpoint_url, local=False))
+    moment = datetime.now(UTC).replace(microsecond=0)
+    first = run_cycle(config, clock=lambda: moment)
+    assert first.ok, first.error
+    assert fault_proxy.counts["HeadObject"] >= 2
+    fault_proxy.fail_next(1, 501, "NotImplemented", operation="CompleteMultipartUpload")
+    again = run_cycle(config, clock=lambda: moment)
+    assert again.exit_code == REFUSED
+    assert again.error is not None and "stored by another run" in again.error
+    assert len(intact_s3(client)) == 1
