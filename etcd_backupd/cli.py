@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import ctypes
 import errno
 import json
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .commands import add_parsers
 from .errors import BackupError, SnapshotInvalid
 from .logs import error_line, setup_logging
 from .runbook import DEFAULT_BUMP_REVISION
@@ -29,6 +31,7 @@ from .runbook import DEFAULT_BUMP_REVISION
 if TYPE_CHECKING:
     from .config import Config, DestinationConfig
     from .cycle import CycleResult
+    from .manifest import Cluster
     from .snapshot.keyspace import KeyValue
     from .snapshot.status import SnapshotStatus
 
@@ -100,11 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         help="list the keys a snapshot holds, without restoring it",
         description="Print the live keys of a snapshot file (plain or compressed) as "
-        "'etcdctl get --prefix' would on the restored cluster, in pure Python.",
+        "'etcdctl get --prefix' would on the restored cluster, in pure Python; --output json "
+        "as 'etcdctl get -w json' (base64 keys and values).",
     )
     inspect.add_argument("file", type=Path, help="snapshot file")
+    inspect.add_argument("key", nargs="?", help="only this key")
     inspect.add_argument("--prefix", default="", help="only keys starting with this")
     inspect.add_argument("--keys-only", action="store_true", help="print keys, not values")
+    inspect.add_argument(
+        "--print-value-only",
+        action="store_true",
+        help="write KEY's value to stdout as raw bytes, nothing else (for 'etcdctl put KEY < F')",
+    )
     inspect.add_argument(
         "--revision", type=int, help="the keyspace as of this revision (default: the newest)"
     )
@@ -145,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restoring.add_argument("--force", action="store_true", help="move a non-empty data dir aside")
     restoring.add_argument("--etcd-bin-dir", type=Path, help="where etcdutl/etcdctl are")
+    restoring.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="with --snapshot latest in a destination several clusters share: whose latest "
+        "(the cluster part of snapshot names; default: etcd.cluster_name)",
+    )
     restoring.add_argument(
         "--bump-revision",
         type=int,
@@ -255,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_option(drilling)
     drilling.add_argument("--destination", "-d", help="only this destination")
+    _cluster_option(drilling)
 
     run = commands.add_parser(
         "run",
@@ -289,15 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
     pruning = commands.add_parser(
         "prune",
         help="apply the retention policy now",
-        description="Apply each destination's retention policy: print every snapshot with "
-        "keep or delete and the rule that decided, then delete (unless --dry-run). The newest "
-        "verified snapshot is never deleted; objects that are not etcd-backupd's are never "
-        "touched.",
+        description="Apply each destination's retention policy to this cluster's backups: print "
+        "every snapshot with keep or delete and the rule that decided, then delete (unless "
+        "--dry-run). The newest verified snapshot is never deleted; other clusters' backups, "
+        "snapshots without a manifest (unless --orphans) and objects that are not "
+        "etcd-backupd's are never touched.",
     )
     _config_option(pruning)
     _output_option(pruning)
     pruning.add_argument("--destination", "-d", help="only this destination")
     pruning.add_argument("--dry-run", "-n", action="store_true", help="decide, delete nothing")
+    pruning.add_argument(
+        "--orphans",
+        action="store_true",
+        help="also remove this cluster's snapshots without a valid manifest, and manifests "
+        "without a snapshot, older than a day (never done otherwise)",
+    )
+    _cluster_option(pruning)
 
     check = commands.add_parser(
         "check-config",
@@ -306,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         "times of every schedule; exits 2 when it is invalid.",
     )
     _config_option(check)
+    add_parsers(commands)
     return parser
 
 
@@ -326,13 +352,26 @@ def _export_metrics(
 
     from .daemon import Schedule
     from .destinations import build
+    from .etcd import identify_cluster
+    from .manifest import Cluster
     from .metrics import BackupMetrics, push, write_textfile
 
     metrics = BackupMetrics(CollectorRegistry())
+    manifest = result.manifest if result is not None else None
+    cluster: Cluster | None = None
+    if manifest is not None:
+        cluster = Cluster(manifest.cluster_name, manifest.cluster_id)
+    else:
+        try:
+            cluster = identify_cluster(config.etcd)
+        except BackupError as exc:
+            log.warning("metrics: %s", exc)
     held = {}
     for settings in config.destination:
+        if cluster is None:
+            break
         try:
-            held[settings.name] = build(settings).manifests()
+            held[settings.name] = [m for m in build(settings).manifests() if cluster.owns(m)]
         except BackupError as exc:
             log.warning("metrics: cannot list destination %s: %s", settings.name, exc)
     metrics.load(held)
@@ -341,6 +380,8 @@ def _export_metrics(
     metrics.set_schedule(*Schedule.of(config).intervals(datetime.now(UTC)))
     if result is not None:
         metrics.observe(result)
+    if cluster is not None and cluster.id is not None:
+        metrics.set_cluster(cluster.id)
     try:
         if args.textfile:
             write_textfile(metrics, args.textfile)
@@ -355,6 +396,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     from .coordination import fire_minute, plan
     from .cycle import run_cycle
     from .destinations import build
+    from .notify import Notifications
 
     config = load_config(args.config)
     _warn_loose_permissions(config, args.config)
@@ -370,7 +412,13 @@ def cmd_once(args: argparse.Namespace) -> int:
         if args.textfile or args.pushgateway:
             _export_metrics(args, config, None, decided.role)
         return EXIT_OK
-    result = run_cycle(config, destinations=decided.destinations, cancel=stopping)
+    notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
+    try:
+        notifications.cycle_started()
+        result = run_cycle(config, destinations=decided.destinations, cancel=stopping)
+        notifications.cycle_finished(result)
+    finally:
+        notifications.close()
     if args.textfile or args.pushgateway:
         _export_metrics(args, config, result, decided.role)
     if args.output == "json":
@@ -410,15 +458,26 @@ def verify_file(path: Path) -> SnapshotStatus:
         return verify_snapshot(plain)
 
 
-def _kv_json(kv: KeyValue) -> dict[str, Any]:
-    return {
-        "key": kv.key.decode(errors="backslashreplace"),
-        "value": kv.value.decode(errors="backslashreplace"),
+def _kv_json(kv: KeyValue, *, with_value: bool = True) -> dict[str, Any]:
+    """A key as `etcdctl get -w json` writes it: base64 bytes, and zero fields left out."""
+    fields: dict[str, Any] = {
+        "key": base64.b64encode(kv.key).decode(),
         "create_revision": kv.create_revision,
         "mod_revision": kv.mod_revision,
         "version": kv.version,
-        "lease": kv.lease,
     }
+    if with_value and kv.value:
+        fields["value"] = base64.b64encode(kv.value).decode()
+    if kv.lease:
+        fields["lease"] = kv.lease
+    return fields
+
+
+def _kvs_json(kvs: list[KeyValue], *, with_value: bool = True) -> dict[str, Any]:
+    """The body of `etcdctl get -w json` without its header, which only a live member has."""
+    if not kvs:
+        return {}
+    return {"kvs": [_kv_json(kv, with_value=with_value) for kv in kvs], "count": len(kvs)}
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -426,12 +485,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .snapshot.keyspace import live_key_names, live_keys
     from .snapshot.status import check_trailer
 
-    prefix = args.prefix.encode()
+    if args.print_value_only and args.key is None:
+        raise BackupError("--print-value-only needs a KEY: the value of one key is written raw")
+    if args.key is not None and args.prefix:
+        raise BackupError("give a KEY or --prefix, not both")
+    prefix = (args.key if args.key is not None else args.prefix).encode()
+    names_only = args.keys_only and args.output == "text" and args.key is None
     with plain_snapshot(args.file) as plain, ThreadPoolExecutor(max_workers=1) as pool:
         # the SHA-256 proves the file is what etcd sent; the walk checks every page it reads
         trailer = pool.submit(check_trailer, plain)
         try:
-            if args.keys_only:
+            if names_only:
                 names = live_key_names(plain, prefix=prefix, revision=args.revision)
             else:
                 keys = live_keys(plain, prefix=prefix, revision=args.revision)
@@ -440,15 +504,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             raise
         trailer.result()
     out = sys.stdout.buffer
-    if args.keys_only:
-        if args.output == "json":
-            _print_json([{"key": name.decode(errors="backslashreplace")} for name in names])
-        else:
-            # the layout of 'etcdctl get --prefix --keys-only': a key, then an empty line
-            out.write(b"\n\n".join(names))
-            out.write(b"\n\n" if names else b"")
+    if names_only:
+        # the layout of 'etcdctl get --prefix --keys-only': a key, then an empty line
+        out.write(b"\n\n".join(names))
+        out.write(b"\n\n" if names else b"")
+        out.flush()
+        return EXIT_OK
+    if args.key is not None:
+        keys = [kv for kv in keys if kv.key == prefix]
+        if not keys:
+            when = f" at revision {args.revision}" if args.revision is not None else ""
+            raise BackupError(f"{args.file}: holds no key {args.key!r}{when}")
+    if args.print_value_only:
+        # no newline: redirected to a file, the value is byte for byte what etcd held
+        out.write(keys[0].value)
     elif args.output == "json":
-        _print_json([_kv_json(kv) for kv in keys])
+        _print_json(_kvs_json(keys, with_value=not args.keys_only))
+    elif args.keys_only:
+        out.write(keys[0].key + b"\n\n")
     else:
         # the layout of 'etcdctl get --prefix': a key, then its value, each on a line
         out.write(b"".join(kv.key + b"\n" + kv.value + b"\n" for kv in keys))
@@ -490,6 +563,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from .config import load_config
     from .destinations import build
+    from .fsutil import inside
     from .restore import (
         Member,
         find_snapshot,
@@ -527,7 +601,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
             raise BackupError("name a snapshot FILE, or --config and --destination")
         (settings,) = _chosen(config, args.destination)
         destination = build(settings)
-        wanted = find_snapshot(destination.manifests(), args.snapshot, settings.name)
+        wanted = find_snapshot(
+            destination.manifests(),
+            args.snapshot,
+            settings.name,
+            cluster=args.cluster or config.etcd.cluster_name,
+            now=now,
+        )
         token = args.initial_cluster_token or restore_token(wanted.snapshot)
         # refused before fetching what no tool here could restore
         restore_tool(
@@ -537,7 +617,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             etcd_version=wanted.etcd_version,
         )
         with tempfile.TemporaryDirectory(prefix="etcd-backupd-restore-") as scratch:
-            fetched = destination.fetch(wanted.snapshot, Path(scratch) / wanted.snapshot)
+            fetched = destination.fetch(wanted.snapshot, inside(Path(scratch), wanted.snapshot))
             status, tool = restore(
                 fetched,
                 member,
@@ -672,21 +752,43 @@ def _runbook_source(args: argparse.Namespace, config: Config | None) -> Any:
     from .restore import find_snapshot
 
     (settings,) = _chosen(config, args.destination)
-    wanted = find_snapshot(build(settings).manifests(), args.snapshot, settings.name)
+    wanted = find_snapshot(
+        build(settings).manifests(),
+        args.snapshot,
+        settings.name,
+        cluster=config.etcd.cluster_name,
+        now=datetime.now(UTC),
+    )
     return SnapshotSource(wanted.snapshot, str(args.config.absolute()), settings.name)
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
     from .config import load_config
     from .destinations import build
+    from .drill_record import record_result
+    from .notify import Notifications
     from .restore import drill, find_tools
 
     config = load_config(args.config)
     tools = find_tools(config.drill.bin_dir)
-    results = [
-        drill(build(d), tools, config.drill.expect_prefixes, credentials=config.etcd.credentials)
-        for d in _chosen(config, args.destination)
-    ]
+    cluster = _our_cluster(config, args.cluster)
+    now = datetime.now(UTC)
+    notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
+    results = []
+    for settings in _chosen(config, args.destination):
+        results.append(
+            drill(
+                build(settings),
+                tools,
+                config.drill.expect_prefixes,
+                cluster=cluster,
+                now=now,
+                credentials=config.etcd.credentials,
+            )
+        )
+        record_result(config.state_dir, results[-1], datetime.now(UTC))
+        notifications.drill_finished(results[-1])
+    notifications.close()
     for result in results:
         verdict = "passed" if result.ok else f"FAILED: {result.error}"
         print(
@@ -745,6 +847,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _our_cluster(config: Config, named: str | None) -> Cluster:
+    """The cluster whose backups a command acts on: --cluster, else etcd.cluster_name, else the
+    cluster ID etcd reports (the name its backups carry then)."""
+    from .etcd import identify_cluster
+    from .manifest import Cluster
+
+    name = named or config.etcd.cluster_name
+    if name is not None:
+        return Cluster(name)
+    return identify_cluster(config.etcd)
+
+
+def _cluster_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="act on this cluster's backups (the cluster part of snapshot names; default: "
+        "etcd.cluster_name, else the cluster ID etcd reports)",
+    )
+
+
 def _chosen(config: Config, name: str | None) -> list[DestinationConfig]:
     chosen = [d for d in config.destination if name in (None, d.name)]
     if not chosen:
@@ -760,13 +883,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     now = datetime.now(UTC)
+    cluster = _our_cluster(config, args.cluster)
     results = [
         prune(
             build(d),
             policy_for(config, d),
             now=now,
+            cluster=cluster,
             lock=lock_period(d),
             dry_run=args.dry_run,
+            orphans=args.orphans,
         )
         for d in _chosen(config, args.destination)
     ]
@@ -775,6 +901,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
             {
                 r.destination: {
                     "dry_run": r.dry_run,
+                    "cluster": cluster.name,
+                    "orphans": list(r.orphans),
+                    "orphans_deleted": list(r.orphans_deleted),
                     "snapshots": [
                         {
                             "snapshot": d.snapshot.name,
@@ -791,30 +920,69 @@ def cmd_prune(args: argparse.Namespace) -> int:
         return EXIT_OK
     for r in results:
         verb = "would delete" if r.dry_run else "deleted"
-        print(f"{r.destination}: keep {r.kept}, {verb} {len(r.deleted)}")
+        print(f"{r.destination}: cluster {cluster.name}: keep {r.kept}, {verb} {len(r.deleted)}")
         for d in r.decisions:
             action = "keep  " if d.keep else "delete"
             print(f"  {action} {d.snapshot.name}  ({', '.join(d.reasons)})")
+        removed = set(r.orphans_deleted)
+        for name in r.orphans:
+            if name in removed:
+                print(f"  {'would remove' if r.dry_run else 'removed'} {name}  (orphan)")
+            else:
+                print(f"  leave  {name}  (no valid manifest: not a backup; see --orphans)")
     return EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from .config import load_config
     from .destinations import build
+    from .manifest import parse_snapshot_name
+    from .retention import is_future
 
     config = load_config(args.config)
-    chosen = _chosen(config, args.destination)
-    listing = {d.name: build(d).manifests() for d in chosen}
+    now = datetime.now(UTC)
+    listing: dict[str, list[dict[str, Any]]] = {}
+    for settings in _chosen(config, args.destination):
+        destination = build(settings)
+        inventory = destination.inventory()
+        manifests = {m.snapshot: m for m in destination.manifests(inventory)}
+        entries: list[tuple[datetime, dict[str, Any]]] = []
+        for item in inventory:
+            parsed = parse_snapshot_name(item.snapshot)
+            assert parsed is not None
+            manifest = manifests.get(item.snapshot)
+            if manifest is not None:
+                entry = manifest.model_dump(mode="json")
+            elif item.has_snapshot:
+                entry = {"snapshot": item.snapshot, "created": item.created.isoformat()}
+            else:
+                continue  # a manifest alone is no backup, and prune reports it
+            entry["cluster"] = parsed[0]
+            entry["has_manifest"] = manifest is not None
+            entry["future"] = is_future(item.created, now)
+            entries.append((item.created, entry))
+        entries.sort(key=lambda pair: (pair[1]["cluster"], pair[0], pair[1]["snapshot"]))
+        listing[settings.name] = [entry for _, entry in entries]
     if args.output == "json":
-        _print_json({name: [m.model_dump(mode="json") for m in ms] for name, ms in listing.items()})
+        _print_json(listing)
         return EXIT_OK
-    for name, manifests in listing.items():
-        print(f"{name}: {len(manifests)} backup(s)")
-        for m in manifests:
-            print(
-                f"  {m.snapshot}  {m.created:%Y-%m-%d %H:%M:%SZ}  rev {m.revision:<10} "
-                f"{m.size:>14} B  keys {m.total_keys}"
-            )
+    for name, rows in listing.items():
+        backups = [e for e in rows if e["has_manifest"]]
+        clusters = sorted({e["cluster"] for e in rows})
+        print(f"{name}: {len(backups)} backup(s) of {len(clusters)} cluster(s)")
+        for cluster in clusters:
+            mine = [e for e in rows if e["cluster"] == cluster]
+            print(f"  cluster {cluster}: {sum(e['has_manifest'] for e in mine)} backup(s)")
+            for e in mine:
+                created = datetime.fromisoformat(e["created"])
+                line = f"    {e['snapshot']}  {created:%Y-%m-%d %H:%M:%SZ}"
+                if e["has_manifest"]:
+                    line += f"  rev {e['revision']:<10} {e['size']:>14} B  keys {e['total_keys']}"
+                else:
+                    line += "  no valid manifest: not a backup (prune --orphans removes it)"
+                if e["future"]:
+                    line += "  dated in the future"
+                print(line)
     return EXIT_OK
 
 
@@ -855,7 +1023,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{args.config}: valid")
     for line in _describe_config(config, datetime.now(UTC)):
         print(f"  {line}")
+    for line in _deletion_notes(config):
+        print(f"  {line}")
     return EXIT_OK
+
+
+def _deletion_notes(config: Config) -> list[str]:
+    """What a delete leaves behind in each destination (S3 bucket versioning), asked of the
+    store itself."""
+    from .destinations import build
+
+    notes = []
+    for settings in config.destination:
+        try:
+            note = build(settings).deletion_note()
+        except BackupError as exc:
+            note = f"cannot tell whether pruned backups stay as old versions: {exc}"
+        if note:
+            notes.append(f"destination {settings.name}: {note}")
+    return notes
 
 
 COMMANDS = {
@@ -891,7 +1077,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, "debug" if args.debug else args.log_level)
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return int(handler(args))
     except BackupError as exc:
         _print_error(args, f"etcd-backupd: {exc}")
         return exc.exit_code

@@ -369,6 +369,11 @@ class S3Destination(_DestinationBase):
     object_lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = Field(
         "COMPLIANCE", description="Object Lock mode with object_lock_days"
     )
+    delete_versions: bool = Field(
+        False,
+        description="in a versioned bucket, delete every version (and delete marker) of what "
+        "retention deletes; otherwise old versions stay until a lifecycle rule removes them",
+    )
     part_size: int = Field(
         8 * MIB, ge=5 * MIB, le=5 * 1024 * MIB, description="multipart part size in bytes"
     )
@@ -548,6 +553,45 @@ class RestoreConfig(_Strict):
         return self
 
 
+NotifyEvent = Literal["success", "failure", "drill_failure"]
+
+
+class _NotifyBase(_Strict):
+    url: str = Field(description="where notifications go (http or https)")
+    timeout: float = Field(
+        10.0, gt=0, le=300, description="seconds to wait for the server to accept and answer"
+    )
+    retries: int = Field(2, ge=0, le=10, description="retries after a failed attempt")
+    retry_backoff: float = Field(
+        2.0, gt=0, le=300, description="seconds before the first retry; doubled for each next one"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        problem = _url_problem(url)
+        if problem:
+            # the URL may hold a secret (a ping token): say what is wrong without echoing it
+            raise ValueError(f"the URL {problem}")
+        return url
+
+
+class PingNotify(_NotifyBase):
+    type: Literal["ping"]
+
+
+class WebhookNotify(_NotifyBase):
+    type: Literal["webhook"]
+    on: list[NotifyEvent] = Field(
+        default=["failure", "drill_failure"],
+        min_length=1,
+        description='events posted as JSON: "success", "failure", "drill_failure"',
+    )
+
+
+NotifyConfig = Annotated[PingNotify | WebhookNotify, Field(discriminator="type")]
+
+
 class Config(_Strict):
     state_dir: ConfigPath = Field(
         Path("/var/lib/etcd-backupd"),
@@ -563,6 +607,10 @@ class Config(_Strict):
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
     drill: DrillConfig = Field(default_factory=lambda: DrillConfig())
     restore: RestoreConfig = Field(default_factory=lambda: RestoreConfig())
+    notify: list[NotifyConfig] = Field(
+        default_factory=list,
+        description="who hears about each backup cycle and drill, without Prometheus",
+    )
     coordination: Literal["leader", "none"] | None = Field(
         None,
         description='"leader": of several hosts backing up one cluster, the one whose member '
@@ -592,6 +640,7 @@ class Config(_Strict):
 
 
 DESTINATION_TYPES = ("local", "s3")
+NOTIFY_TYPES = ("ping", "webhook")
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -600,7 +649,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif isinstance(previous, int) and part in DESTINATION_TYPES:
+        elif isinstance(previous, int) and part in DESTINATION_TYPES + NOTIFY_TYPES:
             # pydantic names the union member it tried; the user never wrote that key
             pass
         else:
@@ -615,12 +664,13 @@ def _describe(error: Any) -> str:
         return "unknown key (check the spelling; see config.example.toml)"
     if kind == "missing":
         return "required key is missing"
+    types = NOTIFY_TYPES if error["loc"][:1] == ("notify",) else DESTINATION_TYPES
     if kind == "union_tag_invalid":
         return f"type {error['input'].get('type')!r} is unknown; expected one of: " + ", ".join(
-            DESTINATION_TYPES
+            types
         )
     if kind == "union_tag_not_found":
-        return "the key 'type' is missing; expected one of: " + ", ".join(DESTINATION_TYPES)
+        return "the key 'type' is missing; expected one of: " + ", ".join(types)
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
 

@@ -23,6 +23,7 @@ from etcd3 import etcdrpc
 
 from .config import EtcdConfig
 from .errors import ConfigError, EtcdError
+from .manifest import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,23 @@ _GRPC_OPTIONS = [
     ("grpc.http2.lookahead_bytes", _SNAPSHOT_WINDOW_BYTES),
 ]
 _SHA256_SIZE = 32
+# seconds between progress lines of a snapshot stream (read when a stream starts)
+PROGRESS_INTERVAL = 10.0
+_MIB = 1024 * 1024
+
+
+def describe_progress(received: int, seconds: float, total: int) -> str:
+    """How far a stream of `total` expected bytes has come after `seconds`: bytes, rate, ETA."""
+    rate = received / seconds if seconds > 0 else 0.0
+    line = f"{received / _MIB:.1f} MiB"
+    if total > 0:
+        line += f" of {total / _MIB:.1f} MiB ({min(100 * received // total, 100)}%)"
+    line += f" at {rate / _MIB:.1f} MiB/s"
+    if total > received and rate > 0:
+        line += f", about {max(1, round((total - received) / rate))} s left"
+    elif 0 < total < received:
+        line += ", past the size the member reported (the database grew)"
+    return line
 
 
 @dataclass(frozen=True)
@@ -242,14 +260,22 @@ class SnapshotStream:
         self._done = threading.Event()
 
     def _watch(self) -> None:
-        while not self._done.wait(min(1.0, self._stall_timeout / 4)):
+        started = time.monotonic()
+        interval = PROGRESS_INTERVAL
+        report_at = started + interval
+        while not self._done.wait(min(1.0, self._stall_timeout / 4, interval)):
             if self._cancel is not None and self._cancel.is_set():
                 self.cancel()
                 return
-            if time.monotonic() - self._last_progress > self._stall_timeout:
+            now = time.monotonic()
+            if now - self._last_progress > self._stall_timeout:
                 self._stalled = True
                 self._call.cancel()
                 return
+            if now >= report_at:
+                report_at = now + interval
+                progress = describe_progress(self.received, now - started, self.member.db_size)
+                log.info("snapshot from %s: %s", self.member.describe(), progress)
 
     def cancel(self) -> None:
         """Abort the stream from another thread (shutdown)."""
@@ -297,3 +323,23 @@ class SnapshotStream:
         return EtcdError(
             f"{where} failed after {self.received} bytes: {_grpc_detail(exc)} ({_advice(exc)})"
         )
+
+
+def identify_cluster(config: EtcdConfig) -> Cluster:
+    """This cluster as its backups are named: `cluster_name` (else the cluster ID), with the
+    cluster ID etcd reports. Without an answer from etcd, `cluster_name` alone."""
+    try:
+        member = EtcdSource(config).healthy_members()[0]
+    except EtcdError as exc:
+        if config.cluster_name:
+            log.warning(
+                "etcd does not answer; taking backups named %s as this cluster's: %s",
+                config.cluster_name,
+                exc,
+            )
+            return Cluster(config.cluster_name)
+        raise EtcdError(
+            f"cannot tell which backups are this cluster's: {exc}; set etcd.cluster_name"
+        ) from exc
+    cluster_id = f"{member.cluster_id:016x}"
+    return Cluster(config.cluster_name or cluster_id, cluster_id)

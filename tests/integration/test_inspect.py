@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from base64 import b64decode
 from pathlib import Path
 
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys
@@ -64,15 +65,65 @@ def test_inspect_matches_etcdctl_get(etcd_any: EtcdCluster, tmp_path: Path) -> N
         keys_then.stdout.decode()
         == etcd_any.etcdctl("get", "/registry/p", "--prefix", "--keys-only", f"--rev={past}").stdout
     )
-    names = json.loads(cli("inspect", str(snapshot), "--keys-only", "-o", "json").stdout)
-    assert [n["key"] for n in names] == etcd_any.etcdctl(
-        "get", "", "--prefix", "--keys-only"
-    ).stdout.split()
+    for extra in ([], ["--keys-only"], ["--prefix", "/registry/pods/"], ["--prefix", "/none/"]):
+        ours_json = cli("inspect", str(snapshot), "-o", "json", *extra)
+        assert ours_json.returncode == 0, ours_json.stderr
+        prefix = extra[1] if extra[:1] == ["--prefix"] else ""
+        flags = ["--keys-only"] if "--keys-only" in extra else []
+        theirs_json = json.loads(
+            etcd_any.etcdctl("get", prefix, "--prefix", "-w", "json", *flags).stdout
+        )
+        del theirs_json["header"]  # only a live member has one
+        assert json.loads(ours_json.stdout) == theirs_json, extra
 
-    listed = json.loads(cli("inspect", str(snapshot), "-o", "json").stdout)
-    leased = next(kv for kv in listed if kv["key"].endswith("kube-controller-manager"))
+    listed = json.loads(cli("inspect", str(snapshot), "-o", "json").stdout)["kvs"]
+    leased = next(kv for kv in listed if b64decode(kv["key"]).endswith(b"kube-controller-manager"))
     assert leased["lease"] == lease
-    assert "/registry/configmaps/" not in " ".join(kv["key"] for kv in listed)
+    assert b"/registry/configmaps/" not in b" ".join(b64decode(kv["key"]) for kv in listed)
+
+
+def test_one_binary_value_goes_back_byte_for_byte(etcd35: EtcdCluster, tmp_path: Path) -> None:
+    """The restore of one deleted object: its value out of a backup and into etcd again."""
+    every_byte = bytes(range(256)) * 3
+    key = "/registry/secrets/kube-system/bootstrap-token-abcdef"
+    client = etcd35.client()
+    client.put(key, every_byte)
+    client.put("/registry/secrets/kube-system/bootstrap-token-abcdef-other", b"not this one")
+    client.close()
+    snapshot = tmp_path / "s.db"
+    etcd35.etcdctl("snapshot", "save", str(snapshot))
+    etcd35.etcdctl("del", key)
+
+    value = cli("inspect", str(snapshot), key, "--print-value-only")
+    assert value.returncode == 0, value.stderr
+    assert value.stdout == every_byte
+    saved = tmp_path / "obj.pb"
+    saved.write_bytes(value.stdout)
+    # as the README shows it: etcdctl put KEY < obj.pb
+    with saved.open("rb") as stdin:
+        subprocess.run(
+            [str(etcd35.binaries.etcdctl), "--endpoints", etcd35.endpoints[0], "put", key],
+            stdin=stdin,
+            check=True,
+            capture_output=True,
+        )
+    client = etcd35.client()
+    back, _ = client.get(key)
+    client.close()
+    assert back == every_byte
+
+    as_json = json.loads(cli("inspect", str(snapshot), key, "-o", "json").stdout)
+    assert as_json["count"] == 1
+    assert b64decode(as_json["kvs"][0]["value"]) == every_byte
+    assert cli("inspect", str(snapshot), key).stdout == key.encode() + b"\n" + every_byte + b"\n"
+
+    missing = cli("inspect", str(snapshot), "/registry/secrets/none", "--print-value-only")
+    assert missing.returncode == 1
+    assert b"holds no key '/registry/secrets/none'" in missing.stderr
+    assert missing.stdout == b""
+    no_key = cli("inspect", str(snapshot), "--print-value-only")
+    assert no_key.returncode == 1
+    assert b"--print-value-only needs a KEY" in no_key.stderr
 
 
 def test_diff_between_two_backups(etcd35: EtcdCluster, tmp_path: Path) -> None:
@@ -95,10 +146,11 @@ def test_diff_between_two_backups(etcd35: EtcdCluster, tmp_path: Path) -> None:
     result = cli("diff", str(old), str(new), "-o", "json")
     assert result.returncode == 0, result.stderr
     changes = json.loads(result.stdout)
-    assert [kv["key"] for kv in changes["added"]] == ["/registry/pods/new/added"]
-    assert [kv["key"] for kv in changes["removed"]] == ["/registry/pods/ns-0/obj-00000"]
+    assert [b64decode(kv["key"]) for kv in changes["added"]] == [b"/registry/pods/new/added"]
+    assert b64decode(changes["added"][0]["value"]) == b"hello"
+    assert [b64decode(kv["key"]) for kv in changes["removed"]] == [b"/registry/pods/ns-0/obj-00000"]
     # rewriting the same value is no change in the keyspace
-    assert sorted(c["new"]["key"] for c in changes["changed"]) == [
+    assert sorted(b64decode(c["new"]["key"]).decode() for c in changes["changed"]) == [
         "/registry/deployments/ns-1/obj-00001",
         "/registry/services/specs/ns-2/obj-00002",
     ]

@@ -20,10 +20,12 @@ from etcd_backupd.config import (
     EtcdConfig,
     LocalDestination,
     MetricsConfig,
+    PingNotify,
     RestoreConfig,
     RetentionConfig,
     S3Destination,
     ScheduleConfig,
+    WebhookNotify,
     load_config,
     parse_config,
     validate_cron,
@@ -62,6 +64,8 @@ def test_example_config_is_valid_and_documents_every_option() -> None:
         MetricsConfig,
         DrillConfig,
         RestoreConfig,
+        PingNotify,
+        WebhookNotify,
     ]
     for model in models:
         for field in model.model_fields:
@@ -75,6 +79,7 @@ def test_example_config_is_valid_and_documents_every_option() -> None:
                 "metrics",
                 "drill",
                 "restore",
+                "notify",
             ):
                 continue
             assert re.search(rf"^#? ?{field} =", text, re.M), f"{model.__name__}.{field}"
@@ -442,3 +447,23 @@ def test_check_config_warns_of_secrets_others_may_read(
         f"so other users may read it; run chmod 600 {secrets['s3-secret']}",
     ]
     assert "s3cr3t" not in err
+
+
+def test_notify_entries_are_checked_without_echoing_their_secret() -> None:
+    bad = {
+        **MINIMAL,
+        "notify": [
+            {"type": "pager", "url": "https://x"},
+            {"type": "ping", "url": "hc-ping.com/secret-uuid"},
+            {"type": "webhook", "url": "https://hooks.example/h", "on": ["sucess"], "retries": -1},
+        ],
+    }
+    message = error_of(bad)
+    assert "At 'notify[0]': type 'pager' is unknown; expected one of: ping, webhook" in message
+    assert "At 'notify[1].url': the URL is not an http(s)://host:port URL" in message
+    assert "At 'notify[2].on[0]'" in message
+    assert "At 'notify[2].retries'" in message
+    assert "secret-uuid" not in message
+    good = parse_config({**MINIMAL, "notify": [{"type": "webhook", "url": "https://h.example/"}]})
+    assert good.notify[0].type == "webhook"
+    assert good.notify[0].on == ["failure", "drill_failure"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from base64 import b64decode
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -147,9 +148,9 @@ def test_a_snapshot_of_a_cluster_restored_with_a_revision_bump(
     assert (status.total_keys, status.live_keys, status.entries) == (total_keys, 3, entries)
     # etcd serves no key "": inspect, like etcdctl get --prefix, lists the three
     assert cli_main(["inspect", str(path), "--keys-only", "--output", "json"]) == 0
-    assert [k["key"].encode() for k in json.loads(capsys.readouterr().out)] == LIVE
+    assert [b64decode(k["key"]) for k in json.loads(capsys.readouterr().out)["kvs"]] == LIVE
     assert cli_main(["inspect", str(path), "--output", "json"]) == 0
-    assert [k["key"].encode() for k in json.loads(capsys.readouterr().out)] == LIVE
+    assert [b64decode(k["key"]) for k in json.loads(capsys.readouterr().out)["kvs"]] == LIVE
 
 
 def test_inspect_lists_the_live_keys_of_a_36_snapshot(
@@ -157,8 +158,8 @@ def test_inspect_lists_the_live_keys_of_a_36_snapshot(
 ) -> None:
     path = write(tmp_path, etcd_snapshot(b"3.6.0")[0], "snapshot.db")
     assert cli_main(["inspect", str(path), "--output", "json"]) == 0
-    keys = json.loads(capsys.readouterr().out)
-    assert [k["key"].encode() for k in keys] == LIVE
+    keys = json.loads(capsys.readouterr().out)["kvs"]
+    assert [b64decode(k["key"]) for k in keys] == LIVE
     assert [k["mod_revision"] for k in keys] == [6, 4, 7]
     assert cli_main(["inspect", str(path), "--revision", "5", "--keys-only"]) == 0
     assert capsys.readouterr().out == "/registry/pods/a\n\n"

@@ -1,0 +1,250 @@
+"""`etcd-backupd status`: the state of the backups in one look, and a cron or Nagios-style check
+of their age."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BackupError
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..freshness import DestinationStatus
+
+# 0: every destination holds a backup younger than its max age; 5: a destination could not be
+# listed (as for every command); 7: some destination's newest backup is too old, or it has none
+EXIT_OK = 0
+EXIT_STALE = 7
+EXIT_UNREADABLE = 5
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "status",
+        help="how fresh the backups are, per destination and cluster",
+        description="Per destination and cluster: the newest backup, its age, size and "
+        "revision, how many backups and bytes are held, the next fire time and the last drill. "
+        f"Exits {EXIT_OK} when every destination's newest backup is younger than --max-age, "
+        f"{EXIT_STALE} when one is older or there is none, {EXIT_UNREADABLE} when a destination "
+        "cannot be listed: usable as a cron or Nagios-style check.",
+    )
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path(os.environ.get("ETCD_BACKUPD_CONFIG", "/etc/etcd-backupd/config.toml")),
+        help="TOML config file (default: /etc/etcd-backupd/config.toml; or set "
+        "ETCD_BACKUPD_CONFIG)",
+    )
+    parser.add_argument(
+        "--max-age",
+        metavar="DURATION",
+        help='oldest acceptable newest backup, e.g. "36h" or "2d" (default: twice the longest '
+        "gap between the destination's fire times)",
+    )
+    parser.add_argument("--destination", "-d", help="only this destination")
+    parser.add_argument(
+        "--output", "-o", choices=("text", "json"), default="text", help="output format"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..retention import parse_duration
+
+    max_age = None
+    if args.max_age is not None:
+        try:
+            max_age = parse_duration(args.max_age)
+        except ValueError as exc:
+            raise BackupError(f"--max-age: {exc}") from None
+    config = load_config(args.config)
+    if args.destination is not None and args.destination not in {
+        d.name for d in config.destination
+    }:
+        names = ", ".join(d.name for d in config.destination)
+        raise BackupError(f"no destination named {args.destination!r}; configured: {names}")
+    statuses = collect(config, datetime.now(UTC), max_age, args.destination)
+    if args.output == "json":
+        json.dump(to_json(statuses), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for status in statuses:
+            print("\n".join(describe(status)))
+    if any(s.error is not None for s in statuses):
+        return EXIT_UNREADABLE
+    return EXIT_OK if all(s.fresh for s in statuses) else EXIT_STALE
+
+
+def collect(
+    config: Config, now: datetime, max_age: timedelta | None, only: str | None = None
+) -> list[DestinationStatus]:
+    from ..daemon import Schedule
+    from ..destinations import build
+    from ..drill_record import last_drill
+    from ..freshness import assess, unreadable
+
+    schedule = Schedule.of(config)
+    _, intervals = schedule.intervals(now)
+    statuses = []
+    for settings in config.destination:
+        if only is not None and settings.name != only:
+            continue
+        interval = intervals[settings.name]
+        limit = max_age
+        if limit is None and math.isfinite(interval):
+            limit = timedelta(seconds=2 * interval)
+        next_fire = schedule.triggers[settings.name].schedule.next_after(now)
+        drill = last_drill(config.state_dir, settings.name)
+        try:
+            manifests = build(settings).manifests()
+        except BackupError as exc:
+            statuses.append(
+                unreadable(
+                    settings.name,
+                    str(exc),
+                    now=now,
+                    max_age=limit,
+                    next_fire=next_fire,
+                    drill=drill,
+                )
+            )
+            continue
+        statuses.append(
+            assess(
+                settings.name,
+                manifests,
+                now=now,
+                max_age=limit,
+                cluster=config.etcd.cluster_name,
+                next_fire=next_fire,
+                drill=drill,
+            )
+        )
+    return statuses
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{days}d"] if days else []
+    if hours or days:
+        parts.append(f"{hours}h")
+    parts.append(f"{minutes}m" if days or hours or minutes else f"{seconds}s")
+    return sign + " ".join(parts)
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if moment else "never"
+
+
+def describe(status: DestinationStatus) -> list[str]:
+    limit = _duration(status.max_age) if status.max_age is not None else "none"
+    if status.error is not None:
+        verdict = f"UNREADABLE: {status.error}"
+    elif status.newest is None:
+        verdict = "STALE: no backup"
+    else:
+        assert status.age is not None
+        word = "OK" if status.fresh else "STALE"
+        verdict = f"{word}: newest {_duration(status.age)} old (max age {limit})"
+    lines = [f"{status.destination}: {verdict}", f"  next backup: {_when(status.next_fire)}"]
+    for held in status.clusters:
+        note = "" if held.judged else " (another cluster: not checked)"
+        lines.append(
+            f"  cluster {held.cluster}: {held.count} backup(s), {_size(held.total_bytes)}{note}"
+        )
+        if held.newest is not None:
+            newest = held.newest
+            lines.append(
+                f"    newest {newest.snapshot}  {_when(newest.created)}  "
+                f"age {_duration(status.checked_at - newest.created)}  rev {newest.revision}  "
+                f"{_size(newest.stored_size)}"
+            )
+        if held.future:
+            lines.append(f"    {held.future} dated in the future (a wrong clock?): not counted")
+    drill = status.drill
+    if drill is None:
+        lines.append("  last drill: unknown (none recorded on this host)")
+    else:
+        verdict = "passed" if drill.ok else f"FAILED: {drill.error}"
+        lines.append(f"  last drill: {verdict} at {_when(drill.finished)} ({drill.snapshot})")
+    return lines
+
+
+def to_json(statuses: list[DestinationStatus]) -> dict[str, Any]:
+    def seconds(delta: timedelta | None) -> float | None:
+        return delta.total_seconds() if delta is not None else None
+
+    def stamp(moment: datetime | None) -> str | None:
+        return moment.astimezone(UTC).isoformat() if moment is not None else None
+
+    destinations = []
+    for status in statuses:
+        drill = status.drill
+        destinations.append(
+            {
+                "destination": status.destination,
+                "fresh": status.fresh,
+                "error": status.error,
+                "newest": status.newest.snapshot if status.newest else None,
+                "age_seconds": seconds(status.age),
+                "max_age_seconds": seconds(status.max_age),
+                "next_fire": stamp(status.next_fire),
+                "last_drill": None
+                if drill is None
+                else {
+                    "ok": drill.ok,
+                    "snapshot": drill.snapshot,
+                    "finished": stamp(drill.finished),
+                    "seconds": drill.seconds,
+                    "error": drill.error,
+                },
+                "clusters": [
+                    {
+                        "cluster": held.cluster,
+                        "checked": held.judged,
+                        "count": held.count,
+                        "total_bytes": held.total_bytes,
+                        "future": held.future,
+                        "newest": None
+                        if held.newest is None
+                        else {
+                            "snapshot": held.newest.snapshot,
+                            "created": stamp(held.newest.created),
+                            "age_seconds": seconds(status.checked_at - held.newest.created),
+                            "size": held.newest.size,
+                            "stored_size": held.newest.stored_size,
+                            "revision": held.newest.revision,
+                        },
+                    }
+                    for held in status.clusters
+                ],
+            }
+        )
+    return {
+        "ok": all(s.fresh for s in statuses),
+        "checked_at": stamp(statuses[0].checked_at) if statuses else None,
+        "destinations": destinations,
+    }

@@ -1,0 +1,289 @@
+"""`[[notify]]`: healthchecks.io-style pings and JSON webhooks, against an HTTP server started by
+each test on loopback (one that answers, one that fails with 500, one that never answers)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from etcd_backupd.config import parse_config
+from etcd_backupd.cycle import CycleResult, DestinationResult
+from etcd_backupd.notify import Notifications
+from etcd_backupd.restore import DrillResult
+from tests.harness.etcd import EtcdCluster, free_port
+
+HANG = -1
+
+
+class Receiver:
+    """Records every request; answers each path with its configured status (200 by default), or
+    holds the connection open without answering (HANG) until the test ends."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, bytes, str]] = []
+        self.answers: dict[str, int] = {}
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.requests.append((self.path, body, self.headers["Content-Type"]))
+                status = receiver.answers.get(self.path, 200)
+                if status == HANG:
+                    receiver.release.wait(60)
+                    return
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def paths(self) -> list[str]:
+        return [path for path, _, _ in self.requests]
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def targets(*entries: dict[str, Any]) -> Any:
+    data = {"destination": [{"name": "l", "type": "local", "path": "/x"}], "notify": list(entries)}
+    return parse_config(data).notify
+
+
+def result(ok: bool) -> CycleResult:
+    now = datetime.now(UTC)
+    return CycleResult(
+        started=now,
+        finished=now,
+        ok=ok,
+        destinations=(DestinationResult("s3", ok, error=None if ok else "bucket is gone"),),
+        error=None if ok else "destination s3: bucket is gone",
+        failed_stage=None if ok else "store",
+        exit_code=0 if ok else 5,
+    )
+
+
+def test_ping_follows_the_healthchecks_protocol_and_webhooks_their_events(
+    receiver: Receiver,
+) -> None:
+    notifications = Notifications(
+        targets(
+            {"type": "ping", "url": f"{receiver.url}/ping/abc-123"},
+            {"type": "webhook", "url": f"{receiver.url}/hook", "on": ["failure", "drill_failure"]},
+            {"type": "webhook", "url": f"{receiver.url}/all", "on": ["success", "failure"]},
+        ),
+        host="node-1",
+        cluster="prod",
+    )
+    notifications.cycle_started()
+    notifications.cycle_finished(result(True))
+    notifications.cycle_started()
+    notifications.cycle_finished(result(False))
+    notifications.drill_finished(DrillResult("s3", "etcd-snapshot-prod-x.db", True, 3.0))
+    notifications.drill_finished(DrillResult("s3", "etcd-snapshot-prod-x.db", False, 3.0, "bad"))
+    notifications.close()
+
+    assert receiver.paths() == [
+        "/ping/abc-123/start",
+        "/ping/abc-123",
+        "/all",
+        "/ping/abc-123/start",
+        "/ping/abc-123/fail",
+        "/hook",
+        "/all",
+        "/hook",
+    ]
+    _, fail_body, fail_type = receiver.requests[4]
+    assert fail_body == b"backup failed at store: destination s3: bucket is gone"
+    assert fail_type == "text/plain"
+    failure = json.loads(receiver.requests[5][1])
+    assert receiver.requests[5][2] == "application/json"
+    assert failure["event"] == "failure"
+    assert (failure["host"], failure["cluster"], failure["failed_stage"]) == (
+        "node-1",
+        "prod",
+        "store",
+    )
+    assert failure["destinations"] == [{"name": "s3", "ok": False, "error": "bucket is gone"}]
+    assert json.loads(receiver.requests[2][1])["event"] == "success"
+    drill = json.loads(receiver.requests[7][1])
+    assert (drill["event"], drill["error"], drill["destination"]) == ("drill_failure", "bad", "s3")
+
+
+def test_a_failing_receiver_is_retried_then_logged(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.answers["/hook"] = 500
+    receiver.answers["/gone"] = 404
+    notifications = Notifications(
+        targets(
+            {"type": "webhook", "url": f"{receiver.url}/hook", "retries": 2, "retry_backoff": 0.05},
+            {"type": "webhook", "url": f"{receiver.url}/gone", "retries": 2, "retry_backoff": 0.05},
+        ),
+        cluster="prod",
+    )
+    with caplog.at_level(logging.INFO, logger="etcd_backupd.notify"):
+        notifications.cycle_finished(result(False))
+        notifications.close()
+    # a server error is retried; a 404 will not get better
+    assert receiver.paths() == ["/hook", "/hook", "/hook", "/gone"]
+    assert f"notification to {receiver.url} failed after 3 attempt(s): HTTP 500" in caplog.text
+    assert "failed after 1 attempt(s): HTTP 404" in caplog.text
+    assert "/hook" not in caplog.text  # a ping URL's path is its secret
+
+
+def test_a_receiver_that_never_answers_costs_only_its_timeout(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.answers["/ping/x/start"] = HANG
+    notifications = Notifications(
+        targets(
+            {
+                "type": "ping",
+                "url": f"{receiver.url}/ping/x",
+                "timeout": 0.5,
+                "retries": 1,
+                "retry_backoff": 0.1,
+            }
+        ),
+        cluster=None,
+    )
+    began = time.monotonic()
+    notifications.cycle_started()
+    notifications.cycle_finished(result(True))
+    queued = time.monotonic() - began
+    notifications.close()
+    waited = time.monotonic() - began
+    assert queued < 0.2  # the cycle never waits for a notification
+    assert 1.0 <= waited < 5  # two attempts of 0.5 s, then the success ping
+    assert receiver.paths() == ["/ping/x/start", "/ping/x/start", "/ping/x"]
+    assert "failed after 2 attempt(s): timed out" in caplog.text
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "etcd_backupd.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+        check=False,
+    )
+
+
+def write_config(tmp_path: Path, endpoints: list[str], receiver: Receiver) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""state_dir = {json.dumps(str(tmp_path / "state"))}
+[etcd]
+endpoints = {json.dumps(endpoints)}
+cluster_name = "prod"
+dial_timeout = 1.0
+[[destination]]
+name = "local"
+type = "local"
+path = {json.dumps(str(tmp_path / "backups"))}
+[[notify]]
+type = "ping"
+url = "{receiver.url}/ping/uuid"
+[[notify]]
+type = "webhook"
+url = "{receiver.url}/broken"
+on = ["success", "failure"]
+retries = 1
+retry_backoff = 0.05
+"""
+    )
+    return config
+
+
+def test_once_pings_and_a_broken_webhook_never_fails_the_backup(
+    etcd35: EtcdCluster, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.answers["/broken"] = 500
+    config = write_config(tmp_path, etcd35.endpoints, receiver)
+    done = cli("once", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert receiver.paths() == ["/ping/uuid/start", "/ping/uuid", "/broken", "/broken"]
+    assert "failed after 2 attempt(s): HTTP 500; the backup is not affected" in done.stderr
+    success = json.loads(receiver.requests[receiver.paths().index("/broken")][1])
+    assert success["event"] == "success"
+    assert success["snapshot"] in os.listdir(tmp_path / "backups")
+
+
+def test_once_that_fails_pings_fail_with_the_error(receiver: Receiver, tmp_path: Path) -> None:
+    config = write_config(tmp_path, [f"http://127.0.0.1:{free_port()}"], receiver)
+    failed = cli("once", "--config", str(config))
+    assert failed.returncode == 3
+    fail = [body for path, body, _ in receiver.requests if path == "/ping/uuid/fail"]
+    assert len(fail) == 1
+    assert fail[0].startswith(b"backup failed at snapshot: ")
+    hooks = [json.loads(body) for path, body, _ in receiver.requests if path == "/broken"]
+    assert [h["event"] for h in hooks] == ["failure"]
+    assert hooks[0]["error"] in fail[0].decode()
+
+
+def test_the_daemon_pings_for_its_cycles(
+    etcd35: EtcdCluster, receiver: Receiver, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, etcd35.endpoints, receiver)
+    # catch-up backs up at start: there is no backup, and a per-minute schedule has just fired
+    config.write_text(
+        config.read_text().replace(
+            "[[destination]]",
+            '[schedule]\ncron = "* * * * *"\n[metrics]\nlisten = ""\n[[destination]]',
+            1,
+        )
+    )
+    with (tmp_path / "daemon.log").open("wb") as log:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "etcd_backupd.cli", "run", "--config", str(config)],
+            stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "/ping/uuid" not in receiver.paths():
+            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
+            assert time.monotonic() < deadline, receiver.paths()
+            time.sleep(0.1)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    assert receiver.paths()[:2] == ["/ping/uuid/start", "/ping/uuid"]

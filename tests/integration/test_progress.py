@@ -1,0 +1,76 @@
+"""Long work says how far it has come: the snapshot stream's bytes, rate and ETA; the steps of
+restore and drill."""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from etcd_backupd import etcd
+from etcd_backupd.config import parse_config
+from etcd_backupd.cycle import run_cycle
+from tests.harness.etcd import EtcdCluster, load_large_values
+
+
+def test_a_snapshot_stream_logs_its_progress(
+    etcd35: EtcdCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    load_large_values(etcd35, 40)
+    monkeypatch.setattr(etcd, "PROGRESS_INTERVAL", 0.01)
+    config = parse_config(
+        {
+            "etcd": {"endpoints": etcd35.endpoints},
+            "destination": [{"name": "l", "type": "local", "path": str(tmp_path / "b")}],
+        }
+    )
+    with caplog.at_level(logging.INFO, logger="etcd_backupd.etcd"):
+        result = run_cycle(config)
+    assert result.ok, result.error
+    lines = [r.getMessage() for r in caplog.records if r.name == "etcd_backupd.etcd"]
+    progress = [
+        line
+        for line in lines
+        if re.fullmatch(
+            r"snapshot from m1 \(http://127\.0\.0\.1:\d+, leader\): [\d.]+ MiB of [\d.]+ MiB "
+            r"\(\d+%\) at [\d.]+ MiB/s(, about \d+ s left|, past .*)",
+            line,
+        )
+    ]
+    assert progress, lines
+    # the member's reported size is the whole database: about 40 MB of values
+    total = float(progress[0].split(" of ")[1].split(" MiB")[0])
+    assert 38 < total < 80
+
+
+def test_restore_says_which_step_it_is_in(etcd35: EtcdCluster, tmp_path: Path) -> None:
+    snapshot = tmp_path / "s.db"
+    etcd35.etcdctl("snapshot", "save", str(snapshot))
+    restored = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "etcd_backupd.cli",
+            "restore",
+            str(snapshot),
+            "--data-dir",
+            str(tmp_path / "restored"),
+            "--etcd-bin-dir",
+            str(etcd35.binaries.etcd.parent),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert restored.returncode == 0, restored.stderr
+    first = restored.stderr.index("restore step 1 of 2: decompressing and verifying s.db")
+    second = restored.stderr.index(f"restore step 2 of 2: restoring into {tmp_path / 'restored'}")
+    assert first < second
