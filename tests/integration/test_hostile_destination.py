@@ -283,6 +283,28 @@ def test_a_naive_manifest_does_not_keep_the_daemon_from_loading(
     assert good in store.snapshots()
 
 
+def test_a_restarted_daemon_reads_only_this_clusters_backups(store: Store, tmp_path: Path) -> None:
+    from etcd_backupd.config import load_config
+    from etcd_backupd.daemon import Daemon
+
+    store.plant("prod", NOW - timedelta(hours=5))
+    store.plant("other", NOW - timedelta(minutes=5))
+    store.plant("other", NOW - timedelta(minutes=1))
+    config = write_config(tmp_path, store)
+    daemon = Daemon(config, load_config(config))
+
+    daemon._load_held()  # etcd does not answer: the backups named for cluster_name count
+
+    registry = daemon.metrics.registry
+    created = (NOW - timedelta(hours=5)).timestamp()
+    assert registry.get_sample_value("etcd_backup_last_success_timestamp_seconds") == created
+    snapshots = registry.get_sample_value(
+        "etcd_backup_destination_snapshots", {"destination": store.kind}
+    )
+    assert snapshots == 1
+    assert daemon.newest_backup() == NOW - timedelta(hours=5)
+
+
 # --- a destination shared by clusters ------------------------------------------------------------
 
 
