@@ -44,6 +44,10 @@ def _url_problem(url: str) -> str | None:
         return "is not an http(s)://host:port URL"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "is not an http(s)://host:port URL"
+    host = parts.hostname
+    # Docker and Compose service names may hold '_', which resolves there
+    if not _valid_host(f"[{host}]" if ":" in host else host.replace("_", "-")):
+        return "is not an http(s)://host:port URL"
     if "@" in parts.netloc:
         return "holds credentials (user:password@), which are never sent from there"
     try:

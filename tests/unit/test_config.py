@@ -126,7 +126,16 @@ def test_duplicate_destination_names() -> None:
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["ftp://10.0.0.1:2379", "https://:2379", "http://10.0.0.1:99999"]
+    "endpoint",
+    [
+        "ftp://10.0.0.1:2379",
+        "https://:2379",
+        "http://10.0.0.1:99999",
+        "not a url",
+        "http://bad host:2379",
+        "https://999.999.1.1:2379",
+        "http://[::1:2379",
+    ],
 )
 def test_bad_endpoints(endpoint: str) -> None:
     assert "At 'etcd.endpoints'" in error_of({**MINIMAL, "etcd": {"endpoints": [endpoint]}})
@@ -302,6 +311,7 @@ def local(**settings: object) -> dict[str, object]:
         (local(path="/x\0y"), "At 'destination[0].path': must not hold a NUL"),
         ({**MINIMAL, "etcd": {"password_file": " "}}, "At 'etcd.password_file': must not be"),
         (s3(endpoint_url="not a url"), "At 'destination[0].endpoint_url': 'not a url' is not"),
+        (s3(endpoint_url="http://not a url"), "At 'destination[0].endpoint_url': 'http://not"),
         (s3(storage_class="PLATINUM"), "At 'destination[0].storage_class'"),
         (s3(object_lock_days=100_000_000), "At 'destination[0].object_lock_days'"),
         (s3(max_concurrency="8"), "At 'destination[0].max_concurrency'"),
