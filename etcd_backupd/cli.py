@@ -1031,10 +1031,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def _deletion_notes(config: Config) -> list[str]:
     """What a delete leaves behind in each destination (S3 bucket versioning), asked of the
     store itself."""
+    from .config import S3Destination
     from .destinations import build
 
     notes = []
     for settings in config.destination:
+        if isinstance(settings, S3Destination):
+            # a note, not a backup: one request, so a store that never answers costs
+            # check-config one read_timeout rather than max_attempts of them
+            settings = settings.model_copy(update={"max_attempts": 1})
         try:
             note = build(settings).deletion_note()
         except BackupError as exc:

@@ -161,3 +161,30 @@ def test_a_slow_s3_upload_is_given_up_at_its_deadline(
     assert remote.error is not None and "longer than deadline = 2 s" in remote.error
     assert len(intact_local(tmp_path / "local")) == 1
     assert uploads_in_progress(client) == []
+
+
+def test_check_config_asks_a_store_that_never_answers_once(
+    tmp_path: Path, fault_proxy: FaultProxy
+) -> None:
+    fault_proxy.hang("*")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f"state_dir = {str(tmp_path / 'state')!r}\n"
+        "[[destination]]\nname = 's3'\ntype = 's3'\nbucket = 'b-1'\nregion = 'us-east-1'\n"
+        f"endpoint_url = {fault_proxy.endpoint_url!r}\n"
+        "connect_timeout = 1\nread_timeout = 1\nmax_attempts = 10\n"
+    )
+    began = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "etcd_backupd.cli", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **s3_environment()},
+        check=False,
+    )
+    assert time.monotonic() - began < 8  # ten attempts of 1 s each would take longer
+    assert result.returncode == 0, result.stderr
+    assert "destination s3: cannot tell whether pruned backups stay as old versions" in (
+        result.stdout
+    )
