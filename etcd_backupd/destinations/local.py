@@ -126,6 +126,8 @@ class LocalDirectory:
         snapshots: set[str] = set()
         manifests: set[str] = set()
         for entry in os.scandir(self.path):
+            if entry.is_dir(follow_symlinks=False):
+                continue  # whoever made it, not this tool: never listed, never deleted
             if parse_snapshot_name(entry.name):
                 snapshots.add(entry.name)
             elif (owner := snapshot_of_manifest(entry.name)) is not None:

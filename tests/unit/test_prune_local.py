@@ -7,7 +7,7 @@ from pathlib import Path
 
 from etcd_backupd.config import LocalDestination
 from etcd_backupd.destinations.local import LocalDirectory
-from etcd_backupd.manifest import Cluster, manifest_name
+from etcd_backupd.manifest import Cluster, manifest_name, snapshot_name
 from etcd_backupd.prune import prune
 from etcd_backupd.retention import RetentionPolicy
 from tests.harness.backups import CLUSTER_IDS, plant_local
@@ -73,6 +73,29 @@ def test_orphans_take_no_slot_and_go_only_when_asked(tmp_path: Path) -> None:
     assert (tmp_path / foreign).exists()  # another cluster's: never ours to remove
     assert not (tmp_path / old_snapshot).exists()
     assert not (tmp_path / manifest_name(old_manifest)).exists()
+
+
+def test_directories_named_like_backups_are_no_orphans(tmp_path: Path) -> None:
+    orphan = plant_local(tmp_path, "prod", NOW - timedelta(days=3), manifest=False)
+    planted = [
+        tmp_path / snapshot_name("prod", NOW - timedelta(days=5)),
+        tmp_path / manifest_name(snapshot_name("prod", NOW - timedelta(days=6))),
+    ]
+    for directory in planted:
+        directory.mkdir()
+        (directory / "inside").write_text("someone's")
+
+    asked = prune(
+        make_destination(tmp_path),
+        RetentionPolicy(keep_last=1),
+        now=NOW,
+        cluster=PROD,
+        orphans=True,
+    )
+
+    assert list(asked.orphans_deleted) == [orphan]
+    assert not (tmp_path / orphan).exists()
+    assert all((d / "inside").read_text() == "someone's" for d in planted)
 
 
 def test_empty_policy_keeps_everything(tmp_path: Path) -> None:
