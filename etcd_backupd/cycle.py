@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from . import __version__
-from .config import Config, S3Destination
+from .config import Config, DestinationConfig, S3Destination
 from .destinations import Destination, SpooledSnapshot, Upload, build
 from .errors import (
     BackupError,
@@ -555,6 +555,13 @@ def _bound(config: Config, name: str) -> float | None:
     """How long a single call into a destination may take: stall_timeout for a network store."""
     settings = next((d for d in config.destination if d.name == name), None)
     return settings.stall_timeout if isinstance(settings, S3Destination) else None
+
+
+def within_stall_timeout(settings: DestinationConfig, action: str, call: Callable[[], _T]) -> _T:
+    """Run `call` on a destination, giving it up (DestinationError) after its stall_timeout
+    when it is a network store, whatever its requests' own timeouts and retries add up to."""
+    seconds = settings.stall_timeout if isinstance(settings, S3Destination) else None
+    return _within(seconds, settings.name, action, call)
 
 
 def _within(seconds: float | None, name: str, action: str, call: Callable[[], _T]) -> _T:

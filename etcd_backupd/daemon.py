@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from .config import Config, DestinationConfig, load_config
 from .coordination import fire_minute, plan
 from .cron import CronSchedule
-from .cycle import CycleResult, run_cycle
+from .cycle import CycleResult, run_cycle, within_stall_timeout
 from .destinations import build
 from .drill_record import record_result
 from .errors import BackupError, DestinationBusy
@@ -232,7 +232,8 @@ class Daemon:
         cluster = self.cluster
         if cluster is None:
             raise BackupError("cannot tell this cluster's backups until etcd answers")
-        return [m for m in build(settings).manifests() if cluster.owns(m)]
+        held = within_stall_timeout(settings, "listing", build(settings).manifests)
+        return [m for m in held if cluster.owns(m)]
 
     def _load_held(self, chosen: list[DestinationConfig] | None = None) -> None:
         if self.cluster is None:

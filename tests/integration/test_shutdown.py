@@ -154,3 +154,19 @@ def test_sigterm_ends_once_with_a_hung_s3_upload(
     assert "Traceback" not in stderr
     assert uploads_in_progress(client) == []
     assert not list((tmp_path / "state").rglob("*.part"))
+
+
+def test_a_store_that_never_answers_at_start_holds_up_no_backup(
+    etcd35: EtcdCluster, tmp_path: Path, fault_proxy: FaultProxy, start: Callable[..., Running]
+) -> None:
+    fault_proxy.hang("*")
+    # retried requests would hold the start-up reads for 2 x 4 x 5 s: stall_timeout bounds each
+    bounds = {"read_timeout": 5, "connect_timeout": 1, "max_attempts": 4, "stall_timeout": 1}
+    data = config_data(tmp_path, etcd35, fault_proxy.endpoint_url, **bounds)
+    began = time.monotonic()
+    running = start(daemon_config(tmp_path, data))  # the catch-up starts a backup at once
+    while not list((tmp_path / "local").glob("*.manifest.json")):
+        assert time.monotonic() - began < 20, running.text()
+        time.sleep(0.1)
+    assert "listing got no answer within 1 s" in running.text()
+    assert stop_timed(running) < SHUTDOWN_TIMEOUT + 5
