@@ -141,9 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     restoring.add_argument(
         "--snapshot", default="latest", help="snapshot name in the destination, or latest"
     )
-    restoring.add_argument("--data-dir", type=Path, required=True)
+    restoring.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        help="the data dir to restore into (a non-empty one is refused unless --force)",
+    )
     restoring.add_argument("--name", default="default", help="this member's name")
-    restoring.add_argument("--initial-advertise-peer-urls", default="http://localhost:2380")
+    restoring.add_argument(
+        "--initial-advertise-peer-urls",
+        default="http://localhost:2380",
+        help="this member's peer URL (default: %(default)s)",
+    )
     restoring.add_argument("--initial-cluster", help="default: NAME=PEER_URL (one member)")
     restoring.add_argument(
         "--initial-cluster-token",
@@ -253,7 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="restore without a revision bump (for an older etcdutl; then restart the kubelets)",
     )
-    plan_parser.add_argument("--output", "-o", choices=("markdown", "script"), default="markdown")
+    plan_parser.add_argument(
+        "--output",
+        "-o",
+        choices=("markdown", "script"),
+        default="markdown",
+        help="markdown prints the runbook; script writes restore-MEMBER.sh per member",
+    )
     plan_parser.add_argument(
         "--script-dir", type=Path, default=Path("."), help="where --output script writes"
     )
