@@ -836,7 +836,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             _print_error(args, f"INVALID {args.file}: {exc}")
         return exc.exit_code
     if args.output == "json":
-        _print_json({"file": str(args.file), **status.to_dict()})
+        _print_json({"valid": True, "file": str(args.file), **status.to_dict()})
     else:
         print(f"OK {args.file}")
         # TOTAL KEYS as the etcdutl of the snapshot's line prints it, and how that line counts
