@@ -429,7 +429,6 @@ def run_cycle(
         exit_code = DestinationBusy.exit_code
         failures = refusals
     if exit_code:
-        stages.current = "ship"
         log.error("backup %s reached %d of %d destinations", name, len(stored), len(targets))
     return CycleResult(
         started=started,
