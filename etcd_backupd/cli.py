@@ -420,7 +420,12 @@ def cmd_once(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stopping.set())
     decided = plan(config, targets, fire_minute(datetime.now(UTC)), stopping)
     if not decided.destinations:
-        print(f"standby: {decided.reason}; no snapshot taken")
+        if args.output == "json":
+            _print_json(
+                {"ok": True, "standby": decided.reason, "snapshot": None, "destinations": []}
+            )
+        else:
+            print(f"standby: {decided.reason}; no snapshot taken")
         if args.textfile or args.pushgateway:
             _export_metrics(args, config, None, decided.role)
         return ExitCode.OK
