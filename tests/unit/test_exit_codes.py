@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import etcd_backupd
-from etcd_backupd.errors import BackupError, ExitCode
+from etcd_backupd import cli
+from etcd_backupd.errors import BackupError, DestinationBusy, ExitCode
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 # a clause of the paragraph starts with its code, or with the command it is for: "for `drill`, 6"
@@ -56,3 +57,23 @@ def test_every_error_exits_with_a_code_of_the_table(cls: type[BackupError]) -> N
 def test_the_error_classes_are_found() -> None:
     names = {cls.__name__ for cls in _error_classes()}
     assert {"ConfigError", "DestinationBusy", "LockHeld", "SpoolError", "BadMeta"} <= names
+
+
+@pytest.mark.parametrize(
+    ("raised", "code"),
+    [
+        (KeyboardInterrupt(), ExitCode.INTERRUPTED),
+        (RuntimeError("a bug"), ExitCode.INTERNAL),
+        (DestinationBusy("held"), ExitCode.TEMPFAIL),
+    ],
+    ids=["interrupted", "internal", "busy"],
+)
+def test_main_exits_with_the_code_of_what_ended_the_command(
+    raised: BaseException, code: ExitCode, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def command(args: object) -> int:
+        raise raised
+
+    # a bug or a Ctrl-C cannot be produced on demand by a real command
+    monkeypatch.setitem(cli.COMMANDS, "verify", command)
+    assert cli.main(["verify", str(tmp_path / "db")]) == code
