@@ -757,6 +757,10 @@ class WebhookNotify(_NotifyBase):
     error, failed_stage, destinations) POSTed on the events named in on."""
 
     type: Literal["webhook"]
+    url: str = Field(
+        description="Where the JSON is POSTed (http or https).",
+        examples=["https://alerts.example.com/hooks/etcd-backup"],
+    )
     on: list[NotifyEvent] = Field(
         default=["failure", "drill_failure"],
         min_length=1,
