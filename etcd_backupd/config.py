@@ -831,12 +831,14 @@ def union_members(union: Any) -> tuple[type[BaseModel], ...]:
     return members
 
 
-def _tags(union: Any) -> tuple[str, ...]:
-    return tuple(get_args(m.model_fields["type"].annotation)[0] for m in union_members(union))
+def type_tag(model: type[BaseModel]) -> str:
+    """The `type` value that selects a model of a union."""
+    tag: str = get_args(model.model_fields["type"].annotation)[0]
+    return tag
 
 
-DESTINATION_TYPES = _tags(DestinationConfig)
-NOTIFY_TYPES = _tags(NotifyConfig)
+DESTINATION_TYPES = tuple(type_tag(m) for m in union_members(DestinationConfig))
+NOTIFY_TYPES = tuple(type_tag(m) for m in union_members(NotifyConfig))
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

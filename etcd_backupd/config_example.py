@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .config import Config, DestinationConfig, NotifyConfig, union_members
+from .config import Config, DestinationConfig, NotifyConfig, type_tag, union_members
 
 WIDTH = 99
 HEADER = """\
@@ -125,7 +125,7 @@ def _array(name: str, field: FieldInfo) -> list[str]:
     required = bool(field.is_required())
     for index, model in enumerate(union_members(ARRAYS[name])):
         active = required and index == 0
-        tag = get_args(model.model_fields["type"].annotation)[0]
+        tag = type_tag(model)
         # an entry's name is required where it has one; its type is a fine name for an example
         given = {"type": tag, "name": tag} if "name" in model.model_fields else {"type": tag}
         block = [f"[[{name}]]", *_keys(model, active, given=given)]
