@@ -27,6 +27,7 @@ from typing import Any
 import crc32c
 
 from ..errors import SnapshotInvalid
+from . import compiled
 from .bbolt import BUCKET_FLAG, MAGIC, BadMeta, BoltReader, Bucket, Leaf, parse_meta
 
 SHA256_SIZE = 32
@@ -181,8 +182,12 @@ def _check_trailer(path: Path, data_size: int, digest: bytes) -> str:
 
 def walk_database(path: Path) -> DatabaseFigures:
     """Run bbolt's structural check and compute etcd's figures in one walk."""
-    with _bolt(path) as reader:
-        return _figures(reader)
+    try:
+        with _bolt(path) as reader:
+            return _figures(reader, fast=True)
+    except compiled.LeftToPython:
+        with _bolt(path) as reader:
+            return _figures(reader, fast=False)
 
 
 def read_storage_version(path: Path) -> str | None:
@@ -241,7 +246,8 @@ def user_key(page: bytes, start: int, end: int) -> bytes:
     return page[index : index + length]
 
 
-def _figures(reader: BoltReader) -> DatabaseFigures:
+def _figures(reader: BoltReader, *, fast: bool) -> DatabaseFigures:
+    """`fast`: bucket `key` is walked by the compiled walker when there is one."""
     checksum = 0
     entries = 0
     revision = 0
@@ -251,7 +257,7 @@ def _figures(reader: BoltReader) -> DatabaseFigures:
     for bucket in reader.buckets():
         checksum = crc32c.crc32c(bucket.name, checksum)
         if bucket.name == KEY_BUCKET:
-            checksum, revisions, revision, user_keys = _key_bucket(reader, bucket, checksum)
+            checksum, revisions, revision, user_keys = _key_bucket(reader, bucket, checksum, fast)
             entries += revisions
             continue
         for leaf in reader.leaves(bucket):
@@ -277,12 +283,16 @@ def _figures(reader: BoltReader) -> DatabaseFigures:
 
 
 def _key_bucket(
-    reader: BoltReader, bucket: Bucket, checksum: int
+    reader: BoltReader, bucket: Bucket, checksum: int, fast: bool
 ) -> tuple[int, int, int, dict[bytes, None]]:
     """The checksum carried on, the entries, the revision and the user keys of bucket `key`,
     which holds nearly every entry: its loop does per page what it can, not per entry. The user
     keys are those etcdutl 3.6 counts, the key "" of a revision bump included."""
     live: dict[bytes, None] = {}
+    walked = compiled.walk_revisions(reader, bucket, checksum, live) if fast else None
+    if walked is not None:
+        checksum, entries, last = walked
+        return checksum, entries, int.from_bytes(last[:8], "big"), live
     entries = 0
     last = b""
     for leaf in reader.leaves(bucket):
