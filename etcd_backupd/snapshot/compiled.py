@@ -24,10 +24,10 @@ class _Walker(Protocol):
         pgid: int,
         seen: bytearray,
         checksum: int,
-        live: dict[bytes, None],
+        live: dict[bytes, None] | None,
         max_revision: int,
         with_crc: bool,
-    ) -> tuple[int, int, bytes] | None: ...
+    ) -> tuple[int, int, bytes, int, bool] | None: ...
 
 
 def _load() -> _Walker | None:
@@ -45,22 +45,40 @@ class LeftToPython(Exception):
     pure-Python reader, from the start."""
 
 
-def walk_revisions(
+def count_revisions(
+    reader: BoltReader, bucket: Bucket, checksum: int
+) -> tuple[int, int, bytes, int, bool] | None:
+    """Walk bucket `key` to its end: the checksum carried on, the entries, the last revision
+    key, the number of user keys alive (the key "" of a revision bump left out) and whether
+    that key is. The keys themselves are not kept, only a 16-byte fingerprint of each while the
+    walk runs. None when there is no compiled walk for the bucket (not built, inline): the caller
+    walks `reader.leaves` instead. Raises LeftToPython, after which `reader` is spent."""
+    return _walk(reader, bucket, checksum, None, -1, with_crc=True)
+
+
+def replay_revisions(
+    reader: BoltReader, bucket: Bucket, live: dict[bytes, None], max_revision: int | None
+) -> bool:
+    """Replay bucket `key` up to `max_revision` (default: its end) into `live`, the user keys
+    alive; False when there is no compiled walk for it (not built, inline, a negative revision):
+    the caller walks `reader.leaves` instead. Raises LeftToPython, after which `reader` and
+    `live` are spent."""
+    if max_revision is not None and max_revision < 0:
+        return False
+    limit = -1 if max_revision is None else max_revision
+    return _walk(reader, bucket, 0, live, limit, with_crc=False) is not None
+
+
+def _walk(
     reader: BoltReader,
     bucket: Bucket,
     checksum: int,
-    live: dict[bytes, None],
+    live: dict[bytes, None] | None,
+    max_revision: int,
     *,
-    max_revision: int | None = None,
-    with_crc: bool = True,
-) -> tuple[int, int, bytes] | None:
-    """Walk bucket `key` (up to `max_revision`), replaying its records into `live`: the
-    checksum carried on, the entries and the last revision key. None when there is no compiled
-    walk for it (not built, an inline bucket, a negative revision): the caller walks
-    `reader.leaves` instead. Raises LeftToPython, after which `reader` and `live` are spent."""
+    with_crc: bool,
+) -> tuple[int, int, bytes, int, bool] | None:
     if WALKER is None or bucket.inline is not None:
-        return None
-    if max_revision is not None and max_revision < 0:
         return None
     walked = WALKER.walk_revisions(
         reader.fd,
@@ -70,7 +88,7 @@ def walk_revisions(
         reader.page_map,
         checksum,
         live,
-        -1 if max_revision is None else max_revision,
+        max_revision,
         with_crc,
     )
     if walked is None:

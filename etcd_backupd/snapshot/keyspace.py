@@ -76,9 +76,7 @@ def _live_names(path: Path, revision: int | None, *, fast: bool) -> dict[bytes, 
         bucket = _key_bucket(reader)
         if bucket is None:
             return live
-        if fast and compiled.walk_revisions(
-            reader, bucket, 0, live, max_revision=revision, with_crc=False
-        ):
+        if fast and compiled.replay_revisions(reader, bucket, live, revision):
             return live
         for leaf in reader.leaves(bucket):
             revisions = leaf.keys

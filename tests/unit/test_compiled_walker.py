@@ -14,11 +14,13 @@ import pytest
 from etcd_backupd.errors import SnapshotInvalid
 from etcd_backupd.snapshot import compiled
 from etcd_backupd.snapshot.keyspace import live_key_names
-from etcd_backupd.snapshot.status import DatabaseFigures, walk_database
+from etcd_backupd.snapshot.status import DatabaseFigures, user_key, walk_database
 from tests.unit.test_bbolt import (
     BUCKET_FLAG,
     STRUCTURE_DAMAGE,
     Database,
+    Entry,
+    branch_image,
     bucket,
     damaged_database,
     etcd_database,
@@ -168,3 +170,37 @@ def test_random_rewrites_read_the_same(tmp_path: Path, monkeypatch: pytest.Monke
             damaged[offset : offset + 4] = rng.randbytes(4)
         path.write_bytes(damaged)
         same_both_ways(monkeypatch, path, (None, 20))
+
+
+def test_many_keys_put_and_deleted_count_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy
+) -> None:
+    """Enough keys, deleted and put again in random order, to grow the compiled walker's table
+    of fingerprints several times and to shift entries back on every kind of deletion."""
+    rng = random.Random(99)
+    history: list[Entry] = []
+    for main in range(2, 3002):
+        name = f"/registry/pods/ns-{rng.randrange(7)}/pod-{rng.randrange(900)}".encode()
+        gone = rng.random() < 0.3
+        history.append(
+            (revision(main, tombstone=gone), record(name, b"" if gone else b"v", main), 0)
+        )
+    db = Database(4096)
+    parts = [history[i : i + 30] for i in range(0, len(history), 30)]
+    leaves = [db.add(leaf_image(part)) for part in parts]
+    root = db.add(
+        branch_image([(part[0][0], page) for part, page in zip(parts, leaves, strict=True)])
+    )
+    top = db.add(leaf_image([(b"key", bucket(root), BUCKET_FLAG)]))
+    path = tmp_path / "db"
+    path.write_bytes(db.build(top))
+    figures = same_both_ways(monkeypatch, path, (None, 1500))
+    expected: dict[bytes, None] = {}
+    for key, value, _ in history:
+        name = user_key(value, 0, len(value))
+        if len(key) == 17:
+            expected[name] = None
+        else:
+            expected.pop(name, None)
+    assert isinstance(figures, DatabaseFigures) and figures.live_keys == len(expected)
+    assert spy.walked > 0 and spy.handed_over == 0
