@@ -34,9 +34,10 @@ sys.path.insert(0, str(REPO))
 from benchmarks.snapshot_bench import fill, timed  # noqa: E402
 from etcd_backupd.config import S3Destination  # noqa: E402
 from etcd_backupd.destinations.s3 import S3Bucket  # noqa: E402
-from etcd_backupd.manifest import manifest_name, snapshot_name  # noqa: E402
+from etcd_backupd.manifest import Cluster  # noqa: E402
 from etcd_backupd.prune import prune  # noqa: E402
 from etcd_backupd.retention import RetentionPolicy  # noqa: E402
+from tests.harness.backups import plant_s3  # noqa: E402
 from tests.harness.etcd import find_binaries, start_cluster  # noqa: E402
 from tests.harness.faultproxy import FaultProxy  # noqa: E402
 from tests.harness.s3 import make_bucket, s3_environment, start_moto  # noqa: E402
@@ -141,21 +142,19 @@ def prune_run(args: argparse.Namespace, work: Path) -> None:
         client = moto.client()
         make_bucket(client, BUCKET)
         newest = datetime(2026, 11, 24, 12, tzinfo=UTC)
-        names = [snapshot_name("c", newest - timedelta(hours=i)) for i in range(args.snapshots)]
 
-        def put(name: str) -> None:
-            client.put_object(Bucket=BUCKET, Key=f"p/{name}", Body=b"s")
-            client.put_object(Bucket=BUCKET, Key=f"p/manifests/{manifest_name(name)}", Body=b"{}")
+        def put(hours: int) -> str:
+            return plant_s3(client, BUCKET, "p/", "c", newest - timedelta(hours=hours))
 
         with ThreadPoolExecutor(16) as pool:
-            list(pool.map(put, names))
+            list(pool.map(put, range(args.snapshots)))
         settings = S3Destination(
             type="s3", name="s3", bucket=BUCKET, prefix="p/", endpoint_url=proxy.endpoint_url
         )
         policy = RetentionPolicy(keep_last=24, keep_daily=7, keep_weekly=4, keep_monthly=6)
         proxy.reset_counts()
         began = time.perf_counter()
-        result = prune(S3Bucket(settings), policy, now=newest)
+        result = prune(S3Bucket(settings), policy, now=newest, cluster=Cluster("c"))
         elapsed = time.perf_counter() - began
     finally:
         proxy.close()
@@ -165,7 +164,9 @@ def prune_run(args: argparse.Namespace, work: Path) -> None:
         f"in {elapsed:.2f} s"
     )
     print(
-        f"requests: ListObjectsV2 {proxy.counts['ListObjectsV2']} (target <= 11), "
+        f"requests: ListObjectsV2 {proxy.counts['ListObjectsV2']} (target <= 22: snapshots and "
+        "manifests), "
+        f"GetObject {proxy.counts['GetObject']} (one per manifest), "
         f"DeleteObjects {proxy.counts['DeleteObjects']} (target <= 20), "
         f"all {sum(proxy.counts.values())}: {dict(proxy.counts)}"
     )

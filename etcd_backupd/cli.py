@@ -30,6 +30,7 @@ from .runbook import DEFAULT_BUMP_REVISION
 if TYPE_CHECKING:
     from .config import Config, DestinationConfig
     from .cycle import CycleResult
+    from .manifest import Cluster
     from .snapshot.keyspace import KeyValue
     from .snapshot.status import SnapshotStatus
 
@@ -154,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     restoring.add_argument("--force", action="store_true", help="move a non-empty data dir aside")
     restoring.add_argument("--etcd-bin-dir", type=Path, help="where etcdutl/etcdctl are")
     restoring.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="with --snapshot latest in a destination several clusters share: whose latest "
+        "(the cluster part of snapshot names; default: etcd.cluster_name)",
+    )
+    restoring.add_argument(
         "--bump-revision",
         type=int,
         default=0,
@@ -263,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_option(drilling)
     drilling.add_argument("--destination", "-d", help="only this destination")
+    _cluster_option(drilling)
 
     run = commands.add_parser(
         "run",
@@ -297,15 +305,23 @@ def build_parser() -> argparse.ArgumentParser:
     pruning = commands.add_parser(
         "prune",
         help="apply the retention policy now",
-        description="Apply each destination's retention policy: print every snapshot with "
-        "keep or delete and the rule that decided, then delete (unless --dry-run). The newest "
-        "verified snapshot is never deleted; objects that are not etcd-backupd's are never "
-        "touched.",
+        description="Apply each destination's retention policy to this cluster's backups: print "
+        "every snapshot with keep or delete and the rule that decided, then delete (unless "
+        "--dry-run). The newest verified snapshot is never deleted; other clusters' backups, "
+        "snapshots without a manifest (unless --orphans) and objects that are not "
+        "etcd-backupd's are never touched.",
     )
     _config_option(pruning)
     _output_option(pruning)
     pruning.add_argument("--destination", "-d", help="only this destination")
     pruning.add_argument("--dry-run", "-n", action="store_true", help="decide, delete nothing")
+    pruning.add_argument(
+        "--orphans",
+        action="store_true",
+        help="also remove this cluster's snapshots without a valid manifest, and manifests "
+        "without a snapshot, older than a day (never done otherwise)",
+    )
+    _cluster_option(pruning)
 
     check = commands.add_parser(
         "check-config",
@@ -335,13 +351,26 @@ def _export_metrics(
 
     from .daemon import Schedule
     from .destinations import build
+    from .etcd import identify_cluster
+    from .manifest import Cluster
     from .metrics import BackupMetrics, push, write_textfile
 
     metrics = BackupMetrics(CollectorRegistry())
+    manifest = result.manifest if result is not None else None
+    cluster: Cluster | None = None
+    if manifest is not None:
+        cluster = Cluster(manifest.cluster_name, manifest.cluster_id)
+    else:
+        try:
+            cluster = identify_cluster(config.etcd)
+        except BackupError as exc:
+            log.warning("metrics: %s", exc)
     held = {}
     for settings in config.destination:
+        if cluster is None:
+            break
         try:
-            held[settings.name] = build(settings).manifests()
+            held[settings.name] = [m for m in build(settings).manifests() if cluster.owns(m)]
         except BackupError as exc:
             log.warning("metrics: cannot list destination %s: %s", settings.name, exc)
     metrics.load(held)
@@ -350,6 +379,8 @@ def _export_metrics(
     metrics.set_schedule(*Schedule.of(config).intervals(datetime.now(UTC)))
     if result is not None:
         metrics.observe(result)
+    if cluster is not None and cluster.id is not None:
+        metrics.set_cluster(cluster.id)
     try:
         if args.textfile:
             write_textfile(metrics, args.textfile)
@@ -526,6 +557,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from .config import load_config
     from .destinations import build
+    from .fsutil import inside
     from .restore import (
         Member,
         find_snapshot,
@@ -563,7 +595,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
             raise BackupError("name a snapshot FILE, or --config and --destination")
         (settings,) = _chosen(config, args.destination)
         destination = build(settings)
-        wanted = find_snapshot(destination.manifests(), args.snapshot, settings.name)
+        wanted = find_snapshot(
+            destination.manifests(),
+            args.snapshot,
+            settings.name,
+            cluster=args.cluster or config.etcd.cluster_name,
+            now=now,
+        )
         token = args.initial_cluster_token or restore_token(wanted.snapshot)
         # refused before fetching what no tool here could restore
         restore_tool(
@@ -573,7 +611,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             etcd_version=wanted.etcd_version,
         )
         with tempfile.TemporaryDirectory(prefix="etcd-backupd-restore-") as scratch:
-            fetched = destination.fetch(wanted.snapshot, Path(scratch) / wanted.snapshot)
+            fetched = destination.fetch(wanted.snapshot, inside(Path(scratch), wanted.snapshot))
             status, tool = restore(
                 fetched,
                 member,
@@ -708,7 +746,13 @@ def _runbook_source(args: argparse.Namespace, config: Config | None) -> Any:
     from .restore import find_snapshot
 
     (settings,) = _chosen(config, args.destination)
-    wanted = find_snapshot(build(settings).manifests(), args.snapshot, settings.name)
+    wanted = find_snapshot(
+        build(settings).manifests(),
+        args.snapshot,
+        settings.name,
+        cluster=config.etcd.cluster_name,
+        now=datetime.now(UTC),
+    )
     return SnapshotSource(wanted.snapshot, str(args.config.absolute()), settings.name)
 
 
@@ -721,6 +765,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     tools = find_tools(config.drill.bin_dir)
+    cluster = _our_cluster(config, args.cluster)
+    now = datetime.now(UTC)
     notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
     results = []
     for settings in _chosen(config, args.destination):
@@ -729,6 +775,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
                 build(settings),
                 tools,
                 config.drill.expect_prefixes,
+                cluster=cluster,
+                now=now,
                 credentials=config.etcd.credentials,
             )
         )
@@ -793,6 +841,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _our_cluster(config: Config, named: str | None) -> Cluster:
+    """The cluster whose backups a command acts on: --cluster, else etcd.cluster_name, else the
+    cluster ID etcd reports (the name its backups carry then)."""
+    from .etcd import identify_cluster
+    from .manifest import Cluster
+
+    name = named or config.etcd.cluster_name
+    if name is not None:
+        return Cluster(name)
+    return identify_cluster(config.etcd)
+
+
+def _cluster_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="act on this cluster's backups (the cluster part of snapshot names; default: "
+        "etcd.cluster_name, else the cluster ID etcd reports)",
+    )
+
+
 def _chosen(config: Config, name: str | None) -> list[DestinationConfig]:
     chosen = [d for d in config.destination if name in (None, d.name)]
     if not chosen:
@@ -808,13 +877,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     now = datetime.now(UTC)
+    cluster = _our_cluster(config, args.cluster)
     results = [
         prune(
             build(d),
             policy_for(config, d),
             now=now,
+            cluster=cluster,
             lock=lock_period(d),
             dry_run=args.dry_run,
+            orphans=args.orphans,
         )
         for d in _chosen(config, args.destination)
     ]
@@ -823,6 +895,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
             {
                 r.destination: {
                     "dry_run": r.dry_run,
+                    "cluster": cluster.name,
+                    "orphans": list(r.orphans),
+                    "orphans_deleted": list(r.orphans_deleted),
                     "snapshots": [
                         {
                             "snapshot": d.snapshot.name,
@@ -839,30 +914,69 @@ def cmd_prune(args: argparse.Namespace) -> int:
         return EXIT_OK
     for r in results:
         verb = "would delete" if r.dry_run else "deleted"
-        print(f"{r.destination}: keep {r.kept}, {verb} {len(r.deleted)}")
+        print(f"{r.destination}: cluster {cluster.name}: keep {r.kept}, {verb} {len(r.deleted)}")
         for d in r.decisions:
             action = "keep  " if d.keep else "delete"
             print(f"  {action} {d.snapshot.name}  ({', '.join(d.reasons)})")
+        removed = set(r.orphans_deleted)
+        for name in r.orphans:
+            if name in removed:
+                print(f"  {'would remove' if r.dry_run else 'removed'} {name}  (orphan)")
+            else:
+                print(f"  leave  {name}  (no valid manifest: not a backup; see --orphans)")
     return EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from .config import load_config
     from .destinations import build
+    from .manifest import parse_snapshot_name
+    from .retention import is_future
 
     config = load_config(args.config)
-    chosen = _chosen(config, args.destination)
-    listing = {d.name: build(d).manifests() for d in chosen}
+    now = datetime.now(UTC)
+    listing: dict[str, list[dict[str, Any]]] = {}
+    for settings in _chosen(config, args.destination):
+        destination = build(settings)
+        inventory = destination.inventory()
+        manifests = {m.snapshot: m for m in destination.manifests(inventory)}
+        entries: list[tuple[datetime, dict[str, Any]]] = []
+        for item in inventory:
+            parsed = parse_snapshot_name(item.snapshot)
+            assert parsed is not None
+            manifest = manifests.get(item.snapshot)
+            if manifest is not None:
+                entry = manifest.model_dump(mode="json")
+            elif item.has_snapshot:
+                entry = {"snapshot": item.snapshot, "created": item.created.isoformat()}
+            else:
+                continue  # a manifest alone is no backup, and prune reports it
+            entry["cluster"] = parsed[0]
+            entry["has_manifest"] = manifest is not None
+            entry["future"] = is_future(item.created, now)
+            entries.append((item.created, entry))
+        entries.sort(key=lambda pair: (pair[1]["cluster"], pair[0], pair[1]["snapshot"]))
+        listing[settings.name] = [entry for _, entry in entries]
     if args.output == "json":
-        _print_json({name: [m.model_dump(mode="json") for m in ms] for name, ms in listing.items()})
+        _print_json(listing)
         return EXIT_OK
-    for name, manifests in listing.items():
-        print(f"{name}: {len(manifests)} backup(s)")
-        for m in manifests:
-            print(
-                f"  {m.snapshot}  {m.created:%Y-%m-%d %H:%M:%SZ}  rev {m.revision:<10} "
-                f"{m.size:>14} B  keys {m.total_keys}"
-            )
+    for name, rows in listing.items():
+        backups = [e for e in rows if e["has_manifest"]]
+        clusters = sorted({e["cluster"] for e in rows})
+        print(f"{name}: {len(backups)} backup(s) of {len(clusters)} cluster(s)")
+        for cluster in clusters:
+            mine = [e for e in rows if e["cluster"] == cluster]
+            print(f"  cluster {cluster}: {sum(e['has_manifest'] for e in mine)} backup(s)")
+            for e in mine:
+                created = datetime.fromisoformat(e["created"])
+                line = f"    {e['snapshot']}  {created:%Y-%m-%d %H:%M:%SZ}"
+                if e["has_manifest"]:
+                    line += f"  rev {e['revision']:<10} {e['size']:>14} B  keys {e['total_keys']}"
+                else:
+                    line += "  no valid manifest: not a backup (prune --orphans removes it)"
+                if e["future"]:
+                    line += "  dated in the future"
+                print(line)
     return EXIT_OK
 
 
@@ -903,7 +1017,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{args.config}: valid")
     for line in _describe_config(config, datetime.now(UTC)):
         print(f"  {line}")
+    for line in _deletion_notes(config):
+        print(f"  {line}")
     return EXIT_OK
+
+
+def _deletion_notes(config: Config) -> list[str]:
+    """What a delete leaves behind in each destination (S3 bucket versioning), asked of the
+    store itself."""
+    from .destinations import build
+
+    notes = []
+    for settings in config.destination:
+        try:
+            note = build(settings).deletion_note()
+        except BackupError as exc:
+            note = f"cannot tell whether pruned backups stay as old versions: {exc}"
+        if note:
+            notes.append(f"destination {settings.name}: {note}")
+    return notes
 
 
 COMMANDS = {

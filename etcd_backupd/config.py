@@ -369,6 +369,11 @@ class S3Destination(_DestinationBase):
     object_lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = Field(
         "COMPLIANCE", description="Object Lock mode with object_lock_days"
     )
+    delete_versions: bool = Field(
+        False,
+        description="in a versioned bucket, delete every version (and delete marker) of what "
+        "retention deletes; otherwise old versions stay until a lifecycle rule removes them",
+    )
     part_size: int = Field(
         8 * MIB, ge=5 * MIB, le=5 * 1024 * MIB, description="multipart part size in bytes"
     )

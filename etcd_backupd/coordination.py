@@ -11,13 +11,15 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from .config import Config
 from .destinations import Destination
 from .errors import BackupError
-from .etcd import EtcdSource, MemberStatus
+from .etcd import EtcdSource, MemberStatus, identify_cluster
+from .manifest import Cluster
+from .retention import is_future
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,14 @@ def _rank(config: Config, local_id: int | None) -> int:
     return standby_rank(local_id, live)
 
 
-def _covered(destination: Destination, fire: datetime) -> bool:
-    return any(item.created >= fire for item in destination.snapshots())
+def _covered(destination: Destination, fire: datetime, cluster: Cluster) -> bool:
+    """Whether the destination holds a backup of this cluster taken at or after `fire`: another
+    cluster's, or one dated in the future, says nothing about this fire time."""
+    now = datetime.now(UTC)
+    return any(
+        cluster.owns(m) and m.created >= fire and not is_future(m.created, now)
+        for m in destination.manifests()
+    )
 
 
 def plan(
@@ -108,10 +116,15 @@ def plan(
         )
         if stopping.wait(_POLL_SECONDS):
             return Plan("standby", "stopping", ())
+    try:
+        cluster = identify_cluster(config.etcd)
+    except BackupError as exc:
+        log.warning("standby: %s", exc)
+        return Plan("active", "cannot tell this cluster's backups", tuple(targets))
     missing = []
     for target in targets:
         try:
-            if not _covered(target, fire):
+            if not _covered(target, fire, cluster):
                 missing.append(target)
         except BackupError as exc:
             log.warning("standby: cannot list destination %s: %s", target.name, exc)

@@ -26,8 +26,8 @@ from .errors import (
 )
 from .etcd import EtcdSource, MemberStatus
 from .fsutil import fsync_dir, fsync_file, make_private_dir, part_path, remove_stale_parts
-from .manifest import Manifest, MemberInfo, parse_snapshot_name, snapshot_name
-from .prune import PruneResult, lock_period, policy_for, prune, sweep_orphans
+from .manifest import Cluster, Manifest, MemberInfo, parse_snapshot_name, snapshot_name
+from .prune import PruneResult, lock_period, policy_for, prune
 from .runlock import DestinationLock
 from .snapshot.status import SnapshotStatus, verify_snapshot
 from .spool import SpoolError, SpoolWriter
@@ -388,8 +388,9 @@ def run_cycle(
         stages.stop("ship", mark)
 
         mark = stages.start("prune")
+        cluster = Cluster(cluster_name, cluster_id)
         results = tuple(
-            _prune(config, target, stored[target.name], started)
+            _prune(config, target, stored[target.name], started, cluster)
             if target.name in stored
             else _not_stored(target.name, claims, shipment)
             for target in targets
@@ -485,14 +486,20 @@ def _remove(path: Path) -> None:
 
 
 def _prune(
-    config: Config, target: Destination, stored: Manifest, now: datetime
+    config: Config, target: Destination, stored: Manifest, now: datetime, cluster: Cluster
 ) -> DestinationResult:
     """Prune a destination that just received this cycle's snapshot (never one that did not)."""
     settings = next((d for d in config.destination if d.name == target.name), None)
     if settings is None:
         return DestinationResult(target.name, True, manifest=stored)
     try:
-        pruned = prune(target, policy_for(config, settings), now=now, lock=lock_period(settings))
+        pruned = prune(
+            target,
+            policy_for(config, settings),
+            now=now,
+            cluster=cluster,
+            lock=lock_period(settings),
+        )
     except BackupError as exc:
         log.error("destination %s: pruning failed: %s", target.name, exc)
         return DestinationResult(target.name, True, manifest=stored, prune_error=str(exc))
@@ -500,16 +507,15 @@ def _prune(
 
 
 def _housekeeping(config: Config, targets: Sequence[Destination], now: datetime) -> None:
-    """Clear what interrupted runs left; a failure here is logged and never stops the backup."""
-    settings = {d.name: d for d in config.destination}
+    """Clear what interrupted runs left; a failure here is logged and never stops the backup.
+    Snapshots without a manifest are left alone: nothing proves they are ours (pruning reports
+    them, and `prune --orphans` removes them)."""
     for target in targets:
         try:
             for leftover in target.housekeeping(now):
                 log.warning(
                     "destination %s: removed %s, left by an interrupted run", target.name, leftover
                 )
-            lock = lock_period(settings[target.name]) if target.name in settings else None
-            sweep_orphans(target, now=now, lock=lock)
         except BackupError as exc:
             log.warning("destination %s: housekeeping failed: %s", target.name, exc)
 

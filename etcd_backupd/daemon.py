@@ -34,11 +34,13 @@ from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .drill_record import record_result
 from .errors import BackupError
-from .etcd import EtcdSource
+from .etcd import identify_cluster
 from .fsutil import make_private_dir
+from .manifest import Cluster, Manifest
 from .metrics import BackupMetrics, MetricsServer
 from .notify import Notifications
 from .restore import DrillResult, drill, find_tools
+from .retention import is_future
 from .sdnotify import Notifier
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,8 @@ class Daemon:
         self._schedule = Schedule.of(config)
         self._server: MetricsServer | None = None
         self._cycle_done = threading.Condition()
+        # whose backups count in a destination other clusters may share; None until known
+        self.cluster: Cluster | None = None
 
     def healthy(self) -> bool:
         return bool(self._scheduler.running) and not self.stopping.is_set()
@@ -223,11 +227,20 @@ class Daemon:
         )
         self.metrics.skipped()
 
-    def _load_held(self) -> None:
+    def _ours(self, settings: DestinationConfig) -> list[Manifest]:
+        """This cluster's backups in a destination; raises BackupError."""
+        cluster = self.cluster
+        if cluster is None:
+            raise BackupError("cannot tell this cluster's backups until etcd answers")
+        return [m for m in build(settings).manifests() if cluster.owns(m)]
+
+    def _load_held(self, chosen: list[DestinationConfig] | None = None) -> None:
+        if self.cluster is None:
+            self._identify_cluster()
         held = {}
-        for settings in self.config.destination:
+        for settings in self.config.destination if chosen is None else chosen:
             try:
-                held[settings.name] = build(settings).manifests()
+                held[settings.name] = self._ours(settings)
             except BackupError as exc:
                 log.warning("cannot list destination %s: %s", settings.name, exc)
         self.metrics.load(held)
@@ -235,22 +248,22 @@ class Daemon:
     def _identify_cluster(self) -> None:
         """Label the metrics with the cluster ID even before this host has any backup."""
         try:
-            member = EtcdSource(self.config.etcd).healthy_members()[0]
+            self.cluster = identify_cluster(self.config.etcd)
         except BackupError as exc:
             log.warning("cannot reach etcd at start: %s", exc)
             return
-        self.metrics.set_cluster(f"{member.cluster_id:016x}")
+        if self.cluster.id is not None:
+            self.metrics.set_cluster(self.cluster.id)
 
     def newest_backup(self) -> datetime | None:
+        now = datetime.now(UTC)
         times: list[datetime] = []
         for settings in self.config.destination:
             try:
-                snapshots = build(settings).snapshots()
+                times.extend(m.created for m in self._ours(settings))
             except BackupError as exc:
                 log.warning("cannot list destination %s: %s", settings.name, exc)
-                continue
-            times.extend(item.created for item in snapshots)
-        return max(times, default=None)
+        return max((t for t in times if not is_future(t, now)), default=None)
 
     def _schedule_jobs(self, schedule: Schedule) -> None:
         self._schedule = schedule
@@ -295,13 +308,22 @@ class Daemon:
                         DrillResult(settings.name, "", False, 0.0, str(exc))
                     )
                 return
+            if self.cluster is None:
+                self._identify_cluster()
             for settings in self.config.destination:
-                result = drill(
-                    build(settings),
-                    tools,
-                    self.config.drill.expect_prefixes,
-                    credentials=self.config.etcd.credentials,
-                )
+                if self.cluster is None:
+                    unknown = "cannot tell this cluster's backups until etcd answers"
+                    log.error("drill of %s: %s", settings.name, unknown)
+                    result = DrillResult(settings.name, "", False, 0.0, unknown)
+                else:
+                    result = drill(
+                        build(settings),
+                        tools,
+                        self.config.drill.expect_prefixes,
+                        cluster=self.cluster,
+                        now=datetime.now(UTC),
+                        credentials=self.config.etcd.credentials,
+                    )
                 self.metrics.observe_drill(settings.name, result.ok, result.seconds)
                 record_result(self.config.state_dir, result, datetime.now(UTC))
                 self.notifications.drill_finished(result)
@@ -367,9 +389,11 @@ class Daemon:
             self.notifier.status("backing up")
             self.notifications.cycle_started()
             result = run_cycle(config, destinations=[build(d) for d in chosen], cancel=self.cancel)
+            if result.manifest is not None:
+                self.cluster = Cluster(result.manifest.cluster_name, result.manifest.cluster_id)
             self.metrics.observe(result)
             self.notifications.cycle_finished(result)
-            self._refresh_counts(chosen)
+            self._load_held(chosen)
             summary = (
                 f"last backup {result.manifest.snapshot if result.manifest else ''} ok"
                 if result.ok
@@ -382,18 +406,6 @@ class Daemon:
             self._cycle_lock.release()
             with self._cycle_done:
                 self._cycle_done.notify_all()
-
-    def _refresh_counts(self, chosen: list[DestinationConfig]) -> None:
-        for settings in chosen:
-            try:
-                manifests = build(settings).manifests()
-            except BackupError as exc:
-                log.warning("cannot list destination %s: %s", settings.name, exc)
-                continue
-            self.metrics.destination_snapshots.labels(settings.name).set(len(manifests))
-            self.metrics.destination_bytes.labels(settings.name).set(
-                sum(m.stored_size for m in manifests)
-            )
 
     def _catch_up(self) -> None:
         now = datetime.now(self._schedule.zone)
@@ -460,8 +472,7 @@ class Daemon:
         """What the daemon reads from the destinations and etcd at start, after READY: a slow
         or hung store delays the last_* metrics and the catch-up, never the start itself
         (systemd gives a unit 90 s to report ready)."""
-        self._load_held()
-        self._identify_cluster()
+        self._load_held()  # which identifies the cluster first
         if self.config.schedule.catch_up and not self.stopping.is_set():
             self._catch_up()
 

@@ -23,6 +23,7 @@ from etcd3 import etcdrpc
 
 from .config import EtcdConfig
 from .errors import ConfigError, EtcdError
+from .manifest import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -322,3 +323,23 @@ class SnapshotStream:
         return EtcdError(
             f"{where} failed after {self.received} bytes: {_grpc_detail(exc)} ({_advice(exc)})"
         )
+
+
+def identify_cluster(config: EtcdConfig) -> Cluster:
+    """This cluster as its backups are named: `cluster_name` (else the cluster ID), with the
+    cluster ID etcd reports. Without an answer from etcd, `cluster_name` alone."""
+    try:
+        member = EtcdSource(config).healthy_members()[0]
+    except EtcdError as exc:
+        if config.cluster_name:
+            log.warning(
+                "etcd does not answer; taking backups named %s as this cluster's: %s",
+                config.cluster_name,
+                exc,
+            )
+            return Cluster(config.cluster_name)
+        raise EtcdError(
+            f"cannot tell which backups are this cluster's: {exc}; set etcd.cluster_name"
+        ) from exc
+    cluster_id = f"{member.cluster_id:016x}"
+    return Cluster(config.cluster_name or cluster_id, cluster_id)

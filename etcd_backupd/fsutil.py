@@ -10,6 +10,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from .errors import DestinationError
+
 PART_SUFFIX = ".part"
 # <final name>.<12 hex digits>.part: unique per file created, so runs that start in the same
 # second never share, truncate or remove each other's files
@@ -119,3 +121,14 @@ def remove_stale_parts(directory: Path, now: datetime, ours: Callable[[str], boo
         except FileNotFoundError:
             continue
     return removed
+
+
+def inside(directory: Path, name: str) -> Path:
+    """`directory / name` for a name read from a destination, refused unless it stays a plain
+    entry of `directory`: no separators, no `..`, no way out once resolved."""
+    path = directory / name
+    if name in ("", ".", "..") or Path(name).name != name or os.sep in name:
+        raise DestinationError(f"{name!r} is not a plain file name; not writing it in {directory}")
+    if path.resolve().parent != directory.resolve():
+        raise DestinationError(f"{name!r} leads out of {directory}; not writing it")
+    return path

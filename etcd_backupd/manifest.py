@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 MANIFEST_FORMAT = 1
 SNAPSHOT_PREFIX = "etcd-snapshot-"
 SNAPSHOT_SUFFIX = ".db"
 MANIFEST_SUFFIX = ".manifest.json"
+# ours are about 1 KB; anything near this is not a manifest and is not read into memory
+MANIFEST_MAX_BYTES = 1024 * 1024
 _TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _NAME_RE = re.compile(
     rf"^{re.escape(SNAPSHOT_PREFIX)}(?P<cluster>[A-Za-z0-9_.-]+)-(?P<stamp>\d{{8}}T\d{{6}}Z)"
@@ -61,7 +64,7 @@ class Manifest(BaseModel):
 
     format: int = MANIFEST_FORMAT
     snapshot: str = Field(description="file or object name of the snapshot")
-    created: datetime = Field(description="when the snapshot stream started (UTC)")
+    created: AwareDatetime = Field(description="when the snapshot stream started (UTC)")
     duration_seconds: float = Field(description="seconds to stream and verify the snapshot")
     size: int = Field(description="bytes of the snapshot file as etcd's restore takes it")
     stored_size: int = Field(description="bytes as stored (differs when compressed)")
@@ -91,3 +94,62 @@ class Manifest(BaseModel):
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
         return cls.model_validate_json(text)
+
+
+class ManifestRejected(ValueError):
+    """A manifest that is not one of ours, naming what is wrong with it."""
+
+    def __init__(self, field: str | None, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"field {field!r}: {reason}" if field else reason)
+
+
+def read_manifest(data: bytes, snapshot: str) -> Manifest:
+    """The manifest stored as `manifest_name(snapshot)`, checked against that name.
+
+    Everything a destination holds may have been written by someone else: the `snapshot` field
+    decides which file a restore fetches, so it must be the name the manifest is stored under,
+    and its cluster and time must be the ones that name carries.
+    """
+    if len(data) > MANIFEST_MAX_BYTES:
+        raise ManifestRejected(None, f"larger than {MANIFEST_MAX_BYTES} bytes")
+    try:
+        manifest = Manifest.from_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or None
+        raise ManifestRejected(field, first["msg"]) from None
+    except ValueError as exc:
+        raise ManifestRejected(None, str(exc).splitlines()[0]) from None
+    parsed = parse_snapshot_name(manifest.snapshot)
+    if manifest.snapshot != snapshot or parsed is None:
+        raise ManifestRejected(
+            "snapshot", f"{manifest.snapshot!r} is not {snapshot!r}, the name it is stored under"
+        )
+    cluster, stamp = parsed
+    if manifest.cluster_name != cluster:
+        raise ManifestRejected(
+            "cluster_name", f"{manifest.cluster_name!r} is not {cluster!r}, as the name says"
+        )
+    if not stamp <= manifest.created < stamp + timedelta(seconds=1):
+        raise ManifestRejected(
+            "created", f"{manifest.created.isoformat()} is not the time the name carries"
+        )
+    return manifest
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Whose backups are whose in a destination many clusters may share: the cluster part of
+    the snapshot names, and etcd's cluster ID (hex) when it is known."""
+
+    name: str
+    id: str | None = None
+
+    def named(self, snapshot: str) -> bool:
+        parsed = parse_snapshot_name(snapshot)
+        return parsed is not None and parsed[0] == self.name
+
+    def owns(self, manifest: Manifest) -> bool:
+        return self.named(manifest.snapshot) and self.id in (None, manifest.cluster_id)

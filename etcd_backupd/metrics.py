@@ -12,6 +12,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -38,6 +39,7 @@ from .config import MetricsConfig
 from .cycle import CycleResult
 from .errors import BackupError
 from .manifest import Manifest
+from .retention import is_future
 
 STAGES = ("snapshot", "verify", "ship", "prune")
 RESULTS = ("success", "failure", "skipped")
@@ -152,7 +154,15 @@ class BackupMetrics:
         )
         self.destination_bytes = Gauge(
             "etcd_backup_destination_bytes",
-            "Bytes of the backups a destination holds (as stored).",
+            "Bytes of this cluster's backups a destination holds (current objects as stored; "
+            "old versions a versioned bucket keeps are not counted).",
+            ["destination"],
+            registry=registry,
+        )
+        self.future_snapshots = Gauge(
+            "etcd_backup_future_snapshots",
+            "This cluster's backups in a destination dated more than 5 min in the future (a "
+            "skewed clock or a planted file); they never count as the newest.",
             ["destination"],
             registry=registry,
         )
@@ -234,13 +244,18 @@ class BackupMetrics:
             self.destination_schedule_interval.labels(destination).set(seconds)
 
     def load(self, held: Mapping[str, Sequence[Manifest]]) -> None:
-        """Take `last_*` and per-destination figures from what the destinations hold, so a
-        restart never reads as "no backup ever" and never hides a stale one."""
+        """Take `last_*` and per-destination figures from this cluster's backups in the
+        destinations, so a restart never reads as "no backup ever" and never hides a stale one.
+        A backup dated in the future is counted apart and never taken as the newest: it would
+        pin the age at zero."""
+        now = datetime.fromtimestamp(self._clock(), UTC)
         for destination, manifests in held.items():
             self.destination_snapshots.labels(destination).set(len(manifests))
             self.destination_bytes.labels(destination).set(sum(m.stored_size for m in manifests))
-            if manifests:
-                newest = max(manifests, key=lambda m: m.created)
+            believable = [m for m in manifests if not is_future(m.created, now)]
+            self.future_snapshots.labels(destination).set(len(manifests) - len(believable))
+            if believable:
+                newest = max(believable, key=lambda m: m.created)
                 self.destination_last_success.labels(destination).set(newest.created.timestamp())
                 self._newest(newest)
             else:

@@ -1,8 +1,11 @@
-"""Applying the retention policy to one destination: what is kept, what goes, and why.
+"""Applying the retention policy to one cluster's backups in one destination: what is kept, what
+goes, and why.
 
-The decision itself is `retention.decide` (pure); this module feeds it a destination's snapshots
-and carries out the deletions, and removes the old orphans (a snapshot without manifest, or a
-manifest without snapshot) that interrupted runs leave.
+The decision itself is `retention.decide` (pure); this module feeds it the backups of one cluster
+(a snapshot with a valid manifest of that cluster beside it) and carries out the deletions. A
+destination may be shared by many clusters and other tools: whatever is not this cluster's
+backup is never deleted, and a snapshot without a valid manifest (copied in by hand, or left by
+an interrupted run) is only reported, unless the operator asks for it (`prune --orphans`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,17 @@ from datetime import datetime, timedelta
 
 from .config import Config, DestinationConfig, RetentionConfig
 from .destinations import Destination
-from .retention import Decision, RetentionPolicy, SnapshotRef, decide, parse_duration
+from .errors import BackupError
+from .manifest import Cluster
+from .retention import (
+    FUTURE_MINUTES,
+    Decision,
+    RetentionPolicy,
+    SnapshotRef,
+    decide,
+    is_future,
+    parse_duration,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +40,9 @@ class PruneResult:
     decisions: tuple[Decision, ...]
     deleted: tuple[str, ...]
     dry_run: bool
+    # this cluster's snapshots without a valid manifest, and manifests without a snapshot
+    orphans: tuple[str, ...] = ()
+    orphans_deleted: tuple[str, ...] = ()
 
     @property
     def kept(self) -> int:
@@ -60,21 +76,22 @@ def prune(
     policy: RetentionPolicy,
     *,
     now: datetime,
+    cluster: Cluster,
     lock: timedelta | None = None,
     dry_run: bool = False,
+    orphans: bool = False,
 ) -> PruneResult:
-    """Decide over the destination's snapshots and delete what no rule keeps.
-
-    Only snapshot objects are listed: one becomes visible only after it was verified, so each
-    is a backup; its manifest is deleted with it by name.
-    """
+    """Decide over `cluster`'s backups in the destination and delete what no rule keeps; with
+    `orphans`, also remove that cluster's orphans older than a day."""
+    inventory = destination.inventory()
+    backups = [m for m in destination.manifests(inventory) if cluster.owns(m)]
     candidates = [
         SnapshotRef(
-            name=item.snapshot,
-            created=item.created,
-            locked_until=item.created + lock if lock else None,
+            name=m.snapshot,
+            created=m.created,
+            locked_until=m.created + lock if lock else None,
         )
-        for item in destination.snapshots()
+        for m in backups
     ]
     decisions = tuple(decide(candidates, policy, now=now))
     doomed = [d.snapshot.name for d in decisions if not d.keep]
@@ -86,38 +103,59 @@ def prune(
             decision.snapshot.name,
             ", ".join(decision.reasons),
         )
-    if doomed and not dry_run:
-        destination.delete(doomed)
+    future = [m.snapshot for m in backups if is_future(m.created, now)]
+    if future:
+        log.warning(
+            "destination %s: %d snapshot(s) dated more than %d min in the future are kept but "
+            "never count as the newest (check the clock of the host that wrote them): %s",
+            destination.name,
+            len(future),
+            FUTURE_MINUTES,
+            ", ".join(future),
+        )
+    paired = {m.snapshot for m in backups}
+    stray = [
+        item for item in inventory if cluster.named(item.snapshot) and item.snapshot not in paired
+    ]
+    removable = [
+        item.snapshot
+        for item in stray
+        if orphans and now - item.created > ORPHAN_AGE and not (lock and item.created + lock > now)
+    ]
+    if stray and not orphans:
+        log.warning(
+            "destination %s: %d snapshot(s) or manifest(s) of cluster %s are not complete "
+            "backups and are left alone (prune --orphans removes those older than a day): %s",
+            destination.name,
+            len(stray),
+            cluster.name,
+            ", ".join(item.snapshot for item in stray),
+        )
+    if (doomed or removable) and not dry_run:
+        destination.delete(doomed + removable)
+        note = _deletion_note(destination)
         log.info(
-            "destination %s: pruned %d snapshot(s), kept %d",
+            "destination %s: pruned %d snapshot(s) of cluster %s, kept %d%s%s",
             destination.name,
             len(doomed),
+            cluster.name,
             len(decisions) - len(doomed),
+            f", removed {len(removable)} orphan(s)" if removable else "",
+            f"; {note}" if note else "",
         )
     return PruneResult(
         destination=destination.name,
         decisions=decisions,
         deleted=tuple(doomed),
         dry_run=dry_run,
+        orphans=tuple(item.snapshot for item in stray),
+        orphans_deleted=tuple(removable),
     )
 
 
-def sweep_orphans(destination: Destination, *, now: datetime, lock: timedelta | None) -> list[str]:
-    """Remove snapshots without manifest, and manifests without snapshot, older than a day."""
-    orphans = [
-        item.snapshot
-        for item in destination.inventory()
-        if not (item.has_manifest and item.has_snapshot)
-        and now - item.created > ORPHAN_AGE
-        and not (lock and item.created + lock > now)
-    ]
-    if orphans:
-        log.warning(
-            "destination %s: removing %d orphan(s) older than %s: %s",
-            destination.name,
-            len(orphans),
-            ORPHAN_AGE,
-            ", ".join(orphans),
-        )
-        destination.delete(orphans)
-    return orphans
+def _deletion_note(destination: Destination) -> str | None:
+    """What became of the deleted data: a versioned bucket keeps it readable."""
+    try:
+        return destination.deletion_note()
+    except BackupError as exc:
+        return f"cannot tell whether deleted objects stay as old versions: {exc}"

@@ -11,7 +11,7 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +21,9 @@ from .compression import plain_snapshot
 from .config import ENV_ETCD_PASSWORD
 from .destinations import Destination
 from .errors import BackupError, SnapshotInvalid
-from .manifest import SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX, Manifest
+from .fsutil import inside
+from .manifest import SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX, Cluster, Manifest, parse_snapshot_name
+from .retention import is_future
 from .snapshot.keyspace import auth_enabled
 from .snapshot.status import SnapshotStatus, read_storage_version, verify_snapshot
 
@@ -199,13 +201,21 @@ def restore_token(snapshot_name: str) -> str:
     return "etcd-restore-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "snapshot")
 
 
-def find_snapshot(manifests: list[Manifest], wanted: str, destination: str) -> Manifest:
+def find_snapshot(
+    manifests: list[Manifest],
+    wanted: str,
+    destination: str,
+    *,
+    cluster: str | None,
+    now: datetime,
+) -> Manifest:
     """The backup called `wanted` ("latest", its stored name, or its name without the
-    compression suffix); a miss names the closest stored names."""
+    compression suffix); a miss names the closest stored names. "latest" is the newest backup of
+    `cluster`, which must be named when the destination holds several clusters' backups."""
     if not manifests:
         raise BackupError(f"destination {destination!r} holds no backup")
     if wanted == "latest":
-        return manifests[-1]
+        return _latest(manifests, cluster, destination, now)
     for manifest in reversed(manifests):
         if wanted in (manifest.snapshot, snapshot_base_name(manifest.snapshot)):
             return manifest
@@ -217,6 +227,23 @@ def find_snapshot(manifests: list[Manifest], wanted: str, destination: str) -> M
         else (f"; the newest is {names[-1]!r} (or say latest)")
     )
     raise BackupError(f"no snapshot {wanted!r} in destination {destination!r}{hint}")
+
+
+def _latest(
+    manifests: list[Manifest], cluster: str | None, destination: str, now: datetime
+) -> Manifest:
+    if cluster is None:
+        names = sorted({p[0] for m in manifests if (p := parse_snapshot_name(m.snapshot))})
+        if len(names) > 1:
+            raise BackupError(
+                f"destination {destination!r} holds backups of several clusters "
+                f"({', '.join(names)}): name one with --cluster"
+            )
+        cluster = names[0]
+    newest = newest_backup(manifests, Cluster(cluster), now)
+    if newest is None:
+        raise BackupError(f"destination {destination!r} holds no backup of cluster {cluster}")
+    return newest
 
 
 @dataclass(frozen=True)
@@ -393,21 +420,40 @@ def _etcdctl_env(plain: Path, credentials: Credentials) -> dict[str, str]:
     return {"ETCDCTL_USER": f"{user}:{password}"}
 
 
+def newest_backup(
+    manifests: Sequence[Manifest], cluster: Cluster, now: datetime
+) -> Manifest | None:
+    """The cluster's newest backup; one dated in the future is never it."""
+    ours = [m for m in manifests if cluster.owns(m) and not is_future(m.created, now)]
+    return max(ours, key=lambda m: (m.created, m.snapshot), default=None)
+
+
 def drill(
     destination: Destination,
     tools: EtcdTools,
     expect_prefixes: list[str],
+    *,
+    cluster: Cluster,
+    now: datetime,
     scratch_root: Path | None = None,
     credentials: Credentials = _no_credentials,
 ) -> DrillResult:
-    """Restore the destination's newest backup into a throwaway member and check it.
-    `credentials` gives etcd's user and password, asked for only when the snapshot's cluster
-    has auth enabled."""
+    """Restore the cluster's newest backup in the destination into a throwaway member and
+    check it. `credentials` gives etcd's user and password, asked for only when the
+    snapshot's cluster has auth enabled."""
     began = time.monotonic()
-    manifests = destination.manifests()
-    if not manifests:
-        return DrillResult(destination.name, "", False, 0.0, "the destination holds no backup")
-    newest: Manifest = manifests[-1]
+    try:
+        newest = newest_backup(destination.manifests(), cluster, now)
+    except BackupError as exc:
+        return DrillResult(destination.name, "", False, 0.0, str(exc))
+    if newest is None:
+        return DrillResult(
+            destination.name,
+            "",
+            False,
+            0.0,
+            f"the destination holds no backup of cluster {cluster.name}",
+        )
     try:
         _drill_one(destination, newest, tools, expect_prefixes, scratch_root, credentials)
     except BackupError as exc:
@@ -435,7 +481,7 @@ def _drill_one(
         work = Path(scratch)
         step = f"drill of {manifest.snapshot} from {destination.name}: step"
         log.info("%s 1 of 3: fetching it", step)
-        fetched = destination.fetch(manifest.snapshot, work / manifest.snapshot)
+        fetched = destination.fetch(manifest.snapshot, inside(work, manifest.snapshot))
         log.info("%s 2 of 3: verifying and restoring it", step)
         member = Member("drill", DRILL_PEER_URL, work / "data")
         with (

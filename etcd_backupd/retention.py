@@ -23,6 +23,10 @@ Unverified snapshots (not proven restorable) are handled so that they can never 
   must not empty the destination. Once a newer snapshot verifies, the older unverified ones go
   unless keep_within or a lock keeps them.
 So the decisions about verified snapshots are the same as if the unverified ones did not exist.
+
+A snapshot dated beyond `now` + FUTURE_TOLERANCE (a host with a skewed clock, or a planted file)
+is kept and otherwise ignored: it fills no slot and never anchors keep_within, else every new
+backup would fall outside the window it sets and be deleted as soon as it was stored.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
+
+# clocks of the hosts sharing a destination drift a little; beyond this a date is not believed
+FUTURE_MINUTES = 5
+FUTURE_TOLERANCE = timedelta(minutes=FUTURE_MINUTES)
 
 _DURATION_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 # restic reads "m" as months; elsewhere it means minutes. Calendar units cannot be a timedelta
@@ -133,18 +141,22 @@ def decide(
 ) -> list[Decision]:
     """Keep or delete for each snapshot, newest first (ties by name), with the rules that kept it.
 
-    `now` only matters for Object Lock: without it every lock is taken as still binding.
+    Without `now` every lock is taken as still binding and no snapshot as future-dated.
     Snapshot names must be unique.
     """
     if now is not None:
         _require_aware("now", now)
-    ordered = sorted(snapshots, key=lambda s: (s.created.astimezone(UTC), s.name), reverse=True)
+    everything = sorted(snapshots, key=lambda s: (s.created.astimezone(UTC), s.name), reverse=True)
     duplicates = sorted(
-        name for name, count in Counter(s.name for s in ordered).items() if count > 1
+        name for name, count in Counter(s.name for s in everything).items() if count > 1
     )
     if duplicates:
         raise ValueError(f"snapshot names must be unique: {', '.join(duplicates)}")
-    reasons: dict[str, list[str]] = {s.name: [] for s in ordered}
+    reasons: dict[str, list[str]] = {s.name: [] for s in everything}
+    future = {s.name for s in everything if now is not None and is_future(s.created, now)}
+    for name in future:
+        reasons[name].append(f"dated in the future (beyond now + {FUTURE_MINUTES} min)")
+    ordered = [s for s in everything if s.name not in future]
     verified = [s for s in ordered if s.verified]
     newest_verified = verified[0] if verified else None
 
@@ -186,8 +198,13 @@ def decide(
             )
     return [
         Decision(s, bool(reasons[s.name]), tuple(reasons[s.name]) or ("no rule kept it",))
-        for s in ordered
+        for s in everything
     ]
+
+
+def is_future(created: datetime, now: datetime) -> bool:
+    """Dated beyond what clock drift explains: never the newest, never a retention anchor."""
+    return created > now + FUTURE_TOLERANCE
 
 
 def _format_duration(duration: timedelta) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -76,8 +77,9 @@ class Destination(Protocol):
         """Start storing the snapshot `snapshot` (its uncompressed name)."""
         ...
 
-    def manifests(self) -> list[Manifest]:
-        """Manifests of the stored snapshots, oldest first, without reading the snapshots."""
+    def manifests(self, inventory: Sequence[StoredItem] | None = None) -> list[Manifest]:
+        """Valid manifests of the stored snapshots, oldest first, without reading the snapshots;
+        from `inventory` when the caller listed the destination already."""
         ...
 
     def snapshots(self) -> list[StoredItem]:
@@ -94,6 +96,11 @@ class Destination(Protocol):
 
     def delete(self, snapshots: list[str]) -> None:
         """Remove snapshots and their manifests (manifest first)."""
+        ...
+
+    def deletion_note(self) -> str | None:
+        """What becomes of deleted data, when it is not simply gone (a versioned bucket keeps
+        it readable); raises DestinationError when the store cannot tell."""
         ...
 
     def in_progress(self, since: datetime) -> bool:

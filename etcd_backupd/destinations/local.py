@@ -5,10 +5,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-
-from pydantic import ValidationError
 
 from ..compression import SUFFIXES, compress_file
 from ..config import LocalDestination as LocalConfig
@@ -23,10 +23,12 @@ from ..fsutil import (
     remove_stale_parts,
 )
 from ..manifest import (
-    MANIFEST_SUFFIX,
+    MANIFEST_MAX_BYTES,
     Manifest,
+    ManifestRejected,
     manifest_name,
     parse_snapshot_name,
+    read_manifest,
     snapshot_of_manifest,
 )
 from .base import SpooledSnapshot, StoredItem, pair
@@ -90,26 +92,25 @@ class LocalDirectory:
                 raise self.taken(self.path / taken)
         return _LocalUpload(self, self.path / stored)
 
-    def manifests(self) -> list[Manifest]:
-        if not self.path.is_dir():
-            return []
+    def manifests(self, inventory: Sequence[StoredItem] | None = None) -> list[Manifest]:
         manifests: list[Manifest] = []
-        for candidate in sorted(self.path.glob("*" + MANIFEST_SUFFIX)):
+        for item in self.inventory() if inventory is None else inventory:
+            if not item.has_manifest:
+                continue
+            stored_as = manifest_name(item.snapshot)
             try:
-                manifest = Manifest.from_json(candidate.read_bytes())
-            except (OSError, ValidationError) as exc:
+                manifest = read_manifest(_read_regular(self.path / stored_as), item.snapshot)
+            except (OSError, ManifestRejected) as exc:
                 log.warning(
-                    "destination %s: skipping unreadable manifest %s: %s",
-                    self.name,
-                    candidate,
-                    str(exc).splitlines()[0],
+                    "destination %s: ignoring manifest %s: %s", self.name, stored_as, _why(exc)
                 )
                 continue
-            if not (self.path / manifest.snapshot).is_file():
+            if not _is_regular(self.path / item.snapshot):
                 log.warning(
-                    "destination %s: manifest %s has no snapshot beside it",
+                    "destination %s: ignoring manifest %s: no regular file %s beside it",
                     self.name,
-                    candidate.name,
+                    stored_as,
+                    item.snapshot,
                 )
                 continue
             manifests.append(manifest)
@@ -132,19 +133,44 @@ class LocalDirectory:
         return pair(snapshots, manifests)
 
     def fetch(self, snapshot: str, target: Path) -> Path:
+        if parse_snapshot_name(snapshot) is None:
+            raise DestinationError(
+                f"destination {self.name!r}: {snapshot!r} is not a snapshot name"
+            )
         source = self.path / snapshot
         try:
-            # stored files are never rewritten, so a link is as good as a copy, and instant
-            os.link(source, target)
-            return target
-        except OSError:
-            pass
+            # stored files are never rewritten, so a link is as good as a copy, and instant; a
+            # symbolic link is linked as itself, never followed, and then refused below
+            os.link(source, target, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                raise self.error(f"fetch {snapshot} to {target}", exc) from exc
+        else:
+            if _is_regular(target):
+                return target
+            target.unlink()
+            raise DestinationError(
+                f"destination {self.name!r}: {snapshot} is not a regular file; not fetching it"
+            )
         try:
-            with source.open("rb") as src, target.open("wb") as dst:
-                while block := src.read(_COPY_BLOCK):
-                    dst.write(block)
+            src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise self.error(f"read {snapshot}", exc) from exc
+        try:
+            if not stat.S_ISREG(os.fstat(src).st_mode):
+                raise DestinationError(
+                    f"destination {self.name!r}: {snapshot} is not a regular file; not fetching it"
+                )
+            with (
+                os.fdopen(os.dup(src), "rb") as reader,
+                os.fdopen(create_new(target), "wb") as writer,
+            ):
+                while block := reader.read(_COPY_BLOCK):
+                    writer.write(block)
+        except OSError as exc:
+            raise self.error(f"fetch {snapshot} to {target}", exc) from exc
+        finally:
+            os.close(src)
         return target
 
     def delete(self, snapshots: list[str]) -> None:
@@ -157,6 +183,10 @@ class LocalDirectory:
                 raise self.error(f"delete {snapshot}", exc) from exc
         if snapshots:
             fsync_dir(self.path)
+
+    def deletion_note(self) -> str | None:
+        """A deleted file is gone."""
+        return None
 
     def in_progress(self, since: datetime) -> bool:
         if not self.path.is_dir():
@@ -173,6 +203,37 @@ class LocalDirectory:
             return remove_stale_parts(self.path, now, _ours)
         except OSError as exc:
             raise self.error("remove files left by interrupted runs", exc) from exc
+
+
+def _why(exc: OSError | ManifestRejected) -> str:
+    if isinstance(exc, ManifestRejected):
+        return str(exc)
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link; manifests are read from regular files only"
+    return exc.strerror or str(exc)
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a small regular file, never following a link, never blocking on a FIFO or
+    device, never reading more than a manifest may hold."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ManifestRejected(None, "not a regular file")
+        if info.st_size > MANIFEST_MAX_BYTES:
+            raise ManifestRejected(None, f"larger than {MANIFEST_MAX_BYTES} bytes")
+        with os.fdopen(os.dup(fd), "rb") as reader:
+            return reader.read(MANIFEST_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 class _LocalUpload:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import secrets
 import threading
 import time
-from concurrent.futures import Future
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,7 +30,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..compression import SUFFIXES, compressor
 from ..config import S3Destination as S3Config
 from ..errors import DestinationBusy, DestinationError
-from ..manifest import Manifest, manifest_name, parse_snapshot_name, snapshot_of_manifest
+from ..fsutil import create_new
+from ..manifest import (
+    MANIFEST_MAX_BYTES,
+    Manifest,
+    ManifestRejected,
+    manifest_name,
+    parse_snapshot_name,
+    read_manifest,
+    snapshot_of_manifest,
+)
 from .base import SpooledSnapshot, StoredItem, pair
 
 log = logging.getLogger(__name__)
@@ -138,32 +149,62 @@ class S3Bucket:
         }
         return pair(snapshots, manifests)
 
-    def manifests(self) -> list[Manifest]:
+    def manifests(self, inventory: Sequence[StoredItem] | None = None) -> list[Manifest]:
+        listed = self.inventory() if inventory is None else inventory
+        paired = [i.snapshot for i in listed if i.has_manifest and i.has_snapshot]
+        # one GET per manifest: in parallel, as the parts of an upload are
+        with ThreadPoolExecutor(
+            max_workers=self.config.max_concurrency, thread_name_prefix=f"s3-{self.name}"
+        ) as pool:
+            read = list(pool.map(self._read_manifest, paired))
         manifests: list[Manifest] = []
-        for item in self.inventory():
-            if not (item.has_manifest and item.has_snapshot):
-                continue
-            try:
-                body = self.client.get_object(
-                    Bucket=self.bucket, Key=self.manifest_key(item.snapshot)
-                )["Body"].read()
-                manifests.append(Manifest.from_json(body))
-            except (ClientError, BotoCoreError) as exc:
-                raise self.error(f"read the manifest of {item.snapshot}", exc) from exc
-            except ValueError as exc:
+        for snapshot, outcome in zip(paired, read, strict=True):
+            if isinstance(outcome, Manifest):
+                manifests.append(outcome)
+            else:
                 log.warning(
-                    "destination %s: skipping unreadable manifest of %s: %s",
+                    "destination %s: ignoring manifest %s: %s",
                     self.name,
-                    item.snapshot,
-                    str(exc).splitlines()[0],
+                    self.manifest_key(snapshot),
+                    outcome,
                 )
         manifests.sort(key=lambda m: (m.created, m.snapshot))
         return manifests
 
-    def fetch(self, snapshot: str, target: Path) -> Path:
+    def _read_manifest(self, snapshot: str) -> Manifest | ManifestRejected:
+        """The manifest, or why it is not one; never reads more than a manifest may hold."""
         try:
-            self.client.download_file(self.bucket, self.key(snapshot), str(target))
+            response = self.client.get_object(Bucket=self.bucket, Key=self.manifest_key(snapshot))
+            body = response["Body"]
+            try:
+                if response.get("ContentLength", 0) > MANIFEST_MAX_BYTES:
+                    return ManifestRejected(None, f"larger than {MANIFEST_MAX_BYTES} bytes")
+                data: bytes = body.read(MANIFEST_MAX_BYTES + 1)
+            finally:
+                body.close()
         except (ClientError, BotoCoreError) as exc:
+            raise self.error(f"read the manifest of {snapshot}", exc) from exc
+        try:
+            return read_manifest(data, snapshot)
+        except ManifestRejected as exc:
+            return exc
+
+    def fetch(self, snapshot: str, target: Path) -> Path:
+        if parse_snapshot_name(snapshot) is None:
+            raise DestinationError(
+                f"destination {self.name!r}: {snapshot!r} is not a snapshot name"
+            )
+        try:
+            fd = create_new(target)
+        except OSError as exc:
+            raise DestinationError(
+                f"destination {self.name!r}: cannot create {target}: {exc.strerror}"
+            ) from exc
+        try:
+            with os.fdopen(fd, "wb") as out:
+                self.client.download_fileobj(self.bucket, self.key(snapshot), out)
+        except (ClientError, BotoCoreError) as exc:
+            target.unlink(missing_ok=True)
             raise self.error(f"download {snapshot}", exc) from exc
         return target
 
@@ -171,12 +212,32 @@ class S3Bucket:
         # manifests first, in their own batches: a snapshot is never left looking like a backup
         # while its manifest outlives it
         keys = [self.manifest_key(s) for s in snapshots] + [self.key(s) for s in snapshots]
-        for start in range(0, len(keys), DELETE_BATCH):
-            batch = keys[start : start + DELETE_BATCH]
+        self._delete_objects([{"Key": k} for k in keys])
+        if self.config.delete_versions and keys:
+            self._delete_objects(self._versions_of(keys))
+
+    def _versions_of(self, keys: list[str]) -> list[dict[str, str]]:
+        """Every version and delete marker of exactly these keys."""
+        found: list[dict[str, str]] = []
+        try:
+            for key in keys:
+                pages = self.client.get_paginator("list_object_versions").paginate(
+                    Bucket=self.bucket, Prefix=key
+                )
+                for page in pages:
+                    for entry in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                        if entry["Key"] == key:
+                            found.append({"Key": key, "VersionId": entry["VersionId"]})
+        except (ClientError, BotoCoreError) as exc:
+            raise self.error("list the versions of deleted objects", exc) from exc
+        return found
+
+    def _delete_objects(self, objects: list[dict[str, str]]) -> None:
+        for start in range(0, len(objects), DELETE_BATCH):
+            batch = objects[start : start + DELETE_BATCH]
             try:
                 response = self.client.delete_objects(
-                    Bucket=self.bucket,
-                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
                 )
             except (ClientError, BotoCoreError) as exc:
                 raise self.error("delete objects", exc) from exc
@@ -188,6 +249,29 @@ class S3Bucket:
                     failure.get("Code"),
                     failure.get("Message"),
                 )
+
+    def versioning(self) -> str | None:
+        """The bucket's versioning status ("Enabled", "Suspended"), None when never enabled."""
+        try:
+            status: str | None = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+        except (ClientError, BotoCoreError) as exc:
+            raise self.error("read the bucket's versioning", exc) from exc
+        return status
+
+    def deletion_note(self) -> str | None:
+        status = self.versioning()
+        if status is None:
+            return None
+        if self.config.delete_versions:
+            return (
+                f"bucket versioning is {status}: every version of a deleted snapshot is deleted "
+                "too (delete_versions)"
+            )
+        return (
+            f"bucket versioning is {status}: deleted snapshots stay readable as noncurrent "
+            "versions until a lifecycle rule (NoncurrentVersionExpiration) removes them; or "
+            "set delete_versions = true"
+        )
 
     def in_progress(self, since: datetime) -> bool:
         try:

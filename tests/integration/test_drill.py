@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from etcd_backupd import restore
 from etcd_backupd.config import ENV_ETCD_PASSWORD, load_config
 from etcd_backupd.destinations import build
+from etcd_backupd.etcd import identify_cluster
 from etcd_backupd.restore import drill, find_tools
 from tests.harness.etcd import EtcdCluster, enable_auth, load_kubernetes_like_keys
 
@@ -90,6 +92,8 @@ def test_a_drill_serves_the_keyspace_on_unix_sockets_only(
         build(config.destination[0]),
         find_tools(config.drill.bin_dir),
         config.drill.expect_prefixes,
+        cluster=identify_cluster(config.etcd),
+        now=datetime.now(UTC),
         scratch_root=tmp_path,
     )
     assert result.ok, result.error

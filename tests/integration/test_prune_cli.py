@@ -8,20 +8,18 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from etcd_backupd.manifest import manifest_name, snapshot_name
+from tests.harness.backups import plant_local
 
 
 def test_prune_dry_run_then_for_real(tmp_path: Path) -> None:
     backups = tmp_path / "backups"
     backups.mkdir()
     newest = datetime.now(UTC).replace(microsecond=0)
-    names = [snapshot_name("c", newest - timedelta(hours=12 * i)) for i in range(8)]
-    for name in names:
-        (backups / name).write_bytes(b"s")
-        (backups / manifest_name(name)).write_text("{}")
+    names = [plant_local(backups, "prod", newest - timedelta(hours=12 * i)) for i in range(8)]
     config = tmp_path / "config.toml"
     config.write_text(
         f"state_dir = {str(tmp_path / 'state')!r}\n"
+        "[etcd]\ncluster_name = 'prod'\n"
         "[[destination]]\nname = 'local'\ntype = 'local'\n"
         f"path = {str(backups)!r}\n"
         "[destination.retention]\nkeep_last = 2\nkeep_daily = 3\n"

@@ -19,6 +19,7 @@ from etcd_backupd.config import load_config
 from etcd_backupd.cycle import _manifest
 from etcd_backupd.destinations import build
 from etcd_backupd.etcd import MemberStatus
+from etcd_backupd.manifest import Cluster
 from etcd_backupd.restore import drill, find_tools
 from etcd_backupd.snapshot.status import verify_snapshot
 from tests.harness.etcd import EtcdBinaries, EtcdCluster, start_cluster
@@ -253,7 +254,14 @@ def test_a_drill_of_a_36_snapshot_names_the_tool_too_old_for_it(
         f"[[destination]]\nname = 'local'\ntype = 'local'\npath = {str(backups)!r}\n"
     )
     settings = load_config(config).destination[0]
-    result = drill(build(settings), find_tools(etcd_binaries_35.etcd.parent), [], tmp_path)
+    result = drill(
+        build(settings),
+        find_tools(etcd_binaries_35.etcd.parent),
+        [],
+        cluster=Cluster("c"),
+        now=datetime(2026, 12, 2, 1, tzinfo=UTC),
+        scratch_root=tmp_path,
+    )
     assert not result.ok
     assert result.error is not None
     assert "etcdutl 3.5.1 (" in result.error

@@ -21,9 +21,10 @@ from etcd_backupd.config import S3Destination, parse_config
 from etcd_backupd.cycle import run_cycle
 from etcd_backupd.destinations.s3 import S3Bucket
 from etcd_backupd.errors import SnapshotInvalid
-from etcd_backupd.manifest import manifest_name, snapshot_name
+from etcd_backupd.manifest import Cluster, manifest_name
 from etcd_backupd.prune import prune
 from etcd_backupd.retention import RetentionPolicy
+from tests.harness.backups import plant_s3
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.s3 import MotoServer, make_bucket, s3_environment, start_moto
@@ -278,10 +279,10 @@ def test_prune_pages_past_1000_and_deletes_in_batches(
     client = s3.client()
     make_bucket(client, BUCKET)
     newest = datetime(2026, 11, 24, 12, tzinfo=UTC)
-    names = [snapshot_name("prod", newest - timedelta(hours=12 * i)) for i in range(1100)]
-    for name in names:
-        client.put_object(Bucket=BUCKET, Key=f"prod/{name}", Body=b"s")
-        client.put_object(Bucket=BUCKET, Key=f"prod/manifests/{manifest_name(name)}", Body=b"{}")
+    names = [
+        plant_s3(client, BUCKET, "prod/", "prod", newest - timedelta(hours=12 * i))
+        for i in range(1100)
+    ]
     client.put_object(Bucket=BUCKET, Key="prod/README", Body=b"not ours")
     client.put_object(Bucket=BUCKET, Key=f"other/{names[-1]}", Body=b"outside the prefix")
     settings = S3Destination(
@@ -289,11 +290,16 @@ def test_prune_pages_past_1000_and_deletes_in_batches(
     )
     fault_proxy.reset_counts()
 
-    result = prune(S3Bucket(settings), RetentionPolicy(keep_last=5), now=newest)
+    result = prune(
+        S3Bucket(settings), RetentionPolicy(keep_last=5), now=newest, cluster=Cluster("prod")
+    )
 
     assert len(result.deleted) == 1095
-    # 1,100 snapshots: two pages; 2,190 keys (snapshot and manifest each): three batches
-    assert fault_proxy.counts["ListObjectsV2"] == 2
+    # 1,100 snapshots and 1,100 manifests: two pages each, listed once; each manifest read
+    # once, and the bucket's versioning (a GET too) once; 2,190 keys (snapshot and manifest
+    # each): three batches
+    assert fault_proxy.counts["ListObjectsV2"] == 4
+    assert fault_proxy.counts["GetObject"] == 1101
     assert fault_proxy.counts["DeleteObjects"] == 3
     left = keys(client)
     assert "prod/README" in left
@@ -322,13 +328,12 @@ def test_object_locked_snapshots_are_kept(
 
     settings = config.destination[0]
     assert isinstance(settings, S3Destination)
-    old = snapshot_name("prod", datetime.now(UTC) - timedelta(days=1))
-    client.put_object(Bucket=BUCKET, Key=f"prod/{old}", Body=b"s")
-    client.put_object(Bucket=BUCKET, Key=f"prod/manifests/{manifest_name(old)}", Body=b"{}")
+    old = plant_s3(client, BUCKET, "prod/", "prod", datetime.now(UTC) - timedelta(days=1))
     result = prune(
         S3Bucket(settings),
         RetentionPolicy(keep_last=1),
         now=datetime.now(UTC),
+        cluster=Cluster("prod"),
         lock=timedelta(days=3),
     )
     assert result.deleted == ()

@@ -1,8 +1,20 @@
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 
-from etcd_backupd.manifest import manifest_name, parse_snapshot_name, snapshot_name
+import pytest
+
+from etcd_backupd.manifest import (
+    MANIFEST_MAX_BYTES,
+    Cluster,
+    ManifestRejected,
+    manifest_name,
+    parse_snapshot_name,
+    read_manifest,
+    snapshot_name,
+)
+from tests.harness.backups import make_manifest
 
 
 def test_names_sort_by_time_and_round_trip() -> None:
@@ -22,3 +34,39 @@ def test_foreign_names_are_not_ours() -> None:
     for name in ["notes.txt", "etcd-snapshot-x.db", "etcd-snapshot-c-20261123T2245Z.db"]:
         assert parse_snapshot_name(name) is None
     assert manifest_name("a.db") == "a.db.manifest.json"
+
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+NAME = snapshot_name("prod", NOW)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"snapshot": "/etc/shadow"}, "snapshot"),
+        ({"snapshot": "../" + NAME}, "snapshot"),
+        ({"snapshot": snapshot_name("prod", NOW + timedelta(hours=1))}, "snapshot"),
+        ({"cluster_name": "other"}, "cluster_name"),
+        ({"created": (NOW + timedelta(days=1)).isoformat()}, "created"),
+        ({"created": NOW.replace(tzinfo=None).isoformat()}, "created"),
+        ({"revision": "many"}, "revision"),
+    ],
+)
+def test_a_manifest_that_does_not_match_its_name_is_rejected_naming_the_field(
+    change: dict[str, str], field: str
+) -> None:
+    fields = json.loads(make_manifest("prod", NOW).to_json())
+    fields.update(change)
+    with pytest.raises(ManifestRejected) as rejected:
+        read_manifest(json.dumps(fields).encode(), NAME)
+    assert rejected.value.field == field
+
+
+def test_a_sound_manifest_reads_and_belongs_to_its_cluster_only() -> None:
+    manifest = read_manifest(make_manifest("prod", NOW).to_json().encode(), NAME)
+    assert Cluster("prod").owns(manifest)
+    assert Cluster("prod", manifest.cluster_id).owns(manifest)
+    assert not Cluster("prod", "ffffffffffffffff").owns(manifest)
+    assert not Cluster("other").owns(manifest)
+    with pytest.raises(ManifestRejected, match="larger than"):
+        read_manifest(b" " * (MANIFEST_MAX_BYTES + 1), NAME)

@@ -177,3 +177,22 @@ def test_a_snapshot_no_destination_stored_still_names_the_cluster() -> None:
     values = samples(metrics.exposition)
     never = ("etcd_backup_last_success_timestamp_seconds", (("cluster_id", taken.cluster_id),))
     assert values[never] == 0
+
+
+def test_a_future_dated_backup_is_counted_apart_and_never_the_newest() -> None:
+    now = [T0.timestamp()]
+    metrics = BackupMetrics(CollectorRegistry(), clock=lambda: now[0])
+    real, planted = manifest(T0 - timedelta(hours=3)), manifest(T0 + timedelta(days=2))
+    drift = manifest(T0 + timedelta(minutes=4))
+    metrics.load({"local": [real, planted], "s3": [real, drift]})
+    values = samples(metrics.registry)
+    assert values[("etcd_backup_future_snapshots", (("destination", "local"),))] == 1
+    assert values[("etcd_backup_future_snapshots", (("destination", "s3"),))] == 0
+    # a few minutes of drift is believed; two days is not, and would pin the age at zero
+    assert values[("etcd_backup_last_success_timestamp_seconds", ())] == drift.created.timestamp()
+    local_last = values[
+        ("etcd_backup_destination_last_success_timestamp_seconds", (("destination", "local"),))
+    ]
+    assert local_last == real.created.timestamp()
+    now[0] += 3600
+    assert samples(metrics.registry)[("etcd_backup_last_success_age_seconds", ())] == 3360

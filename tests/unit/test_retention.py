@@ -525,3 +525,25 @@ def test_period_rules_match_a_reference(
     expected = {s.name for s in newest_first(list(newest_of.values()))[:limit]}
     decisions = decide(verified, RetentionPolicy(**{f"keep_{period}": limit}))  # type: ignore[arg-type]
     assert {d.snapshot.name for d in decisions if d.keep} == expected
+
+
+def test_a_future_dated_snapshot_is_kept_but_anchors_nothing() -> None:
+    now = at("2026-11-24 12:00")
+    times = {
+        "planted": now + timedelta(days=2),
+        "drift": now + timedelta(minutes=4),
+        "new": now - timedelta(hours=1),
+        "old": now - timedelta(days=3),
+    }
+    decisions = {d.snapshot.name: d for d in decide(refs(times), WITHIN_1D_LAST_1, now=now)}
+    assert decisions["planted"].keep
+    assert decisions["planted"].reasons == ("dated in the future (beyond now + 5 min)",)
+    # a few minutes of drift is believed: it is the newest and anchors the window
+    assert "newest verified" in decisions["drift"].reasons
+    assert "within 1d" in decisions["new"].reasons
+    assert not decisions["old"].keep
+    # without `now` nothing can be told apart, as before
+    assert "newest verified" in reasons_by_name(refs(times), WITHIN_1D_LAST_1)["planted"]
+
+
+WITHIN_1D_LAST_1 = RetentionPolicy(keep_last=1, keep_within=timedelta(days=1))
