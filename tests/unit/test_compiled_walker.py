@@ -179,14 +179,14 @@ def test_many_keys_put_and_deleted_count_the_same(
     of fingerprints several times and to shift entries back on every kind of deletion."""
     rng = random.Random(99)
     history: list[Entry] = []
-    for main in range(2, 3002):
-        name = f"/registry/pods/ns-{rng.randrange(7)}/pod-{rng.randrange(900)}".encode()
-        gone = rng.random() < 0.3
+    for main in range(2, 12002):
+        name = f"/registry/pods/ns-{rng.randrange(8)}/pod-{rng.randrange(1000)}".encode()
+        gone = rng.random() < 0.2
         history.append(
             (revision(main, tombstone=gone), record(name, b"" if gone else b"v", main), 0)
         )
     db = Database(4096)
-    parts = [history[i : i + 30] for i in range(0, len(history), 30)]
+    parts = [history[i : i + 60] for i in range(0, len(history), 60)]
     leaves = [db.add(leaf_image(part)) for part in parts]
     root = db.add(
         branch_image([(part[0][0], page) for part, page in zip(parts, leaves, strict=True)])
