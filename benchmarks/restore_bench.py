@@ -108,7 +108,7 @@ def fill_shape(
     cluster = start_cluster(binaries, cluster_dir, quota_bytes=8 * 1024**3)
     fill(cluster.endpoints[0], shape, size_mib)
     snapshot = cluster_dir / "shape.db"
-    cluster.etcdctl("snapshot", "save", str(snapshot))
+    cluster.etcdctl("--command-timeout=600s", "snapshot", "save", str(snapshot))
     return cluster, snapshot
 
 

@@ -50,7 +50,7 @@ def make_snapshot(
         began = time.perf_counter()
         fill(cluster.endpoints[0], shape, size_mib)
         print(f"filled etcd in {time.perf_counter() - began:.0f} s", flush=True)
-        cluster.etcdctl("snapshot", "save", str(target))
+        cluster.etcdctl("--command-timeout=600s", "snapshot", "save", str(target))
     finally:
         cluster.stop()
 
