@@ -124,6 +124,7 @@ def inspect_race(binaries: EtcdBinaries, args: argparse.Namespace, work: Path) -
                 [
                     str(binaries.etcdctl),
                     f"--endpoints={endpoint}",
+                    "--command-timeout=600s",
                     "get",
                     "/registry/",
                     "--prefix",
