@@ -9,6 +9,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -400,7 +401,12 @@ def cmd_once(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     _warn_loose_permissions(config, args.config)
     targets = [build(d) for d in config.destination]
-    decided = plan(config, targets, fire_minute(datetime.now(UTC)), threading.Event())
+    # SIGTERM (a CronJob pod or a timer being stopped) and Ctrl-C end the run within about a
+    # second, cleaning up after it, instead of killing it mid-write
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    decided = plan(config, targets, fire_minute(datetime.now(UTC)), stopping)
     if not decided.destinations:
         print(f"standby: {decided.reason}; no snapshot taken")
         if args.textfile or args.pushgateway:
@@ -409,7 +415,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
     try:
         notifications.cycle_started()
-        result = run_cycle(config, destinations=decided.destinations)
+        result = run_cycle(config, destinations=decided.destinations, cancel=stopping)
         notifications.cycle_finished(result)
     finally:
         notifications.close()

@@ -11,10 +11,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from . import __version__
-from .config import Config
+from .config import Config, S3Destination
 from .destinations import Destination, SpooledSnapshot, Upload, build
 from .errors import (
     BackupError,
@@ -33,6 +35,7 @@ from .snapshot.status import SnapshotStatus, verify_snapshot
 from .spool import SpoolError, SpoolWriter
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ class _Shipment:
         snapshot: str,
         part: Path,
         cancel: threading.Event,
+        bounds: dict[str, float | None],
     ) -> None:
         self.uploads: dict[str, Upload] = {}
         self.failures: dict[str, str] = {}
@@ -190,7 +194,12 @@ class _Shipment:
         self._feeds: dict[str, _Feed] = {}
         for target in targets:
             try:
-                upload = target.begin(snapshot)
+                upload = _within(
+                    bounds.get(target.name),
+                    target.name,
+                    "starting the upload",
+                    partial(target.begin, snapshot),
+                )
             except DestinationBusy as exc:
                 log.warning("%s", exc)
                 self.busy[target.name] = str(exc)
@@ -352,8 +361,11 @@ def run_cycle(
 
     try:
         mark = stages.start("snapshot")
-        held = claims.take(targets)
-        _housekeeping(config, held, started)
+        held = _housekeeping(config, claims.take(targets), started, claims.failures)
+        if not held:
+            raise DestinationError(
+                "no destination can take the snapshot: " + "; ".join(claims.failures.values())
+            )
         source = EtcdSource(config.etcd)
         members = source.healthy_members()
         cluster_id = f"{members[0].cluster_id:016x}"
@@ -367,6 +379,7 @@ def run_cycle(
             name,
             cancel or threading.Event(),
             claims.failures,
+            {t.name: _bound(config, t.name) for t in held},
         )
         stages.stop("snapshot", mark)
 
@@ -506,18 +519,69 @@ def _prune(
     return DestinationResult(target.name, True, manifest=stored, pruned=pruned)
 
 
-def _housekeeping(config: Config, targets: Sequence[Destination], now: datetime) -> None:
-    """Clear what interrupted runs left; a failure here is logged and never stops the backup.
-    Snapshots without a manifest are left alone: nothing proves they are ours (pruning reports
-    them, and `prune --orphans` removes them)."""
+def _housekeeping(
+    config: Config, targets: Sequence[Destination], now: datetime, failures: dict[str, str]
+) -> list[Destination]:
+    """Clear what interrupted runs left; a failure here is logged and never stops the backup,
+    but a destination that does not answer within its stall_timeout is given up for this cycle.
+    Return the destinations still in it. Snapshots without a manifest are left alone: nothing
+    proves they are ours (pruning reports them, and `prune --orphans` removes them)."""
+    answering = []
     for target in targets:
-        try:
+
+        def sweep(target: Destination = target) -> None:
             for leftover in target.housekeeping(now):
                 log.warning(
                     "destination %s: removed %s, left by an interrupted run", target.name, leftover
                 )
+
+        try:
+            _within(_bound(config, target.name), target.name, "housekeeping", sweep)
+        except _Unanswered as exc:
+            log.error("%s", exc)
+            failures[target.name] = str(exc)
+            continue
         except BackupError as exc:
             log.warning("destination %s: housekeeping failed: %s", target.name, exc)
+        answering.append(target)
+    return answering
+
+
+class _Unanswered(DestinationError):
+    """A destination did not answer within its bound; the call goes on in the background."""
+
+
+def _bound(config: Config, name: str) -> float | None:
+    """How long a single call into a destination may take: stall_timeout for a network store."""
+    settings = next((d for d in config.destination if d.name == name), None)
+    return settings.stall_timeout if isinstance(settings, S3Destination) else None
+
+
+def _within(seconds: float | None, name: str, action: str, call: Callable[[], _T]) -> _T:
+    """Run `call`, giving up after `seconds`: a hung store then holds a daemon thread until its
+    own timeouts end the request, never the cycle."""
+    if seconds is None:
+        return call()
+    outcome: list[_T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # handed to the waiting side
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name=f"{name}-{action}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise _Unanswered(
+            f"destination {name!r}: {action} got no answer within {seconds:g} s "
+            "(stall_timeout); giving this destination up for this cycle"
+        )
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def _stream_from_first_working(
@@ -528,6 +592,7 @@ def _stream_from_first_working(
     name: str,
     cancel: threading.Event,
     failures: dict[str, str],
+    bounds: dict[str, float | None],
 ) -> tuple[str, MemberStatus, _Shipment, Path, bool]:
     """Stream the snapshot from the first member that delivers it whole; return its SHA-256,
     the member, the uploads, the spooled file and whether that file is kept as a backup.
@@ -541,7 +606,7 @@ def _stream_from_first_working(
             spool, owner = choose_spool_dir(targets, spool_fallback)
             part = part_path(spool / name)
             log.info("streaming snapshot from %s", member.describe())
-            shipment = _Shipment(targets, name, part, cancel)
+            shipment = _Shipment(targets, name, part, cancel, bounds)
             if not shipment.uploads and not shipment.failures:
                 raise DestinationBusy(
                     "another run of the same second is backing up to every destination: "

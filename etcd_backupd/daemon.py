@@ -33,7 +33,7 @@ from .cron import CronSchedule
 from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .drill_record import record_result
-from .errors import BackupError
+from .errors import BackupError, DestinationBusy
 from .etcd import identify_cluster
 from .fsutil import make_private_dir
 from .manifest import Cluster, Manifest
@@ -359,7 +359,9 @@ class Daemon:
         backoff = self.config.schedule.retry_backoff
         for attempt in range(1, attempts + 1):
             result = self._cycle(due)
-            if result is None or result.ok or self.stopping.is_set():
+            # another run holding every destination is taking this backup: nothing to retry
+            busy = result is not None and result.exit_code == DestinationBusy.exit_code
+            if result is None or result.ok or busy or self.stopping.is_set():
                 return
             job = self._scheduler.get_job("backup")
             next_fire = job.next_run_time if job is not None else None
@@ -391,7 +393,10 @@ class Daemon:
             result = run_cycle(config, destinations=[build(d) for d in chosen], cancel=self.cancel)
             if result.manifest is not None:
                 self.cluster = Cluster(result.manifest.cluster_name, result.manifest.cluster_id)
-            self.metrics.observe(result)
+            if result.exit_code == DestinationBusy.exit_code:
+                self.metrics.skipped()
+            else:
+                self.metrics.observe(result)
             self.notifications.cycle_finished(result)
             self._load_held(chosen)
             summary = (

@@ -1,7 +1,8 @@
 """The spool file a snapshot streams into. Each chunk is written on the receiving thread, while
 it is still in the CPU cache (from another thread the same copy into the page cache measured four
-times as costly); SHA-256 and the uploads run on a thread of their own, overlapping with receiving
-from etcd."""
+times as costly); SHA-256 runs on a thread of its own, overlapping with receiving from etcd, and
+hands each hashed chunk to the sink (the cycle's uploads learn there how far the file is
+written)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Pure: it reads the one file it is given with pread (no mmap, so memory does not grow with the
 file) and never writes. A damaged file surfaces as `SnapshotInvalid` with one readable line.
-Layout facts: snapshot-format.md, section 4.
+Layout facts: docs/snapshot-format.md, section 2.
 
 Pages are decoded a whole page at a time with `map`, `zip` and slicing rather than a Python loop
 per element: a snapshot of small Kubernetes objects holds millions of elements.

@@ -2,7 +2,7 @@
 prints (hash, revision, total keys, total size, and from 3.6 the storage version), computed from a
 read-only bbolt walk.
 
-Facts and algorithm: snapshot-format.md, sections 1 to 3 and 5. etcd 3.6 (etcdutl/snapshot/
+Facts and algorithm: docs/snapshot-format.md, sections 1 and 3 to 5. etcd 3.6 (etcdutl/snapshot/
 v3_snapshot.go, Status, at v3.6.0) keeps the bbolt format, the HASH and the REVISION, prints the
 meta bucket's `storageVersion` as VERSION and counts as TOTAL KEYS the user keys alive at the
 snapshot's revision, where 3.4 and 3.5 (the same file at v3.5.x) count the entries of every

@@ -9,18 +9,22 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from etcd_backupd.config import Config, parse_config
+from etcd_backupd.config import Config, LocalDestination, parse_config
 from etcd_backupd.cycle import CycleResult, run_cycle
+from etcd_backupd.destinations.local import LocalDirectory
 from etcd_backupd.manifest import MANIFEST_SUFFIX
-from tests.harness.etcd import EtcdCluster, load_large_values
+from etcd_backupd.runlock import DestinationLock
+from tests.harness.etcd import EtcdCluster, free_port, load_large_values
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.s3 import MotoServer, make_bucket
+from tests.integration.test_daemon import Running, scrape
 from tests.integration.test_s3 import BUCKET, config_data, keys, uploads_in_progress, write_toml
 
 REFUSED = 75
@@ -175,3 +179,50 @@ def test_runs_of_the_same_second_keep_one_intact_backup_in_s3(
         assert refused.error is not None and "stored by another run" in refused.error
     assert len(intact_s3(client)) == 1
     assert not list(tmp_path.glob("state*/spool/*"))
+
+
+def test_the_daemon_leaves_a_destination_another_run_holds(
+    etcd35: EtcdCluster, tmp_path: Path
+) -> None:
+    data = config_data(tmp_path, etcd35, "http://127.0.0.1:1")
+    data["destination"] = data["destination"][:1]
+    config = write_toml(tmp_path / "config.toml", data)
+    port = free_port()
+    with config.open("a") as out:
+        out.write(f"[schedule]\ncron = '0 0 1 1 *'\n[metrics]\nlisten = '127.0.0.1:{port}'\n")
+    settings = parse_config(data).destination[0]
+    assert isinstance(settings, LocalDestination)
+    destination = LocalDirectory(settings)
+    held = DestinationLock(tmp_path / "state", "local", destination.identity())
+    running = Running(config, tmp_path / "daemon.log")
+    try:
+        running.wait_for("is backing up into it; this run leaves it to that one")
+        running.wait_for("metrics on")
+        deadline = time.monotonic() + 10
+        while 'result="skipped"} 1.0' not in scrape(port):
+            assert time.monotonic() < deadline, scrape(port)
+            time.sleep(0.2)
+        assert 'result="failure"} 0.0' in scrape(port)
+        assert "retry" not in running.text()
+    finally:
+        assert running.stop() == 0
+        held.release()
+
+
+def test_a_store_without_conditional_writes_is_asked_first(
+    etcd35: EtcdCluster, tmp_path: Path, s3: MotoServer, fault_proxy: FaultProxy
+) -> None:
+    client = s3.client()
+    make_bucket(client, BUCKET)
+    fault_proxy.fail_next(1, 501, "NotImplemented", operation="CompleteMultipartUpload")
+    fault_proxy.fail_next(1, 501, "NotImplemented", operation="PutObject")
+    config = parse_config(config_data(tmp_path, etcd35, fault_proxy.endpoint_url, local=False))
+    moment = datetime.now(UTC).replace(microsecond=0)
+    first = run_cycle(config, clock=lambda: moment)
+    assert first.ok, first.error
+    assert fault_proxy.counts["HeadObject"] >= 2
+    fault_proxy.fail_next(1, 501, "NotImplemented", operation="CompleteMultipartUpload")
+    again = run_cycle(config, clock=lambda: moment)
+    assert again.exit_code == REFUSED
+    assert again.error is not None and "stored by another run" in again.error
+    assert len(intact_s3(client)) == 1

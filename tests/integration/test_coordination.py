@@ -4,6 +4,7 @@ leader's host dies; every daemon reports the same last backup."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,7 +52,9 @@ class Host:
         for line in text.decode().splitlines():
             if line.startswith("etcd_backup_") and " " in line:
                 name, value = line.rsplit(" ", 1)
-                values[name] = float(value)
+                # every series carries the host's cluster_id; the checks below compare hosts
+                name = re.sub(r'cluster_id="[^"]*",?', "", name).replace(",}", "}")
+                values[name.replace("{}", "")] = float(value)
         return values
 
     def stop(self) -> None:

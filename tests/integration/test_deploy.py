@@ -204,6 +204,7 @@ def test_alert_rules_check_and_pass_their_tests() -> None:
         "EtcdBackupDestinationStale",
         "EtcdBackupKeysDrop",
         "EtcdBackupFutureDated",
+        "EtcdBackupFutureSnapshots",
         "EtcdBackupDrillFailing",
     }
 

@@ -112,20 +112,20 @@ def test_a_hung_s3_upload_drops_out_alone(
     assert uploads_in_progress(client) == []
 
 
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        {"connect_timeout": 1, "read_timeout": 1, "max_attempts": 2},
+        {"stall_timeout": 2},  # requests wait 60 s and are retried: the destination does not
+    ],
+    ids=["request-timeouts", "stall-timeout"],
+)
 def test_an_endpoint_that_never_answers_is_given_up_in_bounded_time(
-    etcd35: EtcdCluster, tmp_path: Path, fault_proxy: FaultProxy
+    etcd35: EtcdCluster, tmp_path: Path, fault_proxy: FaultProxy, bounds: dict[str, float]
 ) -> None:
     fault_proxy.hang("*")
     config = write_toml(
-        tmp_path / "c.toml",
-        s3_with_local(
-            tmp_path,
-            etcd35,
-            fault_proxy.endpoint_url,
-            connect_timeout=1,
-            read_timeout=1,
-            max_attempts=2,
-        ),
+        tmp_path / "c.toml", s3_with_local(tmp_path, etcd35, fault_proxy.endpoint_url, **bounds)
     )
     began = time.monotonic()
     result = once(config)
@@ -134,3 +134,30 @@ def test_an_endpoint_that_never_answers_is_given_up_in_bounded_time(
     assert "destination 's3'" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(intact_local(tmp_path / "local")) == 1
+
+
+def test_a_slow_s3_upload_is_given_up_at_its_deadline(
+    etcd35: EtcdCluster, tmp_path: Path, s3: MotoServer, fault_proxy: FaultProxy
+) -> None:
+    load_large_values(etcd35, 12)
+    client = s3.client()
+    make_bucket(client, BUCKET)
+    fault_proxy.delay(1.5, operation="UploadPart")  # answers, slowly: never a stall
+    config = parse_config(
+        s3_with_local(
+            tmp_path,
+            etcd35,
+            fault_proxy.endpoint_url,
+            stall_timeout=60,
+            deadline=2,
+            max_concurrency=1,
+        )
+    )
+    began = time.monotonic()
+    result = run_cycle(config)
+    assert time.monotonic() - began < 20
+    local, remote = result.destinations
+    assert local.ok and not remote.ok
+    assert remote.error is not None and "longer than deadline = 2 s" in remote.error
+    assert len(intact_local(tmp_path / "local")) == 1
+    assert uploads_in_progress(client) == []

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,3 +123,34 @@ def test_ready_comes_before_reading_a_hung_destination(
             messages.append(sock.recv(4096).decode())
         assert time.monotonic() - began < 10
     assert stop_timed(running) < SHUTDOWN_TIMEOUT + 5
+
+
+def test_sigterm_ends_once_with_a_hung_s3_upload(
+    etcd35: EtcdCluster, tmp_path: Path, s3: MotoServer, fault_proxy: FaultProxy
+) -> None:
+    load_large_values(etcd35, 12)
+    client = s3.client()
+    make_bucket(client, BUCKET)
+    fault_proxy.hang("UploadPart")
+    config = write_toml(
+        tmp_path / "config.toml",
+        config_data(tmp_path, etcd35, fault_proxy.endpoint_url, local=False),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **s3_environment()},
+    )
+    deadline = time.monotonic() + 60
+    while fault_proxy.counts["UploadPart"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    began = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert time.monotonic() - began < 5, stderr
+    assert process.returncode in (5, 130), stderr
+    assert "Traceback" not in stderr
+    assert uploads_in_progress(client) == []
+    assert not list((tmp_path / "state").rglob("*.part"))

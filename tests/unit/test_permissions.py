@@ -51,8 +51,8 @@ def test_state_dir_and_its_new_parents_are_0700_under_umask_000(
 def test_spool_and_local_destination_dirs_are_0700_under_umask_000(
     tmp_path: Path, umask_000: None
 ) -> None:
-    spool, durable = choose_spool_dir([], tmp_path / "state" / "spool")
-    assert not durable
+    spool, owner = choose_spool_dir([], tmp_path / "state" / "spool")
+    assert owner is None
     assert mode(tmp_path / "state") == mode(spool) == 0o700
     settings = LocalDestination(name="l", type="local", path=tmp_path / "mnt" / "backups" / "etcd")
     assert LocalDirectory(settings).spool_dir() == settings.path
