@@ -35,7 +35,7 @@ enum { WALK_OK = 0, WALK_STOP, WALK_UNUSUAL, WALK_ERROR };
 
 /* The user keys alive so far, when only their number is wanted (verify, in every cycle): a
  * 96-bit fingerprint per key instead of the key, 12 bytes in an open-addressed table instead of a
- * bytes object and a dict entry, about a tenth of the memory on a Kubernetes-shaped database.
+ * bytes object and a dict entry, an eighth of the memory or less on a Kubernetes-shaped database.
  * 64 bits of it are Python's own hash of bytes, SipHash keyed at random per process, so no file
  * can be made to collide; the other 32 are FNV-1a. The table is split in PARTS that grow one at a
  * time, by half, so that growing never holds two copies of the whole table. The empty key, a
