@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .commands import add_parsers
-from .errors import BackupError, SnapshotInvalid
+from .errors import BackupError, ExitCode, SnapshotInvalid
 from .logs import error_line, setup_logging
 from .runbook import DEFAULT_BUMP_REVISION
 
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(os.environ.get("ETCD_BACKUPD_CONFIG", "/etc/etcd-backupd/config.toml"))
-EXIT_OK = 0
-EXIT_DRILL_FAILED = 6
-EXIT_BUG = 70
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -144,9 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     restoring.add_argument(
         "--snapshot", default="latest", help="snapshot name in the destination, or latest"
     )
-    restoring.add_argument("--data-dir", type=Path, required=True)
+    restoring.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        help="the data dir to restore into (a non-empty one is refused unless --force)",
+    )
     restoring.add_argument("--name", default="default", help="this member's name")
-    restoring.add_argument("--initial-advertise-peer-urls", default="http://localhost:2380")
+    restoring.add_argument(
+        "--initial-advertise-peer-urls",
+        default="http://localhost:2380",
+        help="this member's peer URL (default: %(default)s)",
+    )
     restoring.add_argument("--initial-cluster", help="default: NAME=PEER_URL (one member)")
     restoring.add_argument(
         "--initial-cluster-token",
@@ -256,7 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="restore without a revision bump (for an older etcdutl; then restart the kubelets)",
     )
-    plan_parser.add_argument("--output", "-o", choices=("markdown", "script"), default="markdown")
+    plan_parser.add_argument(
+        "--output",
+        "-o",
+        choices=("markdown", "script"),
+        default="markdown",
+        help="markdown prints the runbook; script writes restore-MEMBER.sh per member",
+    )
     plan_parser.add_argument(
         "--script-dir", type=Path, default=Path("."), help="where --output script writes"
     )
@@ -408,10 +420,15 @@ def cmd_once(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stopping.set())
     decided = plan(config, targets, fire_minute(datetime.now(UTC)), stopping)
     if not decided.destinations:
-        print(f"standby: {decided.reason}; no snapshot taken")
+        if args.output == "json":
+            _print_json(
+                {"ok": True, "standby": decided.reason, "snapshot": None, "destinations": []}
+            )
+        else:
+            print(f"standby: {decided.reason}; no snapshot taken")
         if args.textfile or args.pushgateway:
             _export_metrics(args, config, None, decided.role)
-        return EXIT_OK
+        return ExitCode.OK
     notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
     try:
         notifications.cycle_started()
@@ -509,7 +526,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         out.write(b"\n\n".join(names))
         out.write(b"\n\n" if names else b"")
         out.flush()
-        return EXIT_OK
+        return ExitCode.OK
     if args.key is not None:
         keys = [kv for kv in keys if kv.key == prefix]
         if not keys:
@@ -526,7 +543,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         # the layout of 'etcdctl get --prefix': a key, then its value, each on a line
         out.write(b"".join(kv.key + b"\n" + kv.value + b"\n" for kv in keys))
     out.flush()
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -546,7 +563,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 "changed": [{"old": _kv_json(a), "new": _kv_json(b)} for a, b in changes.changed],
             }
         )
-        return EXIT_OK
+        return ExitCode.OK
     for mark, kvs in (("+", changes.added), ("-", changes.removed)):
         for kv in kvs:
             print(f"{mark} {kv.key.decode(errors='backslashreplace')}")
@@ -557,7 +574,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         f"{len(changes.changed)} changed",
         file=sys.stderr,
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -641,7 +658,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"restored revision {status.revision} ({status.live_keys} keys){bumped} into "
         f"{args.data_dir} with {tool.description}, cluster token {token}"
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_restore_plan(args: argparse.Namespace) -> int:
@@ -650,13 +667,13 @@ def cmd_restore_plan(args: argparse.Namespace) -> int:
     plan_ = _runbook(args)
     if args.output == "markdown":
         print(render_markdown(plan_))
-        return EXIT_OK
+        return ExitCode.OK
     args.script_dir.mkdir(parents=True, exist_ok=True)
     for name, script in render_scripts(plan_).items():
         path = args.script_dir / f"restore-{name}.sh"
         _write_script(path, script)
         print(path)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _write_script(path: Path, script: str) -> None:
@@ -795,7 +812,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
             f"{result.destination}: drill of {result.snapshot or '-'} {verdict} "
             f"({result.seconds:.1f} s)"
         )
-    return EXIT_OK if all(r.ok for r in results) else EXIT_DRILL_FAILED
+    return ExitCode.OK if all(r.ok for r in results) else ExitCode.DRILL_FAILED
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -824,7 +841,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             _print_error(args, f"INVALID {args.file}: {exc}")
         return exc.exit_code
     if args.output == "json":
-        _print_json({"file": str(args.file), **status.to_dict()})
+        _print_json({"valid": True, "file": str(args.file), **status.to_dict()})
     else:
         print(f"OK {args.file}")
         # TOTAL KEYS as the etcdutl of the snapshot's line prints it, and how that line counts
@@ -844,7 +861,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         ]
         for label, value in rows:
             print(f"  {label:<11} {value}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _our_cluster(config: Config, named: str | None) -> Cluster:
@@ -917,7 +934,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 for r in results
             }
         )
-        return EXIT_OK
+        return ExitCode.OK
     for r in results:
         verb = "would delete" if r.dry_run else "deleted"
         print(f"{r.destination}: cluster {cluster.name}: keep {r.kept}, {verb} {len(r.deleted)}")
@@ -930,7 +947,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 print(f"  {'would remove' if r.dry_run else 'removed'} {name}  (orphan)")
             else:
                 print(f"  leave  {name}  (no valid manifest: not a backup; see --orphans)")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -965,7 +982,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         listing[settings.name] = [entry for _, entry in entries]
     if args.output == "json":
         _print_json(listing)
-        return EXIT_OK
+        return ExitCode.OK
     for name, rows in listing.items():
         backups = [e for e in rows if e["has_manifest"]]
         clusters = sorted({e["cluster"] for e in rows})
@@ -983,7 +1000,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 if e["future"]:
                     line += "  dated in the future"
                 print(line)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _schedule_lines(label: str, cron: str | list[str], zone: str, now: datetime) -> list[str]:
@@ -1025,7 +1042,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  {line}")
     for line in _deletion_notes(config):
         print(f"  {line}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _deletion_notes(config: Config) -> list[str]:
@@ -1084,7 +1101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         _print_error(args, "etcd-backupd: interrupted")
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as exc:
         if args.debug:
             raise
@@ -1093,7 +1110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"etcd-backupd: internal error: {exc!r} (run with --debug for the traceback, "
             "and please report it)",
         )
-        return EXIT_BUG
+        return ExitCode.INTERNAL
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -111,45 +111,66 @@ class EtcdConfig(_Strict):
     endpoints: list[str] = Field(
         default=["http://127.0.0.1:2379"],
         min_length=1,
-        description="Client URLs of the members to back up from; each healthy one is tried in turn",
+        description="Client URLs of the cluster's members. Each healthy member is tried in turn; "
+        "followers are preferred so the leader is not loaded. The log says which member served "
+        "each snapshot.",
+        examples=[["https://10.0.0.1:2379", "https://10.0.0.2:2379", "https://10.0.0.3:2379"]],
     )
     cacert: ConfigPath | None = Field(
-        None, description="CA bundle that signed the members' certificates"
+        None,
+        description="TLS: the CA that signed the members' certificates. An https endpoint "
+        "without cacert is checked against the system's CA store.",
+        examples=["/etc/kubernetes/ssl/ca.pem"],
     )
     cert: ConfigPath | None = Field(
-        None, description="client certificate for mutual TLS (with key)"
+        None,
+        description="Client certificate for mutual TLS (with key).",
+        examples=["/etc/kubernetes/ssl/etcd.pem"],
     )
     key: ConfigPath | None = Field(
-        None, description="client private key for mutual TLS (with cert)"
+        None,
+        description="Client private key for mutual TLS (with cert).",
+        examples=["/etc/kubernetes/ssl/etcd-key.pem"],
     )
     username: str | None = Field(
-        None, description=f"etcd user for auth; or set {ENV_ETCD_USERNAME}"
+        None,
+        description="etcd auth (optional). Snapshots need a user with etcd's root role. "
+        f"{ENV_ETCD_USERNAME} in the environment overrides username.",
+        examples=["root"],
     )
     password_file: ConfigPath | None = Field(
-        None, description=f"file holding the etcd password; or set {ENV_ETCD_PASSWORD}"
+        None,
+        description="File holding the etcd password for username; the environment variable "
+        f"{ENV_ETCD_PASSWORD} wins over it.",
+        examples=["/etc/etcd-backupd/etcd-password"],
     )
     cluster_name: str | None = Field(
         None,
         # with the rest of a snapshot's name and suffixes, a file name stays within 255 bytes
         max_length=128,
-        description="name used in snapshot file names; the cluster ID (hex) when unset",
+        description="Name used in snapshot file names (letters, digits, '.', '_', '-'); the "
+        "cluster ID in hex when unset, e.g. etcd-snapshot-prod-eu1-20261123T224500Z.db.",
+        examples=["prod-eu1"],
     )
     dial_timeout: float = Field(
         5.0,
         gt=0,
         le=3600,
-        description="seconds to wait for a member to answer status and member list",
+        description="Seconds to wait for a member to answer its status and member list.",
     )
     stall_timeout: float = Field(
         60.0,
         gt=0,
         le=DAY,
-        description="abort a snapshot stream that delivers no data for this many seconds",
+        description="A snapshot stream that delivers no data for this many seconds is aborted "
+        "and the next member is tried. There is no limit on the stream as a whole: a large "
+        "database may take minutes.",
     )
     local_endpoint: str | None = Field(
         None,
-        description="client URL of the member on this host; with it, only the host whose "
-        "member leads takes the snapshot (see coordination)",
+        description="Client URL of the member on this host, for coordination between hosts: "
+        "with it, only the host whose member leads takes the snapshot.",
+        examples=["https://127.0.0.1:2379"],
     )
 
     @field_validator("local_endpoint")
@@ -224,33 +245,52 @@ class EtcdConfig(_Strict):
 
 class ScheduleConfig(_Strict):
     cron: str | list[str] = Field(
-        DEFAULT_CRON, description="5-field cron expression, or a list of them, in timezone"
+        DEFAULT_CRON,
+        description="When `etcd-backupd run` takes a backup: a 5-field cron expression (minute "
+        'hour day month weekday) or a macro such as "@daily", or a list of them, read as cron '
+        "and Kubernetes read them (weekday 0 and 7 are Sunday; with both day fields restricted, "
+        "either one matching is enough). `etcd-backupd check-config` prints the next three fire "
+        "times.",
     )
-    timezone: str = Field("UTC", description="time zone the cron expressions are read in")
+    timezone: str = Field("UTC", description="Time zone the cron expressions are read in.")
     jitter: float = Field(
         0.0,
         ge=0,
         le=DAY,
-        description="wait up to this many seconds after each fire time, at random",
+        description="Wait up to this many seconds after each fire time, at random, so a fleet "
+        "does not hit S3 at once.",
     )
     retry_attempts: int = Field(
-        3, ge=0, le=100, description="retries of a failed cycle before the next fire time"
+        3,
+        ge=0,
+        le=100,
+        description="A failed cycle is retried this many times before the next fire time.",
     )
     retry_backoff: float = Field(
-        60.0, gt=0, le=DAY, description="seconds before the first retry; doubled for each next one"
+        60.0,
+        gt=0,
+        le=DAY,
+        description="Seconds before the first retry of a failed cycle, doubled for each further "
+        "retry.",
     )
     catch_up: bool = Field(
-        True, description="at start, back up now if the newest backup predates the last fire"
+        True,
+        description="At start, back up at once if the newest backup is older than the last fire "
+        "time.",
     )
     shutdown_timeout: float = Field(
-        300.0, ge=0, le=DAY, description="on SIGTERM, seconds a running cycle may take to finish"
+        300.0,
+        ge=0,
+        le=DAY,
+        description="On SIGTERM or SIGINT, a running cycle may take this many seconds to finish "
+        "before it is aborted cleanly (no partial file, no multipart upload left).",
     )
     standby_grace: float = Field(
         120.0,
         ge=0,
         le=DAY,
-        description="with coordination, seconds a standby host waits for the leader's "
-        "snapshot of a fire time before it takes one itself",
+        description="With coordination, seconds a standby host waits for the leader's "
+        "snapshot of a fire time before it takes one itself.",
     )
 
     @field_validator("timezone")
@@ -276,26 +316,51 @@ class ScheduleConfig(_Strict):
 
 
 class RetentionConfig(_Strict):
+    """Which snapshots survive pruning (restic `forget` semantics). No rule set: keep
+    everything."""
+
     keep_last: int | None = Field(
-        None, ge=0, le=1_000_000, description="keep the N newest snapshots"
+        None, ge=0, le=1_000_000, description="Keep the N newest snapshots.", examples=[6]
     )
     keep_hourly: int | None = Field(
-        None, ge=0, le=1_000_000, description="newest in each of the last N hours"
+        None,
+        ge=0,
+        le=1_000_000,
+        description="Keep the newest snapshot in each of the last N hours.",
+        examples=[24],
     )
     keep_daily: int | None = Field(
-        None, ge=0, le=1_000_000, description="newest in each of the last N days"
+        None,
+        ge=0,
+        le=1_000_000,
+        description="Keep the newest snapshot in each of the last N days.",
+        examples=[7],
     )
     keep_weekly: int | None = Field(
-        None, ge=0, le=1_000_000, description="newest in each of the last N weeks"
+        None,
+        ge=0,
+        le=1_000_000,
+        description="Keep the newest snapshot in each of the last N weeks.",
+        examples=[4],
     )
     keep_monthly: int | None = Field(
-        None, ge=0, le=1_000_000, description="newest in each of the last N months"
+        None,
+        ge=0,
+        le=1_000_000,
+        description="Keep the newest snapshot in each of the last N months.",
+        examples=[12],
     )
     keep_yearly: int | None = Field(
-        None, ge=0, le=1_000_000, description="newest in each of the last N years"
+        None,
+        ge=0,
+        le=1_000_000,
+        description="Keep the newest snapshot in each of the last N years.",
+        examples=[2],
     )
     keep_within: str | None = Field(
-        None, description='keep all snapshots this close to the newest one, e.g. "14d"'
+        None,
+        description="Keep all snapshots this close to the newest one.",
+        examples=["14d"],
     )
 
     @field_validator("keep_within")
@@ -311,16 +376,28 @@ MIB = 1024 * 1024
 
 
 class _DestinationBase(_Strict):
-    name: str = Field(max_length=64, description="name used in logs, metrics and --destination")
+    name: str = Field(
+        max_length=64,
+        description="Name used in logs, metrics and --destination (letters, digits, '.', '_', "
+        "'-').",
+    )
     compression: Compression = Field(
         "none",
-        description='"none" keeps files etcd\'s restore takes as they are; "zstd" or "gzip"',
+        description='"none" stores the file exactly as `etcdutl snapshot restore` takes it; '
+        '"zstd" or "gzip" compress while storing (the manifest keeps both sizes and the SHA-256 '
+        "of the uncompressed snapshot, and `etcd-backupd verify` reads compressed files too).",
     )
     retention: RetentionConfig | None = Field(
-        None, description="overrides the global [retention] for this destination"
+        None,
+        description="A [destination.retention] table (same keys as [retention]) overrides the "
+        "global policy for this destination only.",
     )
     cron: str | list[str] | None = Field(
-        None, description="this destination's own schedule; the global one when unset"
+        None,
+        description="This destination's own schedule (e.g. hourly here, daily to S3); the global "
+        "one when unset. One snapshot is taken per fire time and shipped to every destination "
+        "due then.",
+        examples=["0 * * * *"],
     )
 
     @field_validator("cron")
@@ -339,72 +416,127 @@ class _DestinationBase(_Strict):
 
 
 class LocalDestination(_DestinationBase):
+    """A directory on this host or a mounted filesystem. Created (mode 0700) if missing;
+    snapshots are written mode 0600 since they hold every Secret of the cluster."""
+
     type: Literal["local"]
-    path: ConfigPath = Field(description="directory holding snapshots and their manifests")
+    path: ConfigPath = Field(
+        description="Directory holding snapshots and their manifests.",
+        examples=["/var/backups/etcd"],
+    )
 
 
 class S3Destination(_DestinationBase):
+    """An S3 bucket, on AWS or any S3-compatible store (MinIO, Ceph RGW, ...)."""
+
     type: Literal["s3"]
-    bucket: str = Field(min_length=3, description="bucket name")
+    bucket: str = Field(min_length=3, description="Bucket name.", examples=["etcd-backups"])
     prefix: str = Field(
-        "", description="every object the tool writes, lists or deletes lives under it"
+        "",
+        description="Every object the tool writes, lists or deletes lives under the prefix; it "
+        'must end with "/".',
     )
-    region: str | None = Field(None, description="bucket region; boto3's default chain if unset")
-    endpoint_url: str | None = Field(None, description="S3-compatible store (MinIO, Ceph RGW)")
+    region: str | None = Field(
+        None, description="Bucket region; boto3's default chain if unset.", examples=["us-east-1"]
+    )
+    endpoint_url: str | None = Field(
+        None,
+        description="An S3-compatible store (MinIO, Ceph RGW); AWS when unset.",
+        examples=["https://minio.internal:9000"],
+    )
     addressing_style: Literal["auto", "path", "virtual"] = Field(
-        "auto", description='"path" for most S3-compatible stores'
+        "auto",
+        description='"path" suits most S3-compatible stores; "auto" lets boto3 choose.',
     )
-    ca_bundle: ConfigPath | None = Field(None, description="CA bundle to trust for endpoint_url")
+    ca_bundle: ConfigPath | None = Field(
+        None,
+        description="CA bundle to trust for endpoint_url.",
+        examples=["/etc/ssl/certs/minio-ca.pem"],
+    )
     storage_class: Literal[STORAGE_CLASSES] | None = Field(  # type: ignore[valid-type]
-        None, description="e.g. STANDARD_IA, GLACIER_IR"
+        None,
+        description="Storage class of each object (e.g. STANDARD_IA, GLACIER_IR).",
+        examples=["STANDARD_IA"],
     )
-    sse: Literal["AES256", "aws:kms"] | None = Field(None, description="server-side encryption")
-    sse_kms_key_id: str | None = Field(None, description='KMS key for sse = "aws:kms"')
+    sse: Literal["AES256", "aws:kms"] | None = Field(
+        None,
+        description='Server-side encryption: "AES256" or "aws:kms" (with sse_kms_key_id).',
+        examples=["AES256"],
+    )
+    sse_kms_key_id: str | None = Field(
+        None,
+        description='KMS key for sse = "aws:kms".',
+        examples=["arn:aws:kms:us-east-1:111122223333:key/..."],
+    )
     object_lock_days: int | None = Field(
         None,
         gt=0,
         le=36500,
-        description="Object Lock retention on each object (bucket needs Object Lock)",
+        description="Object Lock retention on each object (the bucket must have Object Lock "
+        "enabled); locked objects are skipped by pruning until their retention ends.",
+        examples=[30],
     )
     object_lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = Field(
-        "COMPLIANCE", description="Object Lock mode with object_lock_days"
+        "COMPLIANCE", description="Object Lock mode with object_lock_days."
     )
     delete_versions: bool = Field(
         False,
-        description="in a versioned bucket, delete every version (and delete marker) of what "
-        "retention deletes; otherwise old versions stay until a lifecycle rule removes them",
+        description="In a bucket with versioning, a delete leaves every version readable. true: "
+        "pruning deletes every version and delete marker of what it deletes. false: add a "
+        "lifecycle rule with NoncurrentVersionExpiration (see README) so old versions expire.",
     )
     part_size: int = Field(
-        8 * MIB, ge=5 * MIB, le=5 * 1024 * MIB, description="multipart part size in bytes"
+        8 * MIB,
+        ge=5 * MIB,
+        le=5 * 1024 * MIB,
+        description="Multipart upload part size in bytes (>= 5 MiB). Memory use is about "
+        "part_size x (max_concurrency + 1).",
     )
-    max_concurrency: int = Field(8, ge=1, le=64, description="parts uploaded in parallel")
+    max_concurrency: int = Field(
+        8, ge=1, le=64, description="Multipart upload parts in flight at once."
+    )
     max_attempts: int = Field(
-        8, ge=1, le=30, description="attempts per request for throttling and 5xx errors"
+        8,
+        ge=1,
+        le=30,
+        description="Attempts per request on throttling (503 SlowDown) and 5xx errors, with "
+        "backoff.",
     )
     connect_timeout: float = Field(
-        10.0, gt=0, le=300, description="seconds to wait for a connection to the endpoint"
+        10.0, gt=0, le=300, description="Seconds to wait for a connection to the endpoint."
     )
     read_timeout: float = Field(
-        60.0, gt=0, le=3600, description="seconds to wait for an answer to a request"
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds to wait for the answer to each request (every attempt).",
     )
     stall_timeout: float = Field(
         120.0,
         gt=0,
         le=86400,
-        description="give the destination up for this cycle when no part of the upload has "
-        "finished for this many seconds (the others still get the snapshot)",
+        description="A destination whose upload finishes no part for this many seconds is given "
+        "up for this cycle alone: the other destinations still get the snapshot, and the run "
+        "says which one failed.",
     )
     deadline: float = Field(
         3600.0,
         gt=0,
         le=7 * 86400,
-        description="seconds one cycle may spend on this destination in all",
+        description="Seconds after the cycle started by which this destination must be done, or "
+        "it is given up for this cycle alone, as with stall_timeout.",
     )
     access_key_id: str | None = Field(
-        None, description="static credentials; boto3's default chain when unset"
+        None,
+        description="Static credentials (with secret_access_key_file). Unset: boto3's default "
+        "chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment, AWS_PROFILE, "
+        "web identity / IRSA, instance role).",
+        examples=["AKIA..."],
     )
     secret_access_key_file: ConfigPath | None = Field(
-        None, description="file holding the secret key for access_key_id"
+        None,
+        description="File holding the secret key for access_key_id.",
+        examples=["/etc/etcd-backupd/s3-secret"],
     )
 
     @field_validator("bucket")
@@ -467,12 +599,23 @@ DestinationConfig = Annotated[LocalDestination | S3Destination, Field(discrimina
 class MetricsConfig(_Strict):
     listen: str = Field(
         "127.0.0.1:9479",
-        description='host:port of /metrics, /healthz and /readyz; "" turns the server off',
+        description="host:port where `etcd-backupd run` serves /metrics, /healthz and /readyz; "
+        '"" turns the server off.',
     )
-    cert: ConfigPath | None = Field(None, description="TLS certificate for the metrics server")
-    key: ConfigPath | None = Field(None, description="TLS key for the metrics server")
+    cert: ConfigPath | None = Field(
+        None,
+        description="TLS certificate for the metrics server (with key).",
+        examples=["/etc/etcd-backupd/metrics.pem"],
+    )
+    key: ConfigPath | None = Field(
+        None,
+        description="TLS key for the metrics server (with cert).",
+        examples=["/etc/etcd-backupd/metrics-key.pem"],
+    )
     client_ca: ConfigPath | None = Field(
-        None, description="require client certificates from this CA"
+        None,
+        description="Require client certificates from this CA (with cert and key).",
+        examples=["/etc/etcd-backupd/prometheus-ca.pem"],
     )
 
     @field_validator("listen")
@@ -507,13 +650,22 @@ def _valid_host(host: str) -> bool:
 
 
 class DrillConfig(_Strict):
-    enabled: bool = Field(False, description="run restore drills from the daemon")
-    cron: str = Field("0 3 * * 0", description="when the daemon runs a drill (weekly by default)")
+    """Restore drills: restore the newest backup of each destination into a throwaway etcd on
+    loopback, check its revision and key count against the manifest and that expect_prefixes
+    hold keys, then delete it. `etcd-backupd drill` runs one now; with enabled, the daemon on
+    cron."""
+
+    enabled: bool = Field(False, description="Run restore drills from the daemon.")
+    cron: str = Field("0 3 * * 0", description="When the daemon runs a drill (weekly by default).")
     expect_prefixes: list[str] = Field(
-        default=["/registry/"], description="key prefixes a restored cluster must hold keys under"
+        default=["/registry/"],
+        description="Key prefixes a restored cluster must hold keys under.",
     )
     bin_dir: ConfigPath | None = Field(
-        None, description="directory of etcd, etcdctl and etcdutl; PATH when unset"
+        None,
+        description="Directory holding etcd, etcdctl and etcdutl of the cluster's version; PATH "
+        "when unset. Also used by `etcd-backupd restore`.",
+        examples=["/usr/local/bin"],
     )
 
     @field_validator("cron")
@@ -525,13 +677,16 @@ class DrillConfig(_Strict):
 class RestoreConfig(_Strict):
     members: dict[str, str] = Field(
         default_factory=dict,
-        description="the cluster's members for restore-plan: name = peer URL (the member's "
-        "--initial-advertise-peer-urls)",
+        description="The cluster's members, for `etcd-backupd restore-plan --config ...` "
+        "(--member replaces them): member name = the peer URL the member advertises (its "
+        "--initial-advertise-peer-urls).",
+        examples=[{"etcd1": "https://192.168.7.101:2380", "etcd2": "https://192.168.7.102:2380"}],
     )
     client_urls: dict[str, str] = Field(
         default_factory=dict,
-        description="a member's client URL for the runbook's checks; default: its peer host, "
-        "port 2379",
+        description="A member's client URL for the runbook's health checks; default: its peer "
+        "host, port 2379.",
+        examples=[{"etcd1": "https://192.168.7.101:2379"}],
     )
 
     @field_validator("members", "client_urls")
@@ -557,13 +712,27 @@ NotifyEvent = Literal["success", "failure", "drill_failure"]
 
 
 class _NotifyBase(_Strict):
-    url: str = Field(description="where notifications go (http or https)")
-    timeout: float = Field(
-        10.0, gt=0, le=300, description="seconds to wait for the server to accept and answer"
+    url: str = Field(
+        description="Where notifications go (http or https).",
+        examples=["https://hc-ping.com/your-check-uuid"],
     )
-    retries: int = Field(2, ge=0, le=10, description="retries after a failed attempt")
+    timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds to wait for the server to accept and answer each request.",
+    )
+    retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries after a failed attempt (connection error, timeout, HTTP 429 or 5xx).",
+    )
     retry_backoff: float = Field(
-        2.0, gt=0, le=300, description="seconds before the first retry; doubled for each next one"
+        2.0,
+        gt=0,
+        le=300,
+        description="Seconds before the first retry; doubled for each next one.",
     )
 
     @field_validator("url")
@@ -577,15 +746,25 @@ class _NotifyBase(_Strict):
 
 
 class PingNotify(_NotifyBase):
+    """A ping URL (healthchecks.io and compatible): <url>/start when a cycle starts, <url> when
+    it succeeded, <url>/fail with the error as the body when it failed."""
+
     type: Literal["ping"]
 
 
 class WebhookNotify(_NotifyBase):
+    """A webhook: a JSON object (event, time, host, cluster, summary, snapshot, revision, size,
+    error, failed_stage, destinations) POSTed on the events named in on."""
+
     type: Literal["webhook"]
+    url: str = Field(
+        description="Where the JSON is POSTed (http or https).",
+        examples=["https://alerts.example.com/hooks/etcd-backup"],
+    )
     on: list[NotifyEvent] = Field(
         default=["failure", "drill_failure"],
         min_length=1,
-        description='events posted as JSON: "success", "failure", "drill_failure"',
+        description='Events posted: "success", "failure", "drill_failure".',
     )
 
 
@@ -595,13 +774,14 @@ NotifyConfig = Annotated[PingNotify | WebhookNotify, Field(discriminator="type")
 class Config(_Strict):
     state_dir: ConfigPath = Field(
         Path("/var/lib/etcd-backupd"),
-        description="the daemon's own files; snapshots are spooled under it when no local "
-        "destination can take the stream",
+        description="The daemon's own files. Snapshots are streamed into the first local "
+        "destination; only when no local destination can take the stream are they spooled under "
+        "<state_dir>/spool.",
     )
     etcd: EtcdConfig = Field(default_factory=lambda: EtcdConfig())
     schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig())
     destination: list[DestinationConfig] = Field(
-        min_length=1, description="one or more places each snapshot is shipped to"
+        min_length=1, description="One or more destinations; every snapshot is shipped to each."
     )
     retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig())
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
@@ -609,13 +789,19 @@ class Config(_Strict):
     restore: RestoreConfig = Field(default_factory=lambda: RestoreConfig())
     notify: list[NotifyConfig] = Field(
         default_factory=list,
-        description="who hears about each backup cycle and drill, without Prometheus",
+        description="Notifications without Prometheus (optional, as many as you like). Each "
+        "goes out in the background with a timeout and retries; one that cannot be delivered is "
+        "logged and never fails a backup.",
     )
     coordination: Literal["leader", "none"] | None = Field(
         None,
-        description='"leader": of several hosts backing up one cluster, the one whose member '
-        'leads takes each snapshot; "none": every host takes its own. Default: "leader" '
-        "when etcd.local_endpoint is set",
+        description="Several hosts backing up one cluster (a daemon on every etcd member): with "
+        '"leader", the host whose local member (etcd.local_endpoint) leads takes the snapshot of '
+        "each fire time; the others stand by, wait schedule.standby_grace, and take it "
+        "themselves only if no snapshot for that fire time exists or is under way in the "
+        'destinations. Read-only: no lock is written to etcd. Default: "leader" when '
+        'etcd.local_endpoint is set, else "none" (every host backs up).',
+        examples=["leader"],
     )
 
     @property
@@ -639,8 +825,20 @@ class Config(_Strict):
         return self
 
 
-DESTINATION_TYPES = ("local", "s3")
-NOTIFY_TYPES = ("ping", "webhook")
+def union_members(union: Any) -> tuple[type[BaseModel], ...]:
+    """The models of an `Annotated[A | B, Field(discriminator=...)]`, in declaration order."""
+    members: tuple[type[BaseModel], ...] = get_args(get_args(union)[0])
+    return members
+
+
+def type_tag(model: type[BaseModel]) -> str:
+    """The `type` value that selects a model of a union."""
+    tag: str = get_args(model.model_fields["type"].annotation)[0]
+    return tag
+
+
+DESTINATION_TYPES = tuple(type_tag(m) for m in union_members(DestinationConfig))
+NOTIFY_TYPES = tuple(type_tag(m) for m in union_members(NotifyConfig))
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

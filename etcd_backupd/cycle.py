@@ -24,6 +24,7 @@ from .errors import (
     DestinationBusy,
     DestinationError,
     EtcdError,
+    ExitCode,
     SnapshotInvalid,
 )
 from .etcd import EtcdSource, MemberStatus
@@ -60,7 +61,7 @@ class CycleResult:
     error: str | None = None
     failed_stage: str | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    exit_code: int = 0
+    exit_code: ExitCode = ExitCode.OK
 
     @property
     def duration(self) -> float:
@@ -420,7 +421,7 @@ def run_cycle(
 
     failures = [f"{r.name}: {r.error}" for r in results if not r.ok and not r.busy]
     refusals = [f"{r.name}: {r.error}" for r in results if r.busy]
-    exit_code = 0
+    exit_code = ExitCode.OK
     if failures:
         exit_code = DestinationError.exit_code
     elif not stored:
@@ -428,7 +429,6 @@ def run_cycle(
         exit_code = DestinationBusy.exit_code
         failures = refusals
     if exit_code:
-        stages.current = "ship"
         log.error("backup %s reached %d of %d destinations", name, len(stored), len(targets))
     return CycleResult(
         started=started,

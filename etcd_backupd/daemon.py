@@ -33,7 +33,7 @@ from .cron import CronSchedule
 from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .drill_record import record_result
-from .errors import BackupError, DestinationBusy
+from .errors import BackupError, DestinationBusy, ExitCode
 from .etcd import identify_cluster
 from .fsutil import make_private_dir
 from .manifest import Cluster, Manifest
@@ -58,7 +58,9 @@ _INTERVAL_MAX_FIRES = 12_000
 
 
 class LockHeld(BackupError):
-    exit_code = 75
+    """Another daemon holds this state directory."""
+
+    exit_code = ExitCode.TEMPFAIL
 
 
 class StateLock:
@@ -471,7 +473,7 @@ class Daemon:
             if self._server is not None:
                 self._server.close()
             lock.release()
-        return 0
+        return ExitCode.OK
 
     def _start_up(self) -> None:
         """What the daemon reads from the destinations and etcd at start, after READY: a slow

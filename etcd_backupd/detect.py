@@ -230,28 +230,9 @@ def _systemd(root: Path, report: list[str]) -> Detected | None:
         text = _read(root, unit)
         if text is None:
             continue
-        flags: dict[str, str] = {}
-        env: dict[str, str] = {}
-        env_files = []
-        for line in _unit_lines(text):
-            key, sep, value = line.strip().partition("=")
-            if not sep:
-                continue
-            if key == "ExecStart":
-                flags = _exec_flags(value.lstrip("-@:+!"))
-            elif key == "Environment":
-                for assignment in shlex.split(value) if value else []:
-                    env.update(_env_values(assignment))
-            elif key == "EnvironmentFile":
-                env_files.append(value.strip().lstrip("-"))
-        for path in env_files:
-            content = _read(root, path)
-            if content is not None:
-                report.append(f"  environment file {path}")
-                env.update(_env_values(content))
-        merged = {**_etcd_env_flags(env), **flags}
+        flags = _unit_flags(root, text, report)
         report.append(f"found the etcd unit {unit}")
-        return _from_flags(merged, "systemd", f"the systemd unit {unit}")
+        return _from_flags(flags, "systemd", f"the systemd unit {unit}")
     report.append(f"no etcd unit at {', '.join(SYSTEMD_UNITS)}")
     for path in ENV_FILES:
         content = _read(root, path)
@@ -263,6 +244,30 @@ def _systemd(root: Path, report: list[str]) -> Detected | None:
             return _from_flags(flags, "systemd", f"the environment file {path}")
     report.append(f"no etcd environment file at {', '.join(ENV_FILES)}")
     return None
+
+
+def _unit_flags(root: Path, text: str, report: list[str]) -> dict[str, str]:
+    """etcd's flags as a unit sets them: its environment, overridden by ExecStart's flags."""
+    flags: dict[str, str] = {}
+    env: dict[str, str] = {}
+    env_files = []
+    for line in _unit_lines(text):
+        key, sep, value = line.strip().partition("=")
+        if not sep:
+            continue
+        if key == "ExecStart":
+            flags = _exec_flags(value.lstrip("-@:+!"))
+        elif key == "Environment":
+            for assignment in shlex.split(value) if value else []:
+                env.update(_env_values(assignment))
+        elif key == "EnvironmentFile":
+            env_files.append(value.strip().lstrip("-"))
+    for path in env_files:
+        content = _read(root, path)
+        if content is not None:
+            report.append(f"  environment file {path}")
+            env.update(_env_values(content))
+    return {**_etcd_env_flags(env), **flags}
 
 
 def _environment(environ: Mapping[str, str], report: list[str]) -> Detected | None:

@@ -24,6 +24,7 @@ from etcd3 import etcdrpc
 from .config import EtcdConfig
 from .errors import ConfigError, EtcdError
 from .manifest import Cluster
+from .snapshot.status import SHA256_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ _GRPC_OPTIONS = [
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", _SNAPSHOT_WINDOW_BYTES),
 ]
-_SHA256_SIZE = 32
 # seconds between progress lines of a snapshot stream (read when a stream starts)
 PROGRESS_INTERVAL = 10.0
 _MIB = 1024 * 1024
@@ -305,7 +305,7 @@ class SnapshotStream:
             self._done.set()
             self._call.cancel()
             self._client.close()
-        if self.digest is None or len(self.digest) != _SHA256_SIZE:
+        if self.digest is None or len(self.digest) != SHA256_SIZE:
             raise EtcdError(
                 f"snapshot stream from {self.member.describe()} ended after {self.received} bytes "
                 "without etcd's SHA-256 trailer; the transfer was cut short"

@@ -8,6 +8,7 @@ Every metric lives in the registry this object is given: a fresh one per test an
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import threading
 import time
@@ -345,6 +346,21 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes every few seconds would drown the backup log."""
 
 
+def _server_for(host: str, port: int) -> tuple[type[ThreadingWSGIServer], str]:
+    """A server of the address family `host` resolves to: the standard one is IPv4 only, so
+    "[::]:9479" would not bind at all. IPv4 stays first for a name that has both, and an empty
+    host keeps meaning every IPv4 address."""
+    if not host:
+        return ThreadingWSGIServer, host
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = next((a for a in found if a[0] == socket.AF_INET), found[0])
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    return Server, str(sockaddr[0])
+
+
 class MetricsServer:
     """/metrics, /healthz (process and scheduler alive) and /readyz (config loaded, scheduled)."""
 
@@ -375,8 +391,9 @@ class MetricsServer:
 
         host, _, port = config.listen.rpartition(":")
         try:
+            server_class, address = _server_for(host.strip("[]"), int(port))
             self._server = make_server(
-                host.strip("[]"), int(port), app, ThreadingWSGIServer, handler_class=_QuietHandler
+                address, int(port), app, server_class, handler_class=_QuietHandler
             )
         except OSError as exc:
             raise BackupError(

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 
@@ -136,6 +136,94 @@ _PERIODS: dict[str, Callable[[datetime], str]] = {
 }
 
 
+@dataclass(frozen=True)
+class _Pool:
+    """What the rules look at: the snapshots that are not future-dated, newest first."""
+
+    ordered: list[SnapshotRef]
+    verified: list[SnapshotRef]
+    now: datetime | None
+
+
+# A rule names the snapshots it keeps, each with its reason; every rule sees every snapshot.
+_Rule = Callable[[_Pool, RetentionPolicy], Iterator[tuple[SnapshotRef, str]]]
+
+
+def _keep_all_without_rules(
+    pool: _Pool, policy: RetentionPolicy
+) -> Iterator[tuple[SnapshotRef, str]]:
+    if policy.is_empty():
+        for snapshot in pool.ordered:
+            yield snapshot, "no retention rule set"
+
+
+def _keep_newest_verified(
+    pool: _Pool, policy: RetentionPolicy
+) -> Iterator[tuple[SnapshotRef, str]]:
+    if pool.verified:
+        yield pool.verified[0], "newest verified"
+
+
+def _keep_last(pool: _Pool, policy: RetentionPolicy) -> Iterator[tuple[SnapshotRef, str]]:
+    for position, snapshot in enumerate(pool.verified[: policy.keep_last or 0], start=1):
+        yield snapshot, f"last {position}"
+
+
+def _keep_per_period(period: str, label_of: Callable[[datetime], str]) -> _Rule:
+    def rule(pool: _Pool, policy: RetentionPolicy) -> Iterator[tuple[SnapshotRef, str]]:
+        limit: int | None = getattr(policy, f"keep_{period}")
+        if not limit:
+            return
+        seen: set[str] = set()
+        for snapshot in pool.verified:
+            label = label_of(snapshot.created.astimezone(UTC))
+            if label in seen:
+                continue
+            seen.add(label)
+            yield snapshot, f"{period} {label}"
+            if len(seen) == limit:
+                return
+
+    return rule
+
+
+def _keep_within(pool: _Pool, policy: RetentionPolicy) -> Iterator[tuple[SnapshotRef, str]]:
+    if not policy.keep_within or not pool.verified:
+        return
+    cutoff = pool.verified[0].created - policy.keep_within
+    for snapshot in pool.ordered:
+        if snapshot.created >= cutoff:
+            yield snapshot, f"within {_format_duration(policy.keep_within)}"
+
+
+def _keep_unverified_head(
+    pool: _Pool, policy: RetentionPolicy
+) -> Iterator[tuple[SnapshotRef, str]]:
+    for snapshot in pool.ordered:
+        if snapshot.verified:
+            return
+        yield snapshot, "unverified, no verified snapshot is newer"
+
+
+def _keep_locked(pool: _Pool, policy: RetentionPolicy) -> Iterator[tuple[SnapshotRef, str]]:
+    for snapshot in pool.ordered:
+        locked = snapshot.locked_until
+        if locked is not None and (pool.now is None or locked > pool.now):
+            yield snapshot, f"object-locked until {locked.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+# in the order their reasons are listed
+_RULES: tuple[_Rule, ...] = (
+    _keep_all_without_rules,
+    _keep_newest_verified,
+    _keep_last,
+    *(_keep_per_period(period, label_of) for period, label_of in _PERIODS.items()),
+    _keep_within,
+    _keep_unverified_head,
+    _keep_locked,
+)
+
+
 def decide(
     snapshots: Iterable[SnapshotRef], policy: RetentionPolicy, *, now: datetime | None = None
 ) -> list[Decision]:
@@ -157,45 +245,10 @@ def decide(
     for name in future:
         reasons[name].append(f"dated in the future (beyond now + {FUTURE_MINUTES} min)")
     ordered = [s for s in everything if s.name not in future]
-    verified = [s for s in ordered if s.verified]
-    newest_verified = verified[0] if verified else None
-
-    if policy.is_empty():
-        for snapshot in ordered:
-            reasons[snapshot.name].append("no retention rule set")
-    if newest_verified is not None:
-        reasons[newest_verified.name].append("newest verified")
-    if policy.keep_last:
-        for position, snapshot in enumerate(verified[: policy.keep_last], start=1):
-            reasons[snapshot.name].append(f"last {position}")
-    for period, label_of in _PERIODS.items():
-        limit: int | None = getattr(policy, f"keep_{period}")
-        if not limit:
-            continue
-        seen: set[str] = set()
-        for snapshot in verified:
-            label = label_of(snapshot.created.astimezone(UTC))
-            if label in seen:
-                continue
-            seen.add(label)
-            reasons[snapshot.name].append(f"{period} {label}")
-            if len(seen) == limit:
-                break
-    if policy.keep_within and newest_verified is not None:
-        cutoff = newest_verified.created - policy.keep_within
-        for snapshot in ordered:
-            if snapshot.created >= cutoff:
-                reasons[snapshot.name].append(f"within {_format_duration(policy.keep_within)}")
-    for snapshot in ordered:
-        if snapshot.verified:
-            break
-        reasons[snapshot.name].append("unverified, no verified snapshot is newer")
-    for snapshot in ordered:
-        locked = snapshot.locked_until
-        if locked is not None and (now is None or locked > now):
-            reasons[snapshot.name].append(
-                f"object-locked until {locked.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
-            )
+    pool = _Pool(ordered, [s for s in ordered if s.verified], now)
+    for rule in _RULES:
+        for snapshot, reason in rule(pool, policy):
+            reasons[snapshot.name].append(reason)
     return [
         Decision(s, bool(reasons[s.name]), tuple(reasons[s.name]) or ("no rule kept it",))
         for s in everything

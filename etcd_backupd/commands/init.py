@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import BackupError
+from ..errors import BackupError, ExitCode
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     text = render(found, host=socket.gethostname(), now=datetime.now(UTC))
     if args.output is None:
         sys.stdout.write(text)
-        return 0
+        return ExitCode.OK
     try:
         fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
@@ -74,4 +74,4 @@ def run(args: argparse.Namespace) -> int:
         f"{args.output}",
         file=sys.stderr,
     )
-    return 0
+    return ExitCode.OK

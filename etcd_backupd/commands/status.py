@@ -12,17 +12,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackupError
+from ..errors import BackupError, ExitCode
 
 if TYPE_CHECKING:
     from ..config import Config
     from ..freshness import DestinationStatus
-
-# 0: every destination holds a backup younger than its max age; 5: a destination could not be
-# listed (as for every command); 7: some destination's newest backup is too old, or it has none
-EXIT_OK = 0
-EXIT_STALE = 7
-EXIT_UNREADABLE = 5
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,9 +25,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="how fresh the backups are, per destination and cluster",
         description="Per destination and cluster: the newest backup, its age, size and "
         "revision, how many backups and bytes are held, the next fire time and the last drill. "
-        f"Exits {EXIT_OK} when every destination's newest backup is younger than --max-age, "
-        f"{EXIT_STALE} when one is older or there is none, {EXIT_UNREADABLE} when a destination "
-        "cannot be listed: usable as a cron or Nagios-style check.",
+        f"Exits {ExitCode.OK.value} when every destination's newest backup is younger than "
+        f"--max-age, {ExitCode.STALE.value} when one is older or there is none, "
+        f"{ExitCode.DESTINATION.value} when a destination cannot be listed: usable as a cron or "
+        "Nagios-style check.",
     )
     parser.add_argument(
         "--config",
@@ -80,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
         for status in statuses:
             print("\n".join(describe(status)))
     if any(s.error is not None for s in statuses):
-        return EXIT_UNREADABLE
-    return EXIT_OK if all(s.fresh for s in statuses) else EXIT_STALE
+        return ExitCode.DESTINATION
+    return ExitCode.OK if all(s.fresh for s in statuses) else ExitCode.STALE
 
 
 def collect(

@@ -17,6 +17,7 @@ from ..fsutil import (
     atomic_write_bytes,
     create_new,
     fsync_dir,
+    fsync_file,
     make_private_dir,
     part_path,
     part_target,
@@ -310,11 +311,7 @@ class _LocalUpload:
             else:
                 self._placed = True
                 # a no-op when the spool file was synced already; it may come from scratch
-                fd = os.open(self._final, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_file(self._final)
                 fsync_dir(self._final.parent)
                 return
         part = part_path(self._final)

@@ -75,7 +75,6 @@ class SnapshotStatus:
     storage version (3.6 on), `live_keys`; without (3.4, 3.5), `entries`, every entry of every
     bucket, revisions and tombstones included."""
 
-    valid: bool
     revision: int
     total_keys: int
     live_keys: int
@@ -135,9 +134,7 @@ def verify_snapshot(
             f"the database holds {walked.total_size} bytes but the file holds {data_size} "
             "before its trailer: pages are missing or extra"
         )
-    return SnapshotStatus(
-        valid=True, sha256=sha256, file_size=size, has_trailer=True, **asdict(walked)
-    )
+    return SnapshotStatus(sha256=sha256, file_size=size, has_trailer=True, **asdict(walked))
 
 
 def check_trailer(path: Path) -> str:
@@ -164,9 +161,7 @@ def verify_database(path: Path, *, expected_sha256: str | None = None) -> Snapsh
         raise SnapshotInvalid(
             f"SHA-256 of the file is {sha256}, not the expected {expected_sha256}"
         )
-    return SnapshotStatus(
-        valid=True, sha256=sha256, file_size=size, has_trailer=False, **asdict(figures)
-    )
+    return SnapshotStatus(sha256=sha256, file_size=size, has_trailer=False, **asdict(figures))
 
 
 def _check_trailer(path: Path, data_size: int, digest: bytes) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -210,6 +211,29 @@ def start_cluster(
     client_cert_auth: bool = False,
     quota_bytes: int | None = None,
     name_prefix: str = "m",
+) -> EtcdCluster:
+    # a port found free can be taken by another process before etcd binds it (tests run beside
+    # other tests and servers); then start again on new ports
+    arguments = (binaries, workdir, size, tls, client_cert_auth, quota_bytes, name_prefix)
+    for _ in range(2):
+        try:
+            return _start_cluster(*arguments)
+        except RuntimeError as exc:
+            if "address already in use" not in str(exc):
+                raise
+            for data_dir in workdir.glob(f"{name_prefix}*.etcd"):
+                shutil.rmtree(data_dir)
+    return _start_cluster(*arguments)
+
+
+def _start_cluster(
+    binaries: EtcdBinaries,
+    workdir: Path,
+    size: int,
+    tls: TLSFiles | None,
+    client_cert_auth: bool,
+    quota_bytes: int | None,
+    name_prefix: str,
 ) -> EtcdCluster:
     workdir.mkdir(parents=True, exist_ok=True)
     scheme = "https" if tls is not None else "http"

@@ -290,13 +290,6 @@ def test_check_config(tmp_path: Path, etcd35: EtcdCluster) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["once", "verify", "list", "check-config"])
-def test_help_explains_each_command(command: str) -> None:
-    result = cli(command, "--help")
-    assert result.returncode == 0
-    assert "usage: etcd-backupd" in result.stdout
-
-
 def test_a_member_that_stops_sending_is_cut_off_and_nothing_is_left(
     etcd35: EtcdCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -45,9 +45,9 @@ def test_a_snapshot_stream_logs_its_progress(
         )
     ]
     assert progress, lines
-    # the member's reported size is the whole database: about 40 MB of values
+    # the member's reported size is the whole database: about 40 MB (38 MiB) of values
     total = float(progress[0].split(" of ")[1].split(" MiB")[0])
-    assert 38 < total < 80
+    assert 30 < total < 80
 
 
 def test_restore_says_which_step_it_is_in(etcd35: EtcdCluster, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from etcd_backupd.manifest import manifest_name, snapshot_name
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys
 from tests.harness.s3 import MotoServer, make_bucket
 
@@ -114,10 +115,15 @@ def test_status_reports_each_destination_and_checks_the_age(
     assert timedelta(0) < next_fire - datetime.now(UTC) <= timedelta(days=1)
 
     # the local destination's newest backup turns a day old: only it is stale
-    for path in (tmp_path / "backups").glob("*.manifest.json"):
+    backups = tmp_path / "backups"
+    for path in backups.glob("*.manifest.json"):
         data = json.loads(path.read_text())
-        data["created"] = (datetime.fromisoformat(data["created"]) - timedelta(days=1)).isoformat()
-        path.write_text(json.dumps(data))
+        created = datetime.fromisoformat(data["created"]) - timedelta(days=1)
+        older = snapshot_name(data["cluster_name"], created)
+        (backups / data["snapshot"]).rename(backups / older)
+        data.update(created=created.isoformat(), snapshot=older)
+        (backups / manifest_name(older)).write_text(json.dumps(data))
+        path.unlink()
     code, report = status(config)
     assert code == 7
     assert by_name(report)["local"]["fresh"] is False

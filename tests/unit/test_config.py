@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
 
 from etcd_backupd.cli import main as cli_main
 from etcd_backupd.config import (
     DEFAULT_CRON,
     ENV_ETCD_PASSWORD,
     ENV_ETCD_USERNAME,
-    Config,
-    DrillConfig,
-    EtcdConfig,
-    LocalDestination,
-    MetricsConfig,
-    PingNotify,
-    RestoreConfig,
-    RetentionConfig,
     S3Destination,
-    ScheduleConfig,
-    WebhookNotify,
     load_config,
     parse_config,
     validate_cron,
@@ -48,41 +36,6 @@ def test_minimal_config_takes_documented_defaults() -> None:
     assert config.schedule.timezone == "UTC"
     assert config.etcd.endpoints == ["http://127.0.0.1:2379"]
     assert config.state_dir == Path("/var/lib/etcd-backupd")
-
-
-def test_example_config_is_valid_and_documents_every_option() -> None:
-    text = (REPO / "config.example.toml").read_text()
-    config = parse_config(tomllib.loads(text))
-    assert config.retention.keep_last is None
-    models: list[type[BaseModel]] = [
-        Config,
-        EtcdConfig,
-        ScheduleConfig,
-        RetentionConfig,
-        LocalDestination,
-        S3Destination,
-        MetricsConfig,
-        DrillConfig,
-        RestoreConfig,
-        PingNotify,
-        WebhookNotify,
-    ]
-    for model in models:
-        for field in model.model_fields:
-            if field in (
-                "etcd",
-                "schedule",
-                "destination",
-                "retention",
-                "type",
-                "name",
-                "metrics",
-                "drill",
-                "restore",
-                "notify",
-            ):
-                continue
-            assert re.search(rf"^#? ?{field} =", text, re.M), f"{model.__name__}.{field}"
 
 
 def test_unknown_key_names_its_path() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -196,3 +197,38 @@ def test_a_future_dated_backup_is_counted_apart_and_never_the_newest() -> None:
     assert local_last == real.created.timestamp()
     now[0] += 3600
     assert samples(metrics.registry)[("etcd_backup_last_success_age_seconds", ())] == 3360
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_metrics_server_listens_on_an_ipv6_address() -> None:
+    metrics = BackupMetrics(CollectorRegistry())
+    server = MetricsServer(
+        metrics, MetricsConfig(listen="[::1]:0"), healthy=lambda: True, ready=lambda: True
+    )
+    try:
+        url = f"http://[::1]:{server.port}"
+        assert urllib.request.urlopen(url + "/healthz", timeout=5).read() == b"ok\n"
+        assert b"etcd_backup_" in urllib.request.urlopen(url + "/metrics", timeout=5).read()
+    finally:
+        server.close()
+
+
+def test_metrics_server_on_a_name_listens_on_ipv4_as_before() -> None:
+    metrics = BackupMetrics(CollectorRegistry())
+    server = MetricsServer(
+        metrics, MetricsConfig(listen="localhost:0"), healthy=lambda: True, ready=lambda: True
+    )
+    try:
+        url = f"http://127.0.0.1:{server.port}/healthz"
+        assert urllib.request.urlopen(url, timeout=5).read() == b"ok\n"
+    finally:
+        server.close()
