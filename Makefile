@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+# setup.py and the C source too: the install compiles the optional bbolt walker
+$(STAMP): pyproject.toml setup.py etcd_backupd/snapshot/_walker.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'

@@ -5,18 +5,18 @@ Part 1 (drill): on a ~1 GiB snapshot in a local destination, alternates `etcd-ba
 stop, delete) with the bare reference: `etcdutl snapshot restore` plus starting etcd on the result
 until it answers. Target ratio <= 1.2.
 
-Part 2 (inspect): a Kubernetes-like database of many small keys (a ~1 GiB snapshot at the
-default 520,000 keys of about 1.2 KB each); `etcd-backupd inspect --keys-only` of the snapshot
-against `etcdctl get "" --prefix --keys-only` on the running etcd holding the same data. Target
-ratio <= 1.0.
+Part 2 (inspect): a database of one of the shapes of benchmarks/shapes.py (default the
+Kubernetes-shaped one, about 1.5 GB); `etcd-backupd inspect --prefix /registry/ --keys-only` of
+its snapshot against `etcdctl get /registry/ --prefix --keys-only` on the running etcd holding
+the same data. Target ratio <= 1.0.
 
-    python benchmarks/restore_bench.py [--size-mib 1024] [--small-keys 520000] [--rounds 3]
+    python benchmarks/restore_bench.py [--size-mib 1024] [--shape k8s|lease|1mb]
+                                       [--shape-size-mib N] [--rounds 5] [--skip-drill]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -27,7 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.snapshot_bench import fill, timed  # noqa: E402
+from benchmarks.shapes import DEFAULT_SIZE_MIB, SHAPES, fill  # noqa: E402
+from benchmarks.snapshot_bench import summary, timed  # noqa: E402
 from tests.harness.etcd import EtcdBinaries, find_binaries, free_port, start_cluster  # noqa: E402
 
 
@@ -66,7 +67,7 @@ def reference_restore(binaries: EtcdBinaries, snapshot: Path, work: Path) -> flo
 def drill_race(binaries: EtcdBinaries, args: argparse.Namespace, work: Path) -> None:
     cluster = start_cluster(binaries, work / "etcd", quota_bytes=8 * 1024**3)
     try:
-        fill(cluster, args.size_mib)
+        fill(cluster.endpoints[0], "1mb", args.size_mib)
         client = cluster.client()
         client.put("/registry/pods/default/bench", "x")
         client.close()
@@ -101,30 +102,21 @@ def drill_race(binaries: EtcdBinaries, args: argparse.Namespace, work: Path) -> 
           f"{statistics.median(theirs):.2f} s, ratio {ratio:.2f} (target <= 1.2)")  # fmt: skip
 
 
-def fill_small(binaries: EtcdBinaries, cluster_dir: Path, keys: int) -> tuple[object, Path]:
+def fill_shape(
+    binaries: EtcdBinaries, cluster_dir: Path, shape: str, size_mib: int
+) -> tuple[object, Path]:
     cluster = start_cluster(binaries, cluster_dir, quota_bytes=8 * 1024**3)
-    client = cluster.client()
-    value = os.urandom(600).hex()
-    batch = 100
-    for start in range(0, keys, batch):
-        client.transaction(
-            compare=[],
-            success=[
-                client.transactions.put(f"/registry/pods/ns-{i % 50}/pod-{i:08d}", value)
-                for i in range(start, min(start + batch, keys))
-            ],
-            failure=[],
-        )
-    client.close()
-    snapshot = cluster_dir / "small.db"
-    cluster.etcdctl("snapshot", "save", str(snapshot))
+    fill(cluster.endpoints[0], shape, size_mib)
+    snapshot = cluster_dir / "shape.db"
+    cluster.etcdctl("--command-timeout=600s", "snapshot", "save", str(snapshot))
     return cluster, snapshot
 
 
 def inspect_race(binaries: EtcdBinaries, args: argparse.Namespace, work: Path) -> None:
-    cluster, snapshot = fill_small(binaries, work / "small", args.small_keys)
+    size_mib = args.shape_size_mib or DEFAULT_SIZE_MIB[args.shape]
+    cluster, snapshot = fill_shape(binaries, work / "shape", args.shape, size_mib)
     try:
-        print(f"{args.small_keys} keys, snapshot {snapshot.stat().st_size / 2**20:.0f} MiB")
+        print(f"shape {args.shape}, snapshot {snapshot.stat().st_size / 2**20:.0f} MiB")
         ours, theirs = [], []
         endpoint = cluster.endpoints[0]  # type: ignore[attr-defined]
         for round_no in range(1, args.rounds + 1):
@@ -132,31 +124,41 @@ def inspect_race(binaries: EtcdBinaries, args: argparse.Namespace, work: Path) -
                 [
                     str(binaries.etcdctl),
                     f"--endpoints={endpoint}",
+                    "--command-timeout=600s",
                     "get",
-                    "",
+                    "/registry/",
                     "--prefix",
                     "--keys-only",
                 ]
             )
             theirs.append(seconds)
             seconds, rss = timed(
-                [sys.executable, "-m", "etcd_backupd.cli", "inspect", "--keys-only", str(snapshot)]
+                [
+                    sys.executable,
+                    "-m",
+                    "etcd_backupd.cli",
+                    "inspect",
+                    "--prefix",
+                    "/registry/",
+                    "--keys-only",
+                    str(snapshot),
+                ]
             )
             ours.append(seconds)
             print(f"round {round_no}: etcdctl get --keys-only {theirs[-1]:.2f} s, inspect "
-                  f"--keys-only {ours[-1]:.2f} s ({rss / 1024:.0f} MiB)", flush=True)  # fmt: skip
+                  f"--keys-only {ours[-1]:.2f} s ({rss / 1024:.0f} MiB peak RSS), ratio "
+                  f"{ours[-1] / theirs[-1]:.2f}", flush=True)  # fmt: skip
     finally:
         cluster.stop()  # type: ignore[attr-defined]
-    ratio = statistics.median(ours) / statistics.median(theirs)
-    print(f"median inspect {statistics.median(ours):.2f} s, etcdctl "
-          f"{statistics.median(theirs):.2f} s, ratio {ratio:.2f} (target <= 1.0)")  # fmt: skip
+    summary("inspect --keys-only / etcdctl get --keys-only", ours, theirs, 1.0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--small-keys", type=int, default=520_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shape", choices=SHAPES, default="k8s", help="of the inspect race")
+    parser.add_argument("--shape-size-mib", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-drill", action="store_true")
     args = parser.parse_args()
     binaries = find_binaries("3.5")

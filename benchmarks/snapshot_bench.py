@@ -1,12 +1,13 @@
-"""A whole `etcd-backupd once` cycle against `etcdctl snapshot save` alone, on a ~1 GiB etcd.
+"""A whole `etcd-backupd once` cycle against `etcdctl snapshot save` alone.
 
-Fills a throwaway etcd 3.5 on loopback to the requested size, then alternates the two commands
-(etcdctl first, then once, so neither always gets the warmer cache) and prints each run, the
-medians, the ratio once/etcdctl and once's peak RSS. Each command runs in its own process,
-started by a small launcher that times it and reads its peak RSS with os.wait4, so the figures
-are the commands' own.
+Fills a throwaway etcd 3.5 on loopback with one of the shapes of benchmarks/shapes.py (1 MB
+values, Kubernetes-shaped objects, lease-like keys), then alternates the two commands (etcdctl
+first, then once, so neither always gets the warmer cache) and prints each run with its ratio,
+the medians, the median of the per-round ratios and once's peak RSS. Each command runs in its
+own process, started by a small launcher that times it and reads its peak RSS with os.wait4, so
+the figures are the commands' own.
 
-    python benchmarks/snapshot_bench.py [--size-mib 1024] [--rounds 3]
+    python benchmarks/snapshot_bench.py [--shape 1mb|k8s|lease] [--size-mib N] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.harness.etcd import EtcdCluster, find_binaries, start_cluster  # noqa: E402
-
-VALUE_BYTES = 1_000_000
-
+from benchmarks.shapes import DEFAULT_SIZE_MIB, SHAPES, fill  # noqa: E402
+from tests.harness.etcd import find_binaries, start_cluster  # noqa: E402
 
 # A process's peak RSS as the kernel reports it starts from what its parent held when it forked,
 # so a command forked from this driver (gigabytes of etcd values passed through it) would report
@@ -69,23 +69,31 @@ def timed(
     return float(elapsed), int(peak_rss)
 
 
-def fill(cluster: EtcdCluster, size_mib: int) -> int:
-    client = cluster.client()
-    value = os.urandom(VALUE_BYTES)
-    count = size_mib * 1024 * 1024 // VALUE_BYTES
-    for i in range(count):
-        # rotate the value so pages are not byte-identical
-        shift = i % 997
-        client.put(f"/registry/bench/{i:07d}", value[shift:] + value[:shift])
-    size: int = client.status().db_size
-    client.close()
-    return size
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shape", choices=SHAPES, default="1mb")
+    parser.add_argument(
+        "--size-mib", type=int, default=None, help="default: 1024 (1mb), 1536 (k8s), 460 (lease)"
+    )
+
+
+def size_of(args: argparse.Namespace) -> int:
+    return int(args.size_mib or DEFAULT_SIZE_MIB[args.shape])
+
+
+def summary(name: str, ours: list[float], theirs: list[float], target: float) -> None:
+    """Medians and the median of per-round ratios, the figure the targets are stated in."""
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+    print(
+        f"{name}: median {statistics.median(ours):.2f} s against {statistics.median(theirs):.2f} s"
+        f"; per-round ratios {' '.join(f'{r:.2f}' for r in ratios)}; median ratio "
+        f"{statistics.median(ratios):.3f} (target <= {target})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_shape_arguments(parser)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary dir")
     args = parser.parse_args()
 
@@ -96,8 +104,16 @@ def main() -> None:
         work = Path(workdir)
         cluster = start_cluster(binaries, work / "etcd", quota_bytes=8 * 1024**3)
         try:
-            db_size = fill(cluster, args.size_mib)
-            print(f"etcd {binaries.version} database: {db_size / 2**20:.0f} MiB", flush=True)
+            began = time.perf_counter()
+            operations = fill(cluster.endpoints[0], args.shape, size_of(args))
+            client = cluster.client()
+            db_size = client.status().db_size
+            client.close()
+            print(
+                f"etcd {binaries.version}, shape {args.shape}: {operations} operations in "
+                f"{time.perf_counter() - began:.0f} s, database {db_size / 2**20:.0f} MiB",
+                flush=True,
+            )
             backups = work / "backups"
             config = work / "config.toml"
             config.write_text(
@@ -123,16 +139,13 @@ def main() -> None:
                 once_rss.append(rss)
                 print(
                     f"round {round_no}: etcdctl save {save_times[-1]:.2f} s, "
-                    f"once {once_times[-1]:.2f} s ({once_rss[-1] / 1024:.1f} MiB peak RSS)",
+                    f"once {once_times[-1]:.2f} s ({once_rss[-1] / 1024:.1f} MiB peak RSS), "
+                    f"ratio {once_times[-1] / save_times[-1]:.2f}",
                     flush=True,
                 )
         finally:
             cluster.stop()
-    save = statistics.median(save_times)
-    cycle = statistics.median(once_times)
-    print(f"median etcdctl snapshot save: {save:.2f} s")
-    print(f"median etcd-backupd once:     {cycle:.2f} s")
-    print(f"ratio once / etcdctl save:    {cycle / save:.3f}  (target <= 1.05)")
+    summary("once / etcdctl snapshot save", once_times, save_times, 1.05)
     print(
         f"once peak RSS: median {statistics.median(once_rss) / 1024:.1f} MiB, "
         f"max {max(once_rss) / 1024:.1f} MiB  (target <= 64 MiB)"

@@ -1,4 +1,5 @@
-"""`verify_snapshot` against `etcdutl snapshot status` on a ~1 GiB etcd 3.5 snapshot.
+"""`verify_snapshot` against `etcdutl snapshot status` on an etcd 3.5 snapshot of one of the shapes
+of benchmarks/shapes.py (1 MB values, Kubernetes-shaped objects, lease-like keys).
 
 verify does more than status: it also checks the SHA-256 trailer and the structure of every
 page. Each run is its own process, the two alternated so that neither always finds the warmer
@@ -6,29 +7,28 @@ page cache. Wall time is measured here, peak RSS by /usr/bin/time; verify's own 
 interpreter start and imports) is measured inside its process and gives its throughput, target
 >= 500 MB/s. Without --snapshot it fills a throwaway etcd 3.5 on loopback first.
 
-    python benchmarks/verify_bench.py [--snapshot FILE] [--keep FILE] [--size-mib 1024]
-                                      [--value-bytes 1000000] [--rounds 3]
+    python benchmarks/verify_bench.py [--snapshot FILE] [--keep FILE] [--shape 1mb|k8s|lease]
+                                      [--size-mib N] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.harness.etcd import EtcdBinaries, EtcdCluster, find_binaries, start_cluster  # noqa: E402
+from benchmarks.shapes import fill  # noqa: E402
+from benchmarks.snapshot_bench import add_shape_arguments, size_of, summary  # noqa: E402
+from tests.harness.etcd import EtcdBinaries, find_binaries, start_cluster  # noqa: E402
 
-PUT_THREADS = 8
 TIME = "/usr/bin/time"
 QUOTA_BYTES = 8 * 1024**3
 # runs in the child: verify's own seconds, free of interpreter and import time
@@ -42,33 +42,15 @@ print(json.dumps({"seconds": time.perf_counter() - began, "hash": status.hash}))
 """
 
 
-def fill(cluster: EtcdCluster, size_mib: int, value_bytes: int) -> None:
-    client = cluster.client()
-    seed = os.urandom(value_bytes)
-    count = size_mib * 1024 * 1024 // value_bytes
-
-    def put(index: int) -> None:
-        # rotate the value so that no two pages are alike
-        shift = index % value_bytes
-        client.put(f"/registry/bench/{index:08d}", seed[shift:] + seed[:shift])
-
-    try:
-        with ThreadPoolExecutor(PUT_THREADS) as pool:
-            for _ in pool.map(put, range(count)):
-                pass
-    finally:
-        client.close()
-
-
 def make_snapshot(
-    binaries: EtcdBinaries, target: Path, size_mib: int, value_bytes: int, work: Path
+    binaries: EtcdBinaries, target: Path, shape: str, size_mib: int, work: Path
 ) -> None:
     cluster = start_cluster(binaries, work / "etcd", quota_bytes=QUOTA_BYTES)
     try:
         began = time.perf_counter()
-        fill(cluster, size_mib, value_bytes)
+        fill(cluster.endpoints[0], shape, size_mib)
         print(f"filled etcd in {time.perf_counter() - began:.0f} s", flush=True)
-        cluster.etcdctl("snapshot", "save", str(target))
+        cluster.etcdctl("--command-timeout=600s", "snapshot", "save", str(target))
     finally:
         cluster.stop()
 
@@ -95,9 +77,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snapshot", type=Path, help="an existing snapshot file to measure")
     parser.add_argument("--keep", type=Path, help="where to keep the snapshot this makes")
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--value-bytes", type=int, default=1_000_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_shape_arguments(parser)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     binaries = find_binaries("3.5")
     if binaries is None or binaries.etcdutl is None:
@@ -106,7 +87,7 @@ def main() -> None:
         snapshot = args.snapshot
         if snapshot is None:
             snapshot = args.keep or Path(workdir) / "bench.db"
-            make_snapshot(binaries, snapshot, args.size_mib, args.value_bytes, Path(workdir))
+            make_snapshot(binaries, snapshot, args.shape, size_of(args), Path(workdir))
         measure(snapshot, binaries.etcdutl, args.rounds)
 
 
@@ -135,7 +116,7 @@ def measure(snapshot: Path, etcdutl: Path, rounds: int) -> None:
         print(
             f"round {round_no}: etcdutl snapshot status {status_wall[-1]:.2f} s, "
             f"verify {verify_own[-1]:.2f} s in-process / {verify_wall[-1]:.2f} s wall, "
-            f"{rss / 1024:.0f} MiB peak RSS",
+            f"{rss / 1024:.0f} MiB peak RSS, ratio {verify_wall[-1] / status_wall[-1]:.2f}",
             flush=True,
         )
     own = statistics.median(verify_own)
@@ -146,7 +127,7 @@ def measure(snapshot: Path, etcdutl: Path, rounds: int) -> None:
     print(
         f"median etcdutl snapshot status: {theirs_wall:.2f} s = {size / theirs_wall / 1e6:.0f} MB/s"
     )
-    print(f"ratio verify / status (wall):  {wall / theirs_wall:.2f}")
+    summary("verify / etcdutl snapshot status (wall)", verify_wall, status_wall, 1.0)
     print(
         f"peak RSS: verify {statistics.median(verify_rss) / 1024:.0f} MiB, "
         f"etcdutl {statistics.median(status_rss) / 1024:.0f} MiB (medians)"

@@ -187,6 +187,17 @@ class BoltReader:
     def close(self) -> None:
         os.close(self._fd)
 
+    @property
+    def fd(self) -> int:
+        """The open file, for a compiled walker that reads pages itself."""
+        return self._fd
+
+    @property
+    def page_map(self) -> bytearray:
+        """One byte per page marking what the walk has reached, shared with a compiled walker
+        so that `check_unreached` accounts for the pages it read."""
+        return self._seen
+
     def __enter__(self) -> BoltReader:
         return self
 

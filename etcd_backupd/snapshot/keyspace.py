@@ -10,6 +10,7 @@ from operator import methodcaller
 from pathlib import Path
 
 from ..errors import SnapshotInvalid
+from . import compiled
 from .bbolt import BoltReader, Bucket
 from .status import BUMP_MARKER, KEY_BUCKET, REVISION_KEY_SIZE, TOMBSTONE, replay
 
@@ -61,10 +62,23 @@ def auth_enabled(path: Path) -> bool:
 def live_key_names(path: Path, *, prefix: bytes = b"", revision: int | None = None) -> list[bytes]:
     """The keys under `prefix` at `revision` (default: the newest), sorted: the names of what
     `live_keys` gives, found a page of records at a time instead of one record at a time."""
+    try:
+        live = _live_names(path, revision, fast=True)
+    except compiled.LeftToPython:
+        live = _live_names(path, revision, fast=False)
+    live.pop(BUMP_MARKER, None)
+    return sorted(filter(methodcaller("startswith", prefix), live) if prefix else live)
+
+
+def _live_names(path: Path, revision: int | None, *, fast: bool) -> dict[bytes, None]:
     live: dict[bytes, None] = {}
     with BoltReader(path) as reader:
         bucket = _key_bucket(reader)
-        for leaf in reader.leaves(bucket) if bucket is not None else ():
+        if bucket is None:
+            return live
+        if fast and compiled.replay_revisions(reader, bucket, live, revision):
+            return live
+        for leaf in reader.leaves(bucket):
             revisions = leaf.keys
             if not revisions:
                 continue
@@ -75,8 +89,7 @@ def live_key_names(path: Path, *, prefix: bytes = b"", revision: int | None = No
                 break
             replay(leaf, len(revisions), live)
             del leaf  # a page of large values is megabytes: not held while the next is read
-    live.pop(BUMP_MARKER, None)
-    return sorted(filter(methodcaller("startswith", prefix), live) if prefix else live)
+    return live
 
 
 def _main(revision_key: bytes) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 import crc32c
 
 from ..errors import SnapshotInvalid
+from . import compiled
 from .bbolt import BUCKET_FLAG, MAGIC, BadMeta, BoltReader, Bucket, Leaf, parse_meta
 
 SHA256_SIZE = 32
@@ -176,8 +177,12 @@ def _check_trailer(path: Path, data_size: int, digest: bytes) -> str:
 
 def walk_database(path: Path) -> DatabaseFigures:
     """Run bbolt's structural check and compute etcd's figures in one walk."""
-    with _bolt(path) as reader:
-        return _figures(reader)
+    try:
+        with _bolt(path) as reader:
+            return _figures(reader, fast=True)
+    except compiled.LeftToPython:
+        with _bolt(path) as reader:
+            return _figures(reader, fast=False)
 
 
 def read_storage_version(path: Path) -> str | None:
@@ -236,17 +241,22 @@ def user_key(page: bytes, start: int, end: int) -> bytes:
     return page[index : index + length]
 
 
-def _figures(reader: BoltReader) -> DatabaseFigures:
+def _figures(reader: BoltReader, *, fast: bool) -> DatabaseFigures:
+    """`fast`: bucket `key` is walked by the compiled walker when there is one."""
     checksum = 0
     entries = 0
     revision = 0
-    user_keys: dict[bytes, None] = {}
+    # the user keys alive, the key "" of a revision bump among them, and whether it is
+    user_keys = 0
+    bumped = False
     storage_version: str | None = None
     cluster_version: str | None = None
     for bucket in reader.buckets():
         checksum = crc32c.crc32c(bucket.name, checksum)
         if bucket.name == KEY_BUCKET:
-            checksum, revisions, revision, user_keys = _key_bucket(reader, bucket, checksum)
+            checksum, revisions, revision, user_keys, bumped = _key_bucket(
+                reader, bucket, checksum, fast
+            )
             entries += revisions
             continue
         for leaf in reader.leaves(bucket):
@@ -259,8 +269,8 @@ def _figures(reader: BoltReader) -> DatabaseFigures:
     reader.check_unreached()
     return DatabaseFigures(
         revision=revision,
-        total_keys=entries if storage_version is None else len(user_keys),
-        live_keys=len(user_keys) - (BUMP_MARKER in user_keys),
+        total_keys=entries if storage_version is None else user_keys,
+        live_keys=user_keys - bumped,
         entries=entries,
         total_size=reader.db_size,
         hash=checksum,
@@ -272,11 +282,16 @@ def _figures(reader: BoltReader) -> DatabaseFigures:
 
 
 def _key_bucket(
-    reader: BoltReader, bucket: Bucket, checksum: int
-) -> tuple[int, int, int, dict[bytes, None]]:
-    """The checksum carried on, the entries, the revision and the user keys of bucket `key`,
-    which holds nearly every entry: its loop does per page what it can, not per entry. The user
-    keys are those etcdutl 3.6 counts, the key "" of a revision bump included."""
+    reader: BoltReader, bucket: Bucket, checksum: int, fast: bool
+) -> tuple[int, int, int, int, bool]:
+    """The checksum carried on, the entries, the revision of bucket `key`, and the number of user
+    keys alive at its end, those etcdutl 3.6 counts, the key "" of a revision bump included, and
+    whether that key is among them. The bucket holds nearly every entry: its loop does per page
+    what it can, not per entry."""
+    walked = compiled.count_revisions(reader, bucket, checksum) if fast else None
+    if walked is not None:
+        checksum, entries, last, alive, bumped = walked
+        return checksum, entries, int.from_bytes(last[:8], "big"), alive + bumped, bumped
     live: dict[bytes, None] = {}
     entries = 0
     last = b""
@@ -291,7 +306,7 @@ def _key_bucket(
         # not held while the walk reads the next page: a page of large values is megabytes
         del leaf
     revision = int.from_bytes(last[:8], "big")
-    return checksum, entries, revision, live
+    return checksum, entries, revision, len(live), BUMP_MARKER in live
 
 
 def replay(leaf: Leaf, count: int, live: dict[bytes, None]) -> None:

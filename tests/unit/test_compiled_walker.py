@@ -1,0 +1,206 @@
+"""The compiled walk of bucket `key` against the pure-Python one: on every database the bbolt
+tests write, sound or damaged in any byte, both give the same figures, the same live keys at
+every revision, or the same one-line diagnosis."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from etcd_backupd.errors import SnapshotInvalid
+from etcd_backupd.snapshot import compiled
+from etcd_backupd.snapshot.keyspace import live_key_names
+from etcd_backupd.snapshot.status import DatabaseFigures, user_key, walk_database
+from tests.unit.test_bbolt import (
+    BUCKET_FLAG,
+    STRUCTURE_DAMAGE,
+    Database,
+    Entry,
+    branch_image,
+    bucket,
+    damaged_database,
+    etcd_database,
+    leaf_image,
+    nested_chain,
+    record,
+    revision,
+    small_snapshot,
+    two_leaves,
+)
+
+pytestmark = pytest.mark.skipif(
+    compiled.WALKER is None, reason="the package was built without its compiled walker"
+)
+
+
+class Spy:
+    """Counts what the compiled walker answered: figures, or a hand-over to the pure reader."""
+
+    def __init__(self, walker: Any) -> None:
+        self.walker = walker
+        self.walked = 0
+        self.handed_over = 0
+
+    def walk_revisions(self, *args: Any) -> Any:
+        result = self.walker.walk_revisions(*args)
+        if result is None:
+            self.handed_over += 1
+        else:
+            self.walked += 1
+        return result
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spy]:
+    spy = Spy(compiled.WALKER)
+    monkeypatch.setattr(compiled, "WALKER", spy)
+    yield spy
+
+
+def outcome(call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except SnapshotInvalid as exc:
+        return f"invalid: {exc}"
+
+
+EVERY_REVISION = (None, -1, 0, 2, 3, 11, 12, 25, 39, 40, 41)
+
+
+def same_both_ways(
+    monkeypatch: pytest.MonkeyPatch, path: Path, revisions: tuple[int | None, ...] = EVERY_REVISION
+) -> object:
+    """walk_database and live_key_names at `revisions`, compiled, then pure Python."""
+
+    def everything() -> list[object]:
+        results = [outcome(lambda: walk_database(path))]
+        for at in revisions:
+            results.append(outcome(lambda at=at: live_key_names(path, revision=at)))
+        results.append(outcome(lambda: live_key_names(path, prefix=b"/registry/pods/")))
+        return results
+
+    fast = everything()
+    with monkeypatch.context() as pure:
+        pure.setattr(compiled, "WALKER", None)
+        slow = everything()
+    assert fast == slow
+    return fast[0]
+
+
+@pytest.mark.parametrize("page_size", [1024, 4096])
+def test_a_sound_database_is_walked_by_the_compiled_walker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy, page_size: int
+) -> None:
+    db, root, _ = etcd_database(page_size)
+    path = tmp_path / "db"
+    path.write_bytes(db.build(root))
+    figures = same_both_ways(monkeypatch, path)
+    assert not isinstance(figures, str)
+    assert spy.walked > 0 and spy.handed_over == 0
+
+
+@pytest.mark.parametrize(
+    "build", [build for _, build, _ in STRUCTURE_DAMAGE], ids=[n for n, _, _ in STRUCTURE_DAMAGE]
+)
+def test_structure_damage_reads_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, build: Callable[[], bytes]
+) -> None:
+    path = tmp_path / "db"
+    path.write_bytes(build())
+    assert isinstance(same_both_ways(monkeypatch, path), str)
+
+
+def test_a_deep_branch_tree_and_nested_buckets_read_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy
+) -> None:
+    path = tmp_path / "db"
+    path.write_bytes(nested_chain(70, inline=False))
+    assert "nested more than 64" in str(same_both_ways(monkeypatch, path))
+    path.write_bytes(damaged_database(two_leaves))
+    same_both_ways(monkeypatch, path)
+    # a tombstone of a key never put, the bump marker, a key of 200 bytes (two-byte length)
+    db = Database()
+    history = [
+        (revision(2, tombstone=True), record(b"gone", b"", 2), 0),
+        (revision(3), b"", 0),
+        (revision(4), record(b"k" * 200, b"v", 4), 0),
+    ]
+    leaf = db.add(leaf_image(history))
+    path.write_bytes(db.build(db.add(leaf_image([(b"key", bucket(leaf), BUCKET_FLAG)]))))
+    figures = same_both_ways(monkeypatch, path)
+    assert isinstance(figures, DatabaseFigures) and figures.live_keys == 1
+    assert spy.walked > 0
+
+
+def test_every_truncation_reads_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = small_snapshot()
+    path = tmp_path / "db"
+    for size in range(0, len(data), 97):
+        path.write_bytes(data[:size])
+        assert isinstance(same_both_ways(monkeypatch, path), str)
+
+
+def test_any_byte_damaged_reads_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy
+) -> None:
+    data = small_snapshot()
+    path = tmp_path / "damaged"
+    # every third byte past the meta pages, each damaged one of three ways in turn
+    for offset in range(2 * 1024, len(data), 3):
+        damaged = bytearray(data)
+        damaged[offset] ^= (0x01, 0x80, 0xFF)[offset // 3 % 3]
+        path.write_bytes(damaged)
+        same_both_ways(monkeypatch, path, (None, 20))
+    # both kinds of answer were given: damage the compiled walk passed on, and figures
+    assert spy.walked > 0 and spy.handed_over > 0
+
+
+def test_random_rewrites_read_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = small_snapshot()
+    rng = random.Random(4321)
+    path = tmp_path / "damaged"
+    for _ in range(300):
+        damaged = bytearray(data)
+        for _ in range(rng.randrange(1, 4)):
+            offset = rng.randrange(2 * 1024, len(data))
+            damaged[offset : offset + 4] = rng.randbytes(4)
+        path.write_bytes(damaged)
+        same_both_ways(monkeypatch, path, (None, 20))
+
+
+def test_many_keys_put_and_deleted_count_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy
+) -> None:
+    """Enough keys, deleted and put again in random order, to grow the compiled walker's table
+    of fingerprints several times and to shift entries back on every kind of deletion."""
+    rng = random.Random(99)
+    history: list[Entry] = []
+    for main in range(2, 12002):
+        name = f"/registry/pods/ns-{rng.randrange(8)}/pod-{rng.randrange(1000)}".encode()
+        gone = rng.random() < 0.2
+        history.append(
+            (revision(main, tombstone=gone), record(name, b"" if gone else b"v", main), 0)
+        )
+    db = Database(4096)
+    parts = [history[i : i + 60] for i in range(0, len(history), 60)]
+    leaves = [db.add(leaf_image(part)) for part in parts]
+    root = db.add(
+        branch_image([(part[0][0], page) for part, page in zip(parts, leaves, strict=True)])
+    )
+    top = db.add(leaf_image([(b"key", bucket(root), BUCKET_FLAG)]))
+    path = tmp_path / "db"
+    path.write_bytes(db.build(top))
+    figures = same_both_ways(monkeypatch, path, (None, 1500))
+    expected: dict[bytes, None] = {}
+    for key, value, _ in history:
+        name = user_key(value, 0, len(value))
+        if len(key) == 17:
+            expected[name] = None
+        else:
+            expected.pop(name, None)
+    assert isinstance(figures, DatabaseFigures) and figures.live_keys == len(expected)
+    assert spy.walked > 0 and spy.handed_over == 0
