@@ -36,7 +36,7 @@ DRILL_POLL_INTERVAL = 0.05
 MAX_REVISION = (1 << 63) - 1
 
 
-# Which tool restores what (etcd's changelogs, CHANGELOG/CHANGELOG-3.5.md and -3.6.md): etcdutl
+# Which tool restores what (etcd's changelogs of 3.5 and 3.6, in its CHANGELOG directory): etcdutl
 # arrived in 3.5 and is the only offline tool from 3.6, which removed `etcdctl snapshot restore`
 # (etcd PR 13809); 3.5 deprecated that etcdctl command, so etcdctl restores only for 3.4.
 # `--bump-revision` and `--mark-compacted` came in etcdutl 3.5.10 and 3.6.0, each refused without

@@ -17,7 +17,7 @@ KUBEADM_ETCD_MANIFEST = f"{KUBEADM_MANIFESTS}/etcd.yaml"
 KUBERNETES_UNITS = "kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy"
 CONTROL_PLANE_PODS = "kube-apiserver kube-controller-manager kube-scheduler"
 # far past the revisions written between a snapshot and a disaster, as etcd's own recovery guide
-# bumps (op-guide/recovery.md), and far below int64's end
+# bumps (its op-guide page on disaster recovery), and far below int64's end
 DEFAULT_BUMP_REVISION = 1_000_000_000
 
 

@@ -12,11 +12,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "etcd_backupd"
 # a path ending in .md, not the tail of a longer token such as "-3.6.md"
 MARKDOWN_PATH = re.compile(r"(?<![\w./-])[A-Za-z_][\w./-]*\.md\b")
-# documents of other projects, cited by their path in that project: cited this way on purpose
-OTHER_PROJECTS = {
-    "CHANGELOG/CHANGELOG-3.5.md": "etcd's repository",
-    "op-guide/recovery.md": "etcd's documentation",
-}
 MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
@@ -49,13 +44,9 @@ def test_every_document_the_code_cites_is_in_the_repository() -> None:
     missing = {
         path: sorted(modules)
         for path, modules in _citations().items()
-        if path not in OTHER_PROJECTS and not (ROOT / path).is_file()
+        if not (ROOT / path).is_file()
     }
     assert not missing, f"cited as a path from the repository root, but not there: {missing}"
-
-
-def test_the_other_projects_documents_are_still_cited() -> None:
-    assert set(OTHER_PROJECTS) <= set(_citations())
 
 
 def test_relative_links_between_documents_resolve() -> None:
