@@ -58,7 +58,7 @@ def describe_progress(received: int, seconds: float, total: int) -> str:
     if total > received and rate > 0:
         line += f", about {max(1, round((total - received) / rate))} s left"
     elif 0 < total < received:
-        line += ", past the size the member reported (the database grew)"
+        line += ", past the size the member reported"
     return line
 
 
@@ -251,6 +251,9 @@ class SnapshotStream:
         self._cancel = cancel
         self.digest: bytes | None = None
         self.received = 0
+        # etcd's own count once the stream starts; the Status call's dbSize can lag the database
+        # by a backend commit, so it is only a first guess
+        self.expected_total = member.db_size
         self._client = client
         self._call = call
         self._stall_timeout = stall_timeout
@@ -274,7 +277,7 @@ class SnapshotStream:
                 return
             if now >= report_at:
                 report_at = now + interval
-                progress = describe_progress(self.received, now - started, self.member.db_size)
+                progress = describe_progress(self.received, now - started, self.expected_total)
                 log.info("snapshot from %s: %s", self.member.describe(), progress)
 
     def cancel(self) -> None:
@@ -298,6 +301,7 @@ class SnapshotStream:
                     data_done = True
                 if blob:
                     self.received += len(blob)
+                    self.expected_total = self.received + response.remaining_bytes
                     yield blob
         except grpc.RpcError as exc:
             raise self._failure(exc) from exc
