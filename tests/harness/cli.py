@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,18 @@ def run_cli_bytes(
     return subprocess.run([*CLI, *args], capture_output=True, check=False, timeout=timeout)
 
 
+def start_cli(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    stdout: int | None = None,
+    stderr: int | None = None,
+) -> subprocess.Popen[str]:
+    """`etcd-backupd ARGS` left running, for a test that signals or races it."""
+    return subprocess.Popen(
+        [*CLI, *args], stdout=stdout, stderr=stderr, text=True, env=cli_environment(env)
+    )
+
+
 class Running:
     """`etcd-backupd run` in the background, its stderr in a log file the test reads."""
 
@@ -66,16 +78,24 @@ class Running:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def alive(self) -> bool:
-        """True while it runs; a test waiting on it fails at once when it died."""
-        assert self.process.poll() is None, f"the daemon exited:\n{self.text()}"
-        return True
+    def wait(
+        self, condition: Callable[[], bool], timeout: float, message: Callable[[], str]
+    ) -> None:
+        """Until `condition` holds; a daemon that exited before fails the test at once."""
+
+        def met() -> bool:
+            if condition():
+                return True
+            assert self.process.poll() is None, f"the daemon exited:\n{self.text()}"
+            return False
+
+        wait_until(met, timeout, message=message)
 
     def wait_for(self, needle: str, timeout: float = 30) -> None:
-        wait_until(
-            lambda: self.alive() and needle in self.text(),
+        self.wait(
+            lambda: needle in self.text(),
             timeout,
-            message=lambda: f"never logged {needle!r}:\n{self.text()}",
+            lambda: f"never logged {needle!r}:\n{self.text()}",
         )
 
     def stop(self) -> int:
@@ -103,7 +123,8 @@ def config_data(
 ) -> dict[str, Any]:
     """A config whose state is in DIRECTORY/state, reading `cluster` (its members or its
     endpoints), with `etcd` settings on top, storing to `destinations` (by default one local
-    directory, DIRECTORY/backups); `sections` are the other tables and top-level settings."""
+    directory, DIRECTORY/backups); `sections` are the other tables and top-level settings, a
+    state_dir among them replacing the default."""
     endpoints = cluster.endpoints if isinstance(cluster, EtcdCluster) else cluster
     etcd_table = {
         **({"endpoints": list(endpoints)} if endpoints is not None else {}),

@@ -10,7 +10,7 @@ T = TypeVar("T")
 
 
 def wait_until(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     timeout: float,
     *,
     interval: float = 0.1,
