@@ -157,7 +157,17 @@ def test_retries_until_etcd_comes_back(
     member.start()
     etcd35.wait_healthy()
     running.wait_for("destination local: stored", timeout=60)
-    text = scrape(port)
+
+    # the cycle logs "stored" before its result reaches the metrics: wait for the success
+    def after_success() -> str | None:
+        page = scrape(port)
+        return page if 'result="success"' in page else None
+
+    text = wait_until(
+        after_success,
+        10,
+        message="no successful run in the metrics after the backup was stored",
+    )
     found = re.search(r'etcd_backup_info\{cluster_id="([0-9a-f]{16})"', text)
     assert found is not None
     assert f'etcd_backup_runs_total{{cluster_id="{found[1]}",result="failure"}}' in text
