@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from .config import Config, DestinationConfig, load_config
 from .coordination import fire_minute, plan
 from .cron import CronSchedule
-from .cycle import CycleResult, run_cycle, within_stall_timeout
+from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .drill_record import record_result
 from .errors import BackupError, DestinationBusy, ExitCode
@@ -42,6 +42,7 @@ from .notify import Notifications
 from .restore import DrillResult, drill, find_tools
 from .retention import is_future
 from .sdnotify import Notifier
+from .stall import within_stall_timeout
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,21 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import socket
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import DestinationBusy, DestinationError
+from .errors import BackupError, DestinationBusy, DestinationError
 from .fsutil import FILE_MODE, make_private_dir
+
+if TYPE_CHECKING:
+    from .destinations import Destination
+
+log = logging.getLogger(__name__)
 
 LOCK_FOLDER = "locks"
 
@@ -56,3 +64,42 @@ class DestinationLock:
 
     def release(self) -> None:
         os.close(self._fd)
+
+
+class Claims:
+    """The destinations this run holds against other runs, and the ones it leaves alone."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._state_dir = state_dir
+        self.held: list[DestinationLock] = []
+        self.busy: dict[str, str] = {}
+        self.failures: dict[str, str] = {}
+
+    def take(self, targets: Sequence[Destination]) -> list[Destination]:
+        usable = []
+        for target in targets:
+            try:
+                self.held.append(DestinationLock(self._state_dir, target.name, target.identity()))
+            except DestinationBusy as exc:
+                log.warning("%s", exc)
+                self.busy[target.name] = str(exc)
+                continue
+            except BackupError as exc:
+                log.error("destination %s failed: %s", target.name, exc)
+                self.failures[target.name] = str(exc)
+                continue
+            usable.append(target)
+        if not usable and self.busy:
+            raise DestinationBusy(
+                "another run is backing up to every destination; this run takes no snapshot: "
+                + "; ".join(self.busy.values())
+            )
+        if not usable:
+            raise DestinationError(
+                "no destination can take the snapshot: " + "; ".join(self.failures.values())
+            )
+        return usable
+
+    def release(self) -> None:
+        while self.held:
+            self.held.pop().release()
