@@ -27,7 +27,8 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
 from prometheus_client import CollectorRegistry
 
-from .config import Config, DestinationConfig, load_config
+from .config import Config, load_config
+from .config_destinations import DestinationConfig
 from .coordination import fire_minute, plan
 from .cron import CronSchedule
 from .cycle import CycleResult, run_cycle

@@ -8,7 +8,8 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from .config import Config, DestinationConfig, S3Destination
+from .config import Config
+from .config_destinations import DestinationConfig, S3Destination
 from .errors import DestinationError
 
 _T = TypeVar("_T")

@@ -28,7 +28,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..compression import SUFFIXES, compressor
-from ..config import S3Destination as S3Config
+from ..config_destinations import S3Destination as S3Config
 from ..errors import DestinationBusy, DestinationError
 from ..fsutil import create_new
 from ..manifest import (

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from etcd_backupd.config import Config, LocalDestination, parse_config
+from etcd_backupd.config import Config, parse_config
+from etcd_backupd.config_destinations import LocalDestination
 from etcd_backupd.cycle import CycleResult, run_cycle
 from etcd_backupd.destinations.local import LocalDirectory
 from etcd_backupd.manifest import MANIFEST_SUFFIX

@@ -17,7 +17,8 @@ import crc32c
 import pytest
 
 from etcd_backupd import cycle
-from etcd_backupd.config import S3Destination, parse_config
+from etcd_backupd.config import parse_config
+from etcd_backupd.config_destinations import S3Destination
 from etcd_backupd.cycle import run_cycle
 from etcd_backupd.destinations.s3 import S3Bucket
 from etcd_backupd.errors import SnapshotInvalid

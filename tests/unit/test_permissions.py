@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from etcd_backupd.cli import main as cli_main
-from etcd_backupd.config import LocalDestination
+from etcd_backupd.config_destinations import LocalDestination
 from etcd_backupd.daemon import StateLock
 from etcd_backupd.destinations.local import LocalDirectory
 from etcd_backupd.errors import BackupError
