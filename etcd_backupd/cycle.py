@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from . import __version__
+from .clock import SYSTEM_CLOCK, Clock, StageTimer
 from .config import Config
 from .destinations import Destination, SpooledSnapshot, build
 from .errors import (
@@ -66,10 +66,6 @@ class CycleResult:
         return (self.finished - self.started).total_seconds()
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def _spool_snapshot(
     source: EtcdSource,
     member: MemberStatus,
@@ -114,76 +110,64 @@ def _spool_snapshot(
     return received.hex()
 
 
-class _Stages:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.current = "snapshot"
-
-    def start(self, stage: str) -> float:
-        self.current = stage
-        return time.monotonic()
-
-    def stop(self, stage: str, began: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.monotonic() - began
-
-
 def run_cycle(
     config: Config,
     *,
-    clock: Callable[[], datetime] = _utcnow,
+    clock: Clock = SYSTEM_CLOCK,
     destinations: Sequence[Destination] | None = None,
     cancel: threading.Event | None = None,
 ) -> CycleResult:
     """Take one snapshot, verify it and ship it to every destination. Never raises BackupError."""
-    started = clock()
-    began = time.monotonic()
-    stages = _Stages()
+    started = clock.now()
+    began = clock.monotonic()
+    stages = StageTimer(clock)
     targets = (
         list(destinations) if destinations is not None else [build(d) for d in config.destination]
     )
-    claims = Claims(config.state_dir)
+    claims = Claims(config.state_dir, clock)
     part: Path | None = None
     shipment: Shipment | None = None
 
     def failed(error: BackupError) -> CycleResult:
         log.error("backup failed at %s: %s", stages.current, error)
+        # the stage that failed has no duration: the duration histograms count finished stages
+        finished = {stage: s for stage, s in stages.seconds.items() if stage != stages.current}
         return CycleResult(
             started=started,
-            finished=clock(),
+            finished=clock.now(),
             ok=False,
             error=str(error),
             failed_stage=stages.current,
-            stage_seconds=stages.seconds,
+            stage_seconds=finished,
             exit_code=error.exit_code,
         )
 
     try:
-        mark = stages.start("snapshot")
-        held = _housekeeping(config, claims.take(targets), started, claims.failures)
-        if not held:
-            raise DestinationError(
-                "no destination can take the snapshot: " + "; ".join(claims.failures.values())
+        with stages.stage("snapshot"):
+            held = _housekeeping(config, claims.take(targets), started, claims.failures)
+            if not held:
+                raise DestinationError(
+                    "no destination can take the snapshot: " + "; ".join(claims.failures.values())
+                )
+            source = EtcdSource(config.etcd)
+            members = source.healthy_members()
+            cluster_id = f"{members[0].cluster_id:016x}"
+            cluster_name = config.etcd.cluster_name or cluster_id
+            name = snapshot_name(cluster_name, started)
+            sha256, member, shipment, part, durable = _stream_from_first_working(
+                source,
+                members,
+                config.state_dir / "spool",
+                held,
+                name,
+                cancel or threading.Event(),
+                claims.failures,
+                {t.name: stall_bound(config, t.name) for t in held},
+                clock,
             )
-        source = EtcdSource(config.etcd)
-        members = source.healthy_members()
-        cluster_id = f"{members[0].cluster_id:016x}"
-        cluster_name = config.etcd.cluster_name or cluster_id
-        name = snapshot_name(cluster_name, started)
-        sha256, member, shipment, part, durable = _stream_from_first_working(
-            source,
-            members,
-            config.state_dir / "spool",
-            held,
-            name,
-            cancel or threading.Event(),
-            claims.failures,
-            {t.name: stall_bound(config, t.name) for t in held},
-        )
-        stages.stop("snapshot", mark)
 
-        mark = stages.start("verify")
-        status = _verify_and_sync(part, sha256, durable)
-        stages.stop("verify", mark)
+        with stages.stage("verify"):
+            status = _verify_and_sync(part, sha256, durable)
         log.info(
             "verified %s: revision %d, %d keys, hash %d, %d bytes",
             name,
@@ -193,20 +177,20 @@ def run_cycle(
             status.file_size,
         )
 
-        mark = stages.start("ship")
-        manifest = _manifest(name, started, began, status, member, cluster_id, cluster_name)
-        stored = shipment.commit(SpooledSnapshot(part, status), manifest)
-        stages.stop("ship", mark)
+        with stages.stage("ship"):
+            manifest = _manifest(
+                name, started, began, status, member, cluster_id, cluster_name, clock=clock
+            )
+            stored = shipment.commit(SpooledSnapshot(part, status), manifest)
 
-        mark = stages.start("prune")
-        cluster = Cluster(cluster_name, cluster_id)
-        results = tuple(
-            _prune(config, target, stored[target.name], started, cluster)
-            if target.name in stored
-            else _not_stored(target.name, claims, shipment)
-            for target in targets
-        )
-        stages.stop("prune", mark)
+        with stages.stage("prune"):
+            cluster = Cluster(cluster_name, cluster_id)
+            results = tuple(
+                _prune(config, target, stored[target.name], started, cluster)
+                if target.name in stored
+                else _not_stored(target.name, claims, shipment)
+                for target in targets
+            )
     except BackupError as exc:
         return failed(exc)
     finally:
@@ -229,7 +213,7 @@ def run_cycle(
         log.error("backup %s reached %d of %d destinations", name, len(stored), len(targets))
     return CycleResult(
         started=started,
-        finished=clock(),
+        finished=clock.now(),
         ok=not exit_code,
         manifest=manifest,
         destinations=results,
@@ -314,6 +298,7 @@ def _stream_from_first_working(
     cancel: threading.Event,
     failures: dict[str, str],
     bounds: dict[str, float | None],
+    clock: Clock,
 ) -> tuple[str, MemberStatus, Shipment, Path, bool]:
     """Stream the snapshot from the first member that delivers it whole; return its SHA-256,
     the member, the uploads, the spooled file and whether that file is kept as a backup.
@@ -324,7 +309,7 @@ def _stream_from_first_working(
     targets = list(targets)
     for member in members:
         while True:
-            spool, owner = choose_spool_dir(targets, spool_fallback)
+            spool, owner = choose_spool_dir(targets, spool_fallback, clock)
             part = part_path(spool / name)
             log.info("streaming snapshot from %s", member.describe())
             shipment = Shipment(targets, name, part, cancel, bounds)
@@ -395,11 +380,13 @@ def _manifest(
     member: MemberStatus,
     cluster_id: str,
     cluster_name: str,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Manifest:
     return Manifest(
         snapshot=name,
         created=started,
-        duration_seconds=round(time.monotonic() - began, 3),
+        duration_seconds=round(clock.monotonic() - began, 3),
         size=status.file_size,
         stored_size=status.file_size,
         sha256=status.sha256,

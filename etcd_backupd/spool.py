@@ -13,10 +13,10 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .clock import SYSTEM_CLOCK, Clock
 from .errors import BackupError, DestinationError
 from .fsutil import create_new, make_private_dir, remove_stale_parts
 from .manifest import parse_snapshot_name
@@ -120,7 +120,7 @@ class SpoolWriter:
 
 
 def choose_spool_dir(
-    destinations: Sequence[Destination], fallback: Path
+    destinations: Sequence[Destination], fallback: Path, clock: Clock = SYSTEM_CLOCK
 ) -> tuple[Path, Destination | None]:
     """Stream into the first destination that offers local disk, so storing there costs a link;
     else into a scratch directory. Says which destination the spool file will be kept in."""
@@ -140,7 +140,7 @@ def choose_spool_dir(
             f"cannot create spool directory {fallback}: {exc.strerror}; set state_dir"
         ) from exc
     for stale in remove_stale_parts(
-        fallback, datetime.now(UTC), lambda final: parse_snapshot_name(final) is not None
+        fallback, clock.now(), lambda final: parse_snapshot_name(final) is not None
     ):
         log.warning("removed %s, left by an interrupted run", fallback / stale)
     return fallback, None

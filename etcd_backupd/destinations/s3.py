@@ -21,6 +21,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..compression import SUFFIXES
 from ..config_destinations import S3Destination as S3Config
 from ..errors import DestinationError
@@ -48,9 +49,11 @@ STALE_UPLOAD_AGE = timedelta(days=1)
 
 
 class S3Bucket:
-    def __init__(self, config: S3Config) -> None:
+    def __init__(self, config: S3Config, clock: Clock = SYSTEM_CLOCK) -> None:
         self.name = config.name
         self.config = config
+        # the uploads' stall_timeout and deadline run on it
+        self.clock = clock
         self.bucket = config.bucket
         self.prefix = config.prefix
         self._client: Any = None

@@ -10,7 +10,6 @@ import hashlib
 import logging
 import secrets
 import threading
-import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import timedelta
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import crc32c
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..clock import Clock
 from ..compression import compressor
 from ..errors import DestinationBusy, DestinationError
 from ..manifest import Manifest, parse_snapshot_name
@@ -52,6 +52,7 @@ class S3Upload:
     def __init__(self, destination: S3Bucket, stored_name: str) -> None:
         self._destination = destination
         self._config = destination.config
+        self._clock: Clock = destination.clock
         self._stored_name = stored_name
         self._key = destination.key(stored_name)
         self._compressor = compressor(self._config.compression)
@@ -63,7 +64,7 @@ class S3Upload:
         self._slots = threading.BoundedSemaphore(self._config.max_concurrency)
         # parts in flight, and when one last finished (or the first of a new batch was sent)
         self._in_flight = 0
-        self._progress = time.monotonic()
+        self._progress = self._clock.monotonic()
         self._deadline = self._progress + self._config.deadline
         self._abandoned = False
         self._lock = threading.Lock()
@@ -128,7 +129,7 @@ class S3Upload:
         future: Future[dict[str, Any]] = Future()
         with self._lock:
             if not self._in_flight:
-                self._progress = time.monotonic()
+                self._progress = self._clock.monotonic()
             self._in_flight += 1
         self._parts.append(future)
         # daemon threads: a request that hangs neither holds up an upload given up nor the
@@ -146,7 +147,7 @@ class S3Upload:
         where = f"destination {destination.name!r} (s3://{destination.bucket}/{destination.prefix})"
         if self._abandoned:
             raise DestinationError(f"{where}: the upload was aborted")
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if now - self._progress > self._config.stall_timeout:
             raise DestinationError(
                 f"{where}: no part of the upload finished for {self._config.stall_timeout:g} s; "
@@ -185,7 +186,7 @@ class S3Upload:
             ChecksumCRC32C=checksum,
         )
         with self._lock:
-            self._progress = time.monotonic()
+            self._progress = self._clock.monotonic()
         return {"PartNumber": number, "ETag": response["ETag"], "ChecksumCRC32C": checksum}
 
     def _raise_failed_part(self) -> None:

@@ -191,6 +191,8 @@ def test_failed_verification_leaves_no_object(
 
     assert not result.ok
     assert result.failed_stage == "verify"
+    # only finished stages have a duration: the failed one is counted as a failure instead
+    assert list(result.stage_seconds) == ["snapshot"]
     assert keys(client) == []
     assert uploads_in_progress(client) == []
     assert list((tmp_path / "local").iterdir()) == []
