@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.snapshot_bench import fill, timed  # noqa: E402
-from etcd_backupd.config import S3Destination  # noqa: E402
+from etcd_backupd.config_destinations import S3Destination  # noqa: E402
 from etcd_backupd.destinations.s3 import S3Bucket  # noqa: E402
 from etcd_backupd.manifest import Cluster  # noqa: E402
 from etcd_backupd.prune import prune  # noqa: E402

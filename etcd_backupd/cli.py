@@ -29,7 +29,8 @@ from .runbook import DEFAULT_BUMP_REVISION
 # Each command imports what it uses: `verify` and `inspect` then start without gRPC and pydantic,
 # and every command starts faster.
 if TYPE_CHECKING:
-    from .config import Config, DestinationConfig
+    from .config import Config
+    from .config_destinations import DestinationConfig
     from .cycle import CycleResult
     from .manifest import Cluster
     from .snapshot.keyspace import KeyValue
@@ -1048,7 +1049,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def _deletion_notes(config: Config) -> list[str]:
     """What a delete leaves behind in each destination (S3 bucket versioning), asked of the
     store itself."""
-    from .config import S3Destination
+    from .config_destinations import S3Destination
     from .destinations import build
 
     notes = []

@@ -18,7 +18,7 @@ from .snapshot.status import SHA256_SIZE
 if TYPE_CHECKING:
     import zstandard
 
-    from .config import Compression
+    from .config_destinations import Compression
 
 SUFFIXES: dict[str, str] = {"none": "", "zstd": ".zst", "gzip": ".gz"}
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

@@ -1,4 +1,7 @@
-"""The configuration file: pydantic models of the TOML, defaults, env overrides, one-line errors.
+"""The configuration file: the top-level model and the smaller tables (etcd, metrics, drill,
+restore, notify), env overrides, loading and one-line errors. The schedule and retention tables
+live in `config_schedule.py`, the destinations in `config_destinations.py`, what they all share in
+`config_base.py`.
 
 The models are the single source of truth: validation, defaults and the field descriptions that
 `config.example.toml` documents all come from here.
@@ -6,112 +9,39 @@ The models are the single source of truth: validation, defaults and the field de
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from .cron import Cron
+from .config_base import (
+    DAY,
+    NAME_RE,
+    NAME_RULE,
+    ConfigPath,
+    Strict,
+    shown,
+    url_problem,
+    valid_host,
+    validate_cron,
+)
+from .config_destinations import DestinationConfig
+from .config_schedule import RetentionConfig, ScheduleConfig
 from .errors import ConfigError
-from .retention import parse_duration
 
-DEFAULT_CRON = "0 */12 * * *"
 ENV_ETCD_PASSWORD = "ETCD_BACKUPD_ETCD_PASSWORD"
 ENV_ETCD_USERNAME = "ETCD_BACKUPD_ETCD_USERNAME"
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_NAME_RULE = "may hold only letters, digits, '.', '_' and '-'"
 
-
-def _url_problem(url: str) -> str | None:
-    """What is wrong with an http(s)://host:port URL, or None when nothing is."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "is not an http(s)://host:port URL"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "is not an http(s)://host:port URL"
-    host = parts.hostname
-    # Docker and Compose service names may hold '_', which resolves there
-    if not _valid_host(f"[{host}]" if ":" in host else host.replace("_", "-")):
-        return "is not an http(s)://host:port URL"
-    if "@" in parts.netloc:
-        return "holds credentials (user:password@), which are never sent from there"
-    try:
-        parts.port  # noqa: B018 - parsing the port is the check
-    except ValueError:
-        return "has an invalid port"
-    return None
-
-
-def _shown(url: str) -> str:
-    """A URL for a message, without any credentials it holds."""
-    if "@" not in url:
-        return repr(url)
-    scheme, sep, rest = url.rpartition("://")
-    return repr(f"{scheme}{sep}***@{rest.rpartition('@')[2]}")
-
-
-def _not_empty_path(value: Any) -> Any:
-    # Path("") is the working directory: an empty setting would silently mean "here"
-    if isinstance(value, str) and not value.strip():
-        raise ValueError("must not be empty")
-    if isinstance(value, str) and "\0" in value:
-        raise ValueError("must not hold a NUL character")
-    return value
-
-
-# TOML gives strings; the models are strict (no "3" for 3, no 1 for true) except that a path
-# is written as a string
-ConfigPath = Annotated[Path, Field(strict=False), BeforeValidator(_not_empty_path)]
-# no setting of ours means anything beyond a day, and a typo of 1e8 must not pass
-DAY = 86400.0
-# the storage classes S3 knows; a store that has others is told apart by its endpoint_url
-STORAGE_CLASSES = (
-    "STANDARD",
-    "REDUCED_REDUNDANCY",
-    "STANDARD_IA",
-    "ONEZONE_IA",
-    "INTELLIGENT_TIERING",
-    "GLACIER",
-    "GLACIER_IR",
-    "DEEP_ARCHIVE",
-    "OUTPOSTS",
-    "SNOW",
-    "EXPRESS_ONEZONE",
-)
-# what boto3 accepts as a bucket name (S3 itself is stricter: 3-63 lowercase characters)
-_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]$")
-_HOST_RE = re.compile(
-    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
-def validate_cron(expression: str) -> str:
-    """Check a cron expression as the daemon reads it (see `cron.py`), refusing one that never
-    fires."""
-    Cron.parse(expression)
-    return expression
-
-
-class EtcdConfig(_Strict):
+class EtcdConfig(Strict):
     endpoints: list[str] = Field(
         default=["http://127.0.0.1:2379"],
         min_length=1,
@@ -188,16 +118,16 @@ class EtcdConfig(_Strict):
     @classmethod
     def _endpoints_are_urls(cls, endpoints: list[str]) -> list[str]:
         for endpoint in endpoints:
-            problem = _url_problem(endpoint if "://" in endpoint else f"http://{endpoint}")
+            problem = url_problem(endpoint if "://" in endpoint else f"http://{endpoint}")
             if problem:
-                raise ValueError(f"{_shown(endpoint)} {problem}")
+                raise ValueError(f"{shown(endpoint)} {problem}")
         return endpoints
 
     @field_validator("cluster_name")
     @classmethod
     def _cluster_name_is_safe(cls, name: str | None) -> str | None:
-        if name is not None and not _NAME_RE.match(name):
-            raise ValueError(_NAME_RULE)
+        if name is not None and not NAME_RE.match(name):
+            raise ValueError(NAME_RULE)
         return name
 
     @model_validator(mode="after")
@@ -247,360 +177,7 @@ class EtcdConfig(_Strict):
         return user, password
 
 
-class ScheduleConfig(_Strict):
-    cron: str | list[str] = Field(
-        DEFAULT_CRON,
-        description="When `etcd-backupd run` takes a backup: a 5-field cron expression (minute "
-        'hour day month weekday) or a macro such as "@daily", or a list of them, read as cron '
-        "and Kubernetes read them (weekday 0 and 7 are Sunday; with both day fields restricted, "
-        "either one matching is enough). `etcd-backupd check-config` prints the next three fire "
-        "times.",
-    )
-    timezone: str = Field("UTC", description="Time zone the cron expressions are read in.")
-    jitter: float = Field(
-        0.0,
-        ge=0,
-        le=DAY,
-        description="Wait up to this many seconds after each fire time, at random, so a fleet "
-        "does not hit S3 at once.",
-    )
-    retry_attempts: int = Field(
-        3,
-        ge=0,
-        le=100,
-        description="A failed cycle is retried this many times before the next fire time.",
-    )
-    retry_backoff: float = Field(
-        60.0,
-        gt=0,
-        le=DAY,
-        description="Seconds before the first retry of a failed cycle, doubled for each further "
-        "retry.",
-    )
-    catch_up: bool = Field(
-        True,
-        description="At start, back up at once if the newest backup is older than the last fire "
-        "time.",
-    )
-    shutdown_timeout: float = Field(
-        300.0,
-        ge=0,
-        le=DAY,
-        description="On SIGTERM or SIGINT, a running cycle may take this many seconds to finish "
-        "before it is aborted cleanly (no partial file, no multipart upload left).",
-    )
-    standby_grace: float = Field(
-        120.0,
-        ge=0,
-        le=DAY,
-        description="With coordination, seconds a standby host waits for the leader's "
-        "snapshot of a fire time before it takes one itself.",
-    )
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, zone: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {zone!r} (e.g. UTC, Europe/Berlin)") from exc
-        return zone
-
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, cron: str | list[str]) -> str | list[str]:
-        expressions = [cron] if isinstance(cron, str) else cron
-        if not expressions:
-            raise ValueError("needs at least one cron expression")
-        for expression in expressions:
-            validate_cron(expression)
-        return cron
-
-
-class RetentionConfig(_Strict):
-    """Which snapshots survive pruning (restic `forget` semantics). No rule set: keep
-    everything."""
-
-    keep_last: int | None = Field(
-        None, ge=0, le=1_000_000, description="Keep the N newest snapshots.", examples=[6]
-    )
-    keep_hourly: int | None = Field(
-        None,
-        ge=0,
-        le=1_000_000,
-        description="Keep the newest snapshot in each of the last N hours.",
-        examples=[24],
-    )
-    keep_daily: int | None = Field(
-        None,
-        ge=0,
-        le=1_000_000,
-        description="Keep the newest snapshot in each of the last N days.",
-        examples=[7],
-    )
-    keep_weekly: int | None = Field(
-        None,
-        ge=0,
-        le=1_000_000,
-        description="Keep the newest snapshot in each of the last N weeks.",
-        examples=[4],
-    )
-    keep_monthly: int | None = Field(
-        None,
-        ge=0,
-        le=1_000_000,
-        description="Keep the newest snapshot in each of the last N months.",
-        examples=[12],
-    )
-    keep_yearly: int | None = Field(
-        None,
-        ge=0,
-        le=1_000_000,
-        description="Keep the newest snapshot in each of the last N years.",
-        examples=[2],
-    )
-    keep_within: str | None = Field(
-        None,
-        description="Keep all snapshots this close to the newest one.",
-        examples=["14d"],
-    )
-
-    @field_validator("keep_within")
-    @classmethod
-    def _duration(cls, text: str | None) -> str | None:
-        if text is not None:
-            parse_duration(text)
-        return text
-
-
-Compression = Literal["none", "zstd", "gzip"]
-MIB = 1024 * 1024
-
-
-class _DestinationBase(_Strict):
-    name: str = Field(
-        max_length=64,
-        description="Name used in logs, metrics and --destination (letters, digits, '.', '_', "
-        "'-').",
-    )
-    compression: Compression = Field(
-        "none",
-        description='"none" stores the file exactly as `etcdutl snapshot restore` takes it; '
-        '"zstd" or "gzip" compress while storing (the manifest keeps both sizes and the SHA-256 '
-        "of the uncompressed snapshot, and `etcd-backupd verify` reads compressed files too).",
-    )
-    retention: RetentionConfig | None = Field(
-        None,
-        description="A [destination.retention] table (same keys as [retention]) overrides the "
-        "global policy for this destination only.",
-    )
-    cron: str | list[str] | None = Field(
-        None,
-        description="This destination's own schedule (e.g. hourly here, daily to S3); the global "
-        "one when unset. One snapshot is taken per fire time and shipped to every destination "
-        "due then.",
-        examples=["0 * * * *"],
-    )
-
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, cron: str | list[str] | None) -> str | list[str] | None:
-        for expression in [cron] if isinstance(cron, str) else cron or []:
-            validate_cron(expression)
-        return cron
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_safe(cls, name: str) -> str:
-        if not _NAME_RE.match(name):
-            raise ValueError(_NAME_RULE)
-        return name
-
-
-class LocalDestination(_DestinationBase):
-    """A directory on this host or a mounted filesystem. Created (mode 0700) if missing;
-    snapshots are written mode 0600 since they hold every Secret of the cluster."""
-
-    type: Literal["local"]
-    path: ConfigPath = Field(
-        description="Directory holding snapshots and their manifests.",
-        examples=["/var/backups/etcd"],
-    )
-
-
-class S3Destination(_DestinationBase):
-    """An S3 bucket, on AWS or any S3-compatible store (MinIO, Ceph RGW, ...)."""
-
-    type: Literal["s3"]
-    bucket: str = Field(min_length=3, description="Bucket name.", examples=["etcd-backups"])
-    prefix: str = Field(
-        "",
-        description="Every object the tool writes, lists or deletes lives under the prefix; it "
-        'must end with "/".',
-    )
-    region: str | None = Field(
-        None, description="Bucket region; boto3's default chain if unset.", examples=["us-east-1"]
-    )
-    endpoint_url: str | None = Field(
-        None,
-        description="An S3-compatible store (MinIO, Ceph RGW); AWS when unset.",
-        examples=["https://minio.internal:9000"],
-    )
-    addressing_style: Literal["auto", "path", "virtual"] = Field(
-        "auto",
-        description='"path" suits most S3-compatible stores; "auto" lets boto3 choose.',
-    )
-    ca_bundle: ConfigPath | None = Field(
-        None,
-        description="CA bundle to trust for endpoint_url.",
-        examples=["/etc/ssl/certs/minio-ca.pem"],
-    )
-    storage_class: Literal[STORAGE_CLASSES] | None = Field(  # type: ignore[valid-type]
-        None,
-        description="Storage class of each object (e.g. STANDARD_IA, GLACIER_IR).",
-        examples=["STANDARD_IA"],
-    )
-    sse: Literal["AES256", "aws:kms"] | None = Field(
-        None,
-        description='Server-side encryption: "AES256" or "aws:kms" (with sse_kms_key_id).',
-        examples=["AES256"],
-    )
-    sse_kms_key_id: str | None = Field(
-        None,
-        description='KMS key for sse = "aws:kms".',
-        examples=["arn:aws:kms:us-east-1:111122223333:key/..."],
-    )
-    object_lock_days: int | None = Field(
-        None,
-        gt=0,
-        le=36500,
-        description="Object Lock retention on each object (the bucket must have Object Lock "
-        "enabled); locked objects are skipped by pruning until their retention ends.",
-        examples=[30],
-    )
-    object_lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = Field(
-        "COMPLIANCE", description="Object Lock mode with object_lock_days."
-    )
-    delete_versions: bool = Field(
-        False,
-        description="In a bucket with versioning, a delete leaves every version readable. true: "
-        "pruning deletes every version and delete marker of what it deletes. false: add a "
-        "lifecycle rule with NoncurrentVersionExpiration (see README) so old versions expire.",
-    )
-    part_size: int = Field(
-        8 * MIB,
-        ge=5 * MIB,
-        le=5 * 1024 * MIB,
-        description="Multipart upload part size in bytes (>= 5 MiB). Memory use is about "
-        "part_size x (max_concurrency + 1).",
-    )
-    max_concurrency: int = Field(
-        8, ge=1, le=64, description="Multipart upload parts in flight at once."
-    )
-    max_attempts: int = Field(
-        8,
-        ge=1,
-        le=30,
-        description="Attempts per request on throttling (503 SlowDown) and 5xx errors, with "
-        "backoff.",
-    )
-    connect_timeout: float = Field(
-        10.0, gt=0, le=300, description="Seconds to wait for a connection to the endpoint."
-    )
-    read_timeout: float = Field(
-        60.0,
-        gt=0,
-        le=3600,
-        description="Seconds to wait for the answer to each request (every attempt).",
-    )
-    stall_timeout: float = Field(
-        120.0,
-        gt=0,
-        le=86400,
-        description="A destination whose upload finishes no part for this many seconds is given "
-        "up for this cycle alone: the other destinations still get the snapshot, and the run "
-        "says which one failed.",
-    )
-    deadline: float = Field(
-        3600.0,
-        gt=0,
-        le=7 * 86400,
-        description="Seconds after the cycle started by which this destination must be done, or "
-        "it is given up for this cycle alone, as with stall_timeout.",
-    )
-    access_key_id: str | None = Field(
-        None,
-        description="Static credentials (with secret_access_key_file). Unset: boto3's default "
-        "chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment, AWS_PROFILE, "
-        "web identity / IRSA, instance role).",
-        examples=["AKIA..."],
-    )
-    secret_access_key_file: ConfigPath | None = Field(
-        None,
-        description="File holding the secret key for access_key_id.",
-        examples=["/etc/etcd-backupd/s3-secret"],
-    )
-
-    @field_validator("bucket")
-    @classmethod
-    def _bucket_name(cls, bucket: str) -> str:
-        if not _BUCKET_RE.match(bucket):
-            raise ValueError(
-                f"{bucket!r} is not a bucket name: 3 to 255 letters, digits, '.', '_' and '-', "
-                "starting and ending with a letter or digit"
-            )
-        return bucket
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _endpoint_is_a_url(cls, url: str | None) -> str | None:
-        problem = _url_problem(url) if url is not None else None
-        if problem:
-            raise ValueError(f"{_shown(url or '')} {problem}")
-        return url
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix_is_a_folder(cls, prefix: str) -> str:
-        if prefix.startswith("/"):
-            raise ValueError("must not start with '/'")
-        if prefix and not prefix.endswith("/"):
-            raise ValueError(f"must end with '/' (e.g. {prefix + '/'!r}) so it names a folder")
-        return prefix
-
-    @model_validator(mode="after")
-    def _consistent(self) -> S3Destination:
-        if self.sse_kms_key_id and self.sse != "aws:kms":
-            raise ValueError('sse_kms_key_id needs sse = "aws:kms"')
-        if (self.access_key_id is None) != (self.secret_access_key_file is None):
-            raise ValueError("access_key_id and secret_access_key_file go together")
-        return self
-
-    def secret_access_key(self) -> str | None:
-        if self.secret_access_key_file is None:
-            return None
-        try:
-            secret = self.secret_access_key_file.read_text().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError(
-                f"destination {self.name}: secret_access_key_file: cannot read "
-                f"{self.secret_access_key_file}: {reason}"
-            ) from exc
-        if not secret:
-            raise ConfigError(
-                f"destination {self.name}: secret_access_key_file: "
-                f"{self.secret_access_key_file} is empty"
-            )
-        return secret
-
-
-DestinationConfig = Annotated[LocalDestination | S3Destination, Field(discriminator="type")]
-
-
-class MetricsConfig(_Strict):
+class MetricsConfig(Strict):
     listen: str = Field(
         "127.0.0.1:9479",
         description="host:port where `etcd-backupd run` serves /metrics, /healthz and /readyz; "
@@ -627,7 +204,7 @@ class MetricsConfig(_Strict):
     def _host_port(cls, listen: str) -> str:
         if listen:
             host, _, port = listen.rpartition(":")
-            if not _valid_host(host) or not port.isdigit() or not 0 <= int(port) < 65536:
+            if not valid_host(host) or not port.isdigit() or not 0 <= int(port) < 65536:
                 raise ValueError(f"{listen!r} is not host:port (an IP address or a host name)")
         return listen
 
@@ -640,20 +217,7 @@ class MetricsConfig(_Strict):
         return self
 
 
-def _valid_host(host: str) -> bool:
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        return False
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        # a dotted quad that is no address (999.999.1.1) is no host name either
-        return not host.replace(".", "").isdigit() and _HOST_RE.match(host) is not None
-    return True
-
-
-class DrillConfig(_Strict):
+class DrillConfig(Strict):
     """Restore drills: restore the newest backup of each destination into a throwaway etcd on
     loopback, check its revision and key count against the manifest and that expect_prefixes
     hold keys, then delete it. `etcd-backupd drill` runs one now; with enabled, the daemon on
@@ -678,7 +242,7 @@ class DrillConfig(_Strict):
         return validate_cron(cron)
 
 
-class RestoreConfig(_Strict):
+class RestoreConfig(Strict):
     members: dict[str, str] = Field(
         default_factory=dict,
         description="The cluster's members, for `etcd-backupd restore-plan --config ...` "
@@ -697,11 +261,11 @@ class RestoreConfig(_Strict):
     @classmethod
     def _names_and_urls(cls, urls: dict[str, str]) -> dict[str, str]:
         for name, url in urls.items():
-            if not _NAME_RE.match(name):
-                raise ValueError(f"member name {name!r} {_NAME_RULE}")
-            problem = _url_problem(url)
+            if not NAME_RE.match(name):
+                raise ValueError(f"member name {name!r} {NAME_RULE}")
+            problem = url_problem(url)
             if problem:
-                raise ValueError(f"{name}: {_shown(url)} {problem}")
+                raise ValueError(f"{name}: {shown(url)} {problem}")
         return urls
 
     @model_validator(mode="after")
@@ -715,7 +279,7 @@ class RestoreConfig(_Strict):
 NotifyEvent = Literal["success", "failure", "drill_failure"]
 
 
-class _NotifyBase(_Strict):
+class _NotifyBase(Strict):
     url: str = Field(
         description="Where notifications go (http or https).",
         examples=["https://hc-ping.com/your-check-uuid"],
@@ -742,7 +306,7 @@ class _NotifyBase(_Strict):
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        problem = _url_problem(url)
+        problem = url_problem(url)
         if problem:
             # the URL may hold a secret (a ping token): say what is wrong without echoing it
             raise ValueError(f"the URL {problem}")
@@ -775,7 +339,7 @@ class WebhookNotify(_NotifyBase):
 NotifyConfig = Annotated[PingNotify | WebhookNotify, Field(discriminator="type")]
 
 
-class Config(_Strict):
+class Config(Strict):
     state_dir: ConfigPath = Field(
         Path("/var/lib/etcd-backupd"),
         description="The daemon's own files. Snapshots are streamed into the first local "

@@ -1,4 +1,4 @@
-"""`config.example.toml`, written from the models in `config.py`: their field descriptions,
+"""`config.example.toml`, written from the config models: their field descriptions,
 defaults and examples, so the example cannot drift from what the daemon accepts.
 
     python -m etcd_backupd.config_example > config.example.toml
@@ -17,7 +17,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .config import Config, DestinationConfig, NotifyConfig, type_tag, union_members
+from .config import Config, NotifyConfig, type_tag, union_members
+from .config_destinations import DestinationConfig
 
 WIDTH = 99
 HEADER = """\

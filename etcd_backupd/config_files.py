@@ -8,7 +8,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, S3Destination
+from .config import Config
+from .config_destinations import S3Destination
 from .errors import ConfigError
 
 

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
+from .clock import SYSTEM_CLOCK, Clock
 from .config import Config
+from .config_destinations import S3Destination
 from .destinations import Destination
 from .errors import BackupError
 from .etcd import EtcdSource, MemberStatus, identify_cluster
+from .fsutil import STALE_PART_AGE
 from .manifest import Cluster
 from .retention import is_future
 
@@ -70,14 +72,62 @@ def _rank(config: Config, local_id: int | None) -> int:
     return standby_rank(local_id, live)
 
 
-def _covered(destination: Destination, fire: datetime, cluster: Cluster) -> bool:
+def _covered(
+    destination: Destination, fire: datetime, cluster: Cluster, clock: Clock = SYSTEM_CLOCK
+) -> bool:
     """Whether the destination holds a backup of this cluster taken at or after `fire`: another
     cluster's, or one dated in the future, says nothing about this fire time."""
-    now = datetime.now(UTC)
+    now = clock.now()
     return any(
         cluster.owns(m) and m.created >= fire and not is_future(m.created, now)
         for m in destination.manifests()
     )
+
+
+def writer_patience(config: Config, targets: Sequence[Destination]) -> float:
+    """How long a standby waits while a snapshot of the fire time is still being written into
+    `targets`: as long as a live run may still be writing into the slowest of them. Its own
+    writer gives an S3 upload up at the destination's `deadline`; a local `.part` file untouched
+    for STALE_PART_AGE is a killed run's. Past that, what still looks in progress was left by a
+    host that died mid-write, and the standby takes the fire time itself. Derived from the
+    config, not fixed, so an operator who lets a slow store take longer (or less) has the
+    standby wait just as long: no second upload beside a live one, no hour lost to a dead one.
+    With the defaults both bounds are one hour."""
+    names = {t.name for t in targets}
+    return max(
+        (
+            d.deadline if isinstance(d, S3Destination) else STALE_PART_AGE.total_seconds()
+            for d in config.destination
+            if d.name in names
+        ),
+        default=STALE_PART_AGE.total_seconds(),
+    )
+
+
+def _wait_for_writers(
+    targets: Sequence[Destination],
+    fire: datetime,
+    stopping: threading.Event,
+    patience: float,
+    clock: Clock,
+) -> bool:
+    """Wait while a snapshot of `fire` is being written into any of `targets`, at most
+    `patience` seconds; False when the process is stopping."""
+    deadline = clock.monotonic() + patience
+    while clock.monotonic() < deadline:
+        try:
+            busy = [t.name for t in targets if t.in_progress(fire)]
+        except BackupError as exc:
+            log.warning("standby: cannot tell whether a backup is under way: %s", exc)
+            busy = []
+        if not busy:
+            break
+        log.info(
+            "standby: a snapshot of %s is being written to %s", fire.isoformat(), ", ".join(busy)
+        )
+        if stopping.wait(_POLL_SECONDS):
+            return False
+    return True
 
 
 def plan(
@@ -85,7 +135,7 @@ def plan(
     targets: list[Destination],
     fire: datetime,
     stopping: threading.Event,
-    max_wait: float | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Plan:
     """Decide who backs up the fire time `fire`; a standby waits and looks before it acts."""
     role, reason, local_id = local_role(config)
@@ -102,20 +152,8 @@ def plan(
     )
     if stopping.wait(grace):
         return Plan("standby", "stopping", ())
-    deadline = time.monotonic() + (max_wait if max_wait is not None else 3600.0)
-    while time.monotonic() < deadline:
-        try:
-            busy = [t.name for t in targets if t.in_progress(fire)]
-        except BackupError as exc:
-            log.warning("standby: cannot tell whether a backup is under way: %s", exc)
-            busy = []
-        if not busy:
-            break
-        log.info(
-            "standby: a snapshot of %s is being written to %s", fire.isoformat(), ", ".join(busy)
-        )
-        if stopping.wait(_POLL_SECONDS):
-            return Plan("standby", "stopping", ())
+    if not _wait_for_writers(targets, fire, stopping, writer_patience(config, targets), clock):
+        return Plan("standby", "stopping", ())
     try:
         cluster = identify_cluster(config.etcd)
     except BackupError as exc:
@@ -124,7 +162,7 @@ def plan(
     missing = []
     for target in targets:
         try:
-            if not _covered(target, fire, cluster):
+            if not _covered(target, fire, cluster, clock):
                 missing.append(target)
         except BackupError as exc:
             log.warning("standby: cannot list destination %s: %s", target.name, exc)

@@ -4,20 +4,17 @@ the stages; the CLI and the daemon both call `run_cycle` and read its plain-data
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import partial
+from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
 
 from . import __version__
-from .config import Config, DestinationConfig, S3Destination
-from .destinations import Destination, SpooledSnapshot, Upload, build
+from .clock import SYSTEM_CLOCK, Clock, StageTimer
+from .config import Config
+from .destinations import Destination, SpooledSnapshot, build
 from .errors import (
     BackupError,
     Cancelled,
@@ -28,15 +25,16 @@ from .errors import (
     SnapshotInvalid,
 )
 from .etcd import EtcdSource, MemberStatus
-from .fsutil import fsync_dir, fsync_file, make_private_dir, part_path, remove_stale_parts
-from .manifest import Cluster, Manifest, MemberInfo, parse_snapshot_name, snapshot_name
+from .fsutil import fsync_dir, fsync_file, part_path
+from .manifest import Cluster, Manifest, MemberInfo, snapshot_name
 from .prune import PruneResult, lock_period, policy_for, prune
-from .runlock import DestinationLock
+from .runlock import Claims
+from .shipment import Shipment
 from .snapshot.status import SnapshotStatus, verify_snapshot
-from .spool import SpoolError, SpoolWriter
+from .spool import SpoolError, SpoolWriter, choose_spool_dir
+from .stall import Unanswered, stall_bound, within
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -68,216 +66,11 @@ class CycleResult:
         return (self.finished - self.started).total_seconds()
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def choose_spool_dir(
-    destinations: Sequence[Destination], fallback: Path
-) -> tuple[Path, Destination | None]:
-    """Stream into the first destination that offers local disk, so storing there costs a link;
-    else into a scratch directory. Says which destination the spool file will be kept in."""
-    for destination in destinations:
-        try:
-            directory = destination.spool_dir()
-        except BackupError as exc:
-            # that destination fails on its own when the snapshot is stored; the others go on
-            log.warning("cannot spool into destination %s: %s", destination.name, exc)
-            continue
-        if directory is not None:
-            return directory, destination
-    try:
-        make_private_dir(fallback)
-    except OSError as exc:
-        raise DestinationError(
-            f"cannot create spool directory {fallback}: {exc.strerror}; set state_dir"
-        ) from exc
-    for stale in remove_stale_parts(
-        fallback, datetime.now(UTC), lambda final: parse_snapshot_name(final) is not None
-    ):
-        log.warning("removed %s, left by an interrupted run", fallback / stale)
-    return fallback, None
-
-
-class _Tide:
-    """How far the spool file is written, for the feeds that follow it."""
-
-    def __init__(self) -> None:
-        self._written = 0
-        self._final = False
-        self._stopped = False
-        self._changed = threading.Condition()
-
-    def advance(self, size: int) -> None:
-        with self._changed:
-            self._written += size
-            self._changed.notify_all()
-
-    def finish(self) -> None:
-        with self._changed:
-            self._final = True
-            self._changed.notify_all()
-
-    def stop(self) -> None:
-        with self._changed:
-            self._stopped = True
-            self._changed.notify_all()
-
-    def wait_past(self, offset: int) -> tuple[int, bool] | None:
-        """Wait until the file holds more than `offset` bytes or is complete; the bytes written
-        and whether that is all of them. None once the stream was given up."""
-        with self._changed:
-            while not self._stopped and not self._final and self._written <= offset:
-                self._changed.wait()
-            return None if self._stopped else (self._written, self._final)
-
-
-class _Feed:
-    """Hands one upload the spooled bytes, read back from the file at the upload's own pace:
-    a slow or hung destination never holds up the stream from etcd nor the other destinations.
-    The page cache holds what it has yet to send; its own bounds (stall_timeout, deadline)
-    decide when it is given up."""
-
-    _BLOCK = 1024 * 1024
-
-    def __init__(self, name: str, upload: Upload, path: Path, tide: _Tide) -> None:
-        self.error: BaseException | None = None
-        self._upload = upload
-        self._path = path
-        self._tide = tide
-        self._thread = threading.Thread(target=self._run, name=f"feed-{name}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        fd = -1
-        offset = 0
-        try:
-            while (tide := self._tide.wait_past(offset)) is not None:
-                end, final = tide
-                if fd < 0:
-                    fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW)
-                while offset < end:
-                    block = os.pread(fd, min(self._BLOCK, end - offset), offset)
-                    if not block:
-                        raise DestinationError(f"spool file {self._path} ended early")
-                    self._upload.write(block)
-                    offset += len(block)
-                if final:
-                    return
-        except BaseException as exc:  # handed to the cycle at commit
-            self.error = exc
-        finally:
-            if fd >= 0:
-                os.close(fd)
-
-    def wait(self) -> None:
-        """Until every byte was handed on, or the upload failed (then raise why)."""
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-
-
-class _Shipment:
-    """The uploads of one streaming attempt; a destination that fails drops out alone."""
-
-    def __init__(
-        self,
-        targets: Sequence[Destination],
-        snapshot: str,
-        part: Path,
-        cancel: threading.Event,
-        bounds: dict[str, float | None],
-    ) -> None:
-        self.uploads: dict[str, Upload] = {}
-        self.failures: dict[str, str] = {}
-        self.busy: dict[str, str] = {}
-        self._tide = _Tide()
-        self._feeds: dict[str, _Feed] = {}
-        for target in targets:
-            try:
-                upload = _within(
-                    bounds.get(target.name),
-                    target.name,
-                    "starting the upload",
-                    partial(target.begin, snapshot),
-                )
-            except DestinationBusy as exc:
-                log.warning("%s", exc)
-                self.busy[target.name] = str(exc)
-                continue
-            except BackupError as exc:
-                self._failed(target.name, exc)
-                continue
-            self.uploads[target.name] = upload
-            if upload.streams:
-                self._feeds[target.name] = _Feed(target.name, upload, part, self._tide)
-        self._over = threading.Event()
-        if self._feeds:
-            threading.Thread(
-                target=self._watch, args=(cancel,), name="shipment-cancel", daemon=True
-            ).start()
-
-    def _watch(self, cancel: threading.Event) -> None:
-        """On cancel, stop the uploads that talk to a network at once, even mid-request: a
-        hung store must not hold up a shutdown."""
-        while not self._over.wait(0.2):
-            if cancel.is_set():
-                self._tide.stop()
-                for name in self._feeds:
-                    upload = self.uploads.get(name)
-                    if upload is not None:
-                        upload.abort()
-                return
-
-    def _failed(self, name: str, exc: BaseException) -> None:
-        log.error("destination %s failed: %s", name, exc)
-        self.failures[name] = str(exc)
-
-    def write(self, chunk: bytes) -> None:
-        """The spool writer's sink: `chunk` is in the file now. Never blocks."""
-        self._tide.advance(len(chunk))
-
-    def finish(self) -> None:
-        self._tide.finish()
-
-    def _drop(self, name: str) -> None:
-        upload = self.uploads.pop(name)
-        try:
-            upload.abort()
-        except BackupError as exc:
-            log.warning("destination %s: cleaning up the failed upload: %s", name, exc)
-
-    def abort(self) -> None:
-        self._over.set()
-        self._tide.stop()
-        for name in list(self.uploads):
-            self._drop(name)
-
-    def commit(self, spooled: SpooledSnapshot, manifest: Manifest) -> dict[str, Manifest]:
-        stored: dict[str, Manifest] = {}
-        # the destinations already holding every byte first: a slow one delays no other
-        for name in sorted(self.uploads, key=lambda n: n in self._feeds):
-            try:
-                if name in self._feeds:
-                    self._feeds[name].wait()
-                stored[name] = self.uploads[name].commit(spooled, manifest)
-            except DestinationBusy as exc:
-                log.warning("%s", exc)
-                self.busy[name] = str(exc)
-            except BackupError as exc:
-                self._failed(name, exc)
-                self._drop(name)
-                continue
-            del self.uploads[name]
-        self._over.set()
-        return stored
-
-
 def _spool_snapshot(
     source: EtcdSource,
     member: MemberStatus,
     part: Path,
-    shipment: _Shipment,
+    shipment: Shipment,
     cancel: threading.Event,
 ) -> str:
     """Stream one member's snapshot into `part` and the uploads; return its SHA-256 (hex).
@@ -317,76 +110,64 @@ def _spool_snapshot(
     return received.hex()
 
 
-class _Stages:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.current = "snapshot"
-
-    def start(self, stage: str) -> float:
-        self.current = stage
-        return time.monotonic()
-
-    def stop(self, stage: str, began: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.monotonic() - began
-
-
 def run_cycle(
     config: Config,
     *,
-    clock: Callable[[], datetime] = _utcnow,
+    clock: Clock = SYSTEM_CLOCK,
     destinations: Sequence[Destination] | None = None,
     cancel: threading.Event | None = None,
 ) -> CycleResult:
     """Take one snapshot, verify it and ship it to every destination. Never raises BackupError."""
-    started = clock()
-    began = time.monotonic()
-    stages = _Stages()
+    started = clock.now()
+    began = clock.monotonic()
+    stages = StageTimer(clock)
     targets = (
         list(destinations) if destinations is not None else [build(d) for d in config.destination]
     )
-    claims = _Claims(config.state_dir)
+    claims = Claims(config.state_dir, clock)
     part: Path | None = None
-    shipment: _Shipment | None = None
+    shipment: Shipment | None = None
 
     def failed(error: BackupError) -> CycleResult:
         log.error("backup failed at %s: %s", stages.current, error)
+        # the stage that failed has no duration: the duration histograms count finished stages
+        finished = {stage: s for stage, s in stages.seconds.items() if stage != stages.current}
         return CycleResult(
             started=started,
-            finished=clock(),
+            finished=clock.now(),
             ok=False,
             error=str(error),
             failed_stage=stages.current,
-            stage_seconds=stages.seconds,
+            stage_seconds=finished,
             exit_code=error.exit_code,
         )
 
     try:
-        mark = stages.start("snapshot")
-        held = _housekeeping(config, claims.take(targets), started, claims.failures)
-        if not held:
-            raise DestinationError(
-                "no destination can take the snapshot: " + "; ".join(claims.failures.values())
+        with stages.stage("snapshot"):
+            held = _housekeeping(config, claims.take(targets), started, claims.failures)
+            if not held:
+                raise DestinationError(
+                    "no destination can take the snapshot: " + "; ".join(claims.failures.values())
+                )
+            source = EtcdSource(config.etcd)
+            members = source.healthy_members()
+            cluster_id = f"{members[0].cluster_id:016x}"
+            cluster_name = config.etcd.cluster_name or cluster_id
+            name = snapshot_name(cluster_name, started)
+            sha256, member, shipment, part, durable = _stream_from_first_working(
+                source,
+                members,
+                config.state_dir / "spool",
+                held,
+                name,
+                cancel or threading.Event(),
+                claims.failures,
+                {t.name: stall_bound(config, t.name) for t in held},
+                clock,
             )
-        source = EtcdSource(config.etcd)
-        members = source.healthy_members()
-        cluster_id = f"{members[0].cluster_id:016x}"
-        cluster_name = config.etcd.cluster_name or cluster_id
-        name = snapshot_name(cluster_name, started)
-        sha256, member, shipment, part, durable = _stream_from_first_working(
-            source,
-            members,
-            config.state_dir / "spool",
-            held,
-            name,
-            cancel or threading.Event(),
-            claims.failures,
-            {t.name: _bound(config, t.name) for t in held},
-        )
-        stages.stop("snapshot", mark)
 
-        mark = stages.start("verify")
-        status = _verify_and_sync(part, sha256, durable)
-        stages.stop("verify", mark)
+        with stages.stage("verify"):
+            status = _verify_and_sync(part, sha256, durable)
         log.info(
             "verified %s: revision %d, %d keys, hash %d, %d bytes",
             name,
@@ -396,20 +177,20 @@ def run_cycle(
             status.file_size,
         )
 
-        mark = stages.start("ship")
-        manifest = _manifest(name, started, began, status, member, cluster_id, cluster_name)
-        stored = shipment.commit(SpooledSnapshot(part, status), manifest)
-        stages.stop("ship", mark)
+        with stages.stage("ship"):
+            manifest = _manifest(
+                name, started, began, status, member, cluster_id, cluster_name, clock=clock
+            )
+            stored = shipment.commit(SpooledSnapshot(part, status), manifest)
 
-        mark = stages.start("prune")
-        cluster = Cluster(cluster_name, cluster_id)
-        results = tuple(
-            _prune(config, target, stored[target.name], started, cluster)
-            if target.name in stored
-            else _not_stored(target.name, claims, shipment)
-            for target in targets
-        )
-        stages.stop("prune", mark)
+        with stages.stage("prune"):
+            cluster = Cluster(cluster_name, cluster_id)
+            results = tuple(
+                _prune(config, target, stored[target.name], started, cluster)
+                if target.name in stored
+                else _not_stored(target.name, claims, shipment)
+                for target in targets
+            )
     except BackupError as exc:
         return failed(exc)
     finally:
@@ -432,7 +213,7 @@ def run_cycle(
         log.error("backup %s reached %d of %d destinations", name, len(stored), len(targets))
     return CycleResult(
         started=started,
-        finished=clock(),
+        finished=clock.now(),
         ok=not exit_code,
         manifest=manifest,
         destinations=results,
@@ -443,46 +224,7 @@ def run_cycle(
     )
 
 
-class _Claims:
-    """The destinations this run holds against other runs, and the ones it leaves alone."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self._state_dir = state_dir
-        self.held: list[DestinationLock] = []
-        self.busy: dict[str, str] = {}
-        self.failures: dict[str, str] = {}
-
-    def take(self, targets: Sequence[Destination]) -> list[Destination]:
-        usable = []
-        for target in targets:
-            try:
-                self.held.append(DestinationLock(self._state_dir, target.name, target.identity()))
-            except DestinationBusy as exc:
-                log.warning("%s", exc)
-                self.busy[target.name] = str(exc)
-                continue
-            except BackupError as exc:
-                log.error("destination %s failed: %s", target.name, exc)
-                self.failures[target.name] = str(exc)
-                continue
-            usable.append(target)
-        if not usable and self.busy:
-            raise DestinationBusy(
-                "another run is backing up to every destination; this run takes no snapshot: "
-                + "; ".join(self.busy.values())
-            )
-        if not usable:
-            raise DestinationError(
-                "no destination can take the snapshot: " + "; ".join(self.failures.values())
-            )
-        return usable
-
-    def release(self) -> None:
-        while self.held:
-            self.held.pop().release()
-
-
-def _not_stored(name: str, claims: _Claims, shipment: _Shipment) -> DestinationResult:
+def _not_stored(name: str, claims: Claims, shipment: Shipment) -> DestinationResult:
     refusal = claims.busy.get(name) or shipment.busy.get(name)
     if refusal is not None:
         return DestinationResult(name, False, error=refusal, busy=True)
@@ -536,8 +278,8 @@ def _housekeeping(
                 )
 
         try:
-            _within(_bound(config, target.name), target.name, "housekeeping", sweep)
-        except _Unanswered as exc:
+            within(stall_bound(config, target.name), target.name, "housekeeping", sweep)
+        except Unanswered as exc:
             log.error("%s", exc)
             failures[target.name] = str(exc)
             continue
@@ -545,50 +287,6 @@ def _housekeeping(
             log.warning("destination %s: housekeeping failed: %s", target.name, exc)
         answering.append(target)
     return answering
-
-
-class _Unanswered(DestinationError):
-    """A destination did not answer within its bound; the call goes on in the background."""
-
-
-def _bound(config: Config, name: str) -> float | None:
-    """How long a single call into a destination may take: stall_timeout for a network store."""
-    settings = next((d for d in config.destination if d.name == name), None)
-    return settings.stall_timeout if isinstance(settings, S3Destination) else None
-
-
-def within_stall_timeout(settings: DestinationConfig, action: str, call: Callable[[], _T]) -> _T:
-    """Run `call` on a destination, giving it up (DestinationError) after its stall_timeout
-    when it is a network store, whatever its requests' own timeouts and retries add up to."""
-    seconds = settings.stall_timeout if isinstance(settings, S3Destination) else None
-    return _within(seconds, settings.name, action, call)
-
-
-def _within(seconds: float | None, name: str, action: str, call: Callable[[], _T]) -> _T:
-    """Run `call`, giving up after `seconds`: a hung store then holds a daemon thread until its
-    own timeouts end the request, never the cycle."""
-    if seconds is None:
-        return call()
-    outcome: list[_T] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            outcome.append(call())
-        except BaseException as exc:  # handed to the waiting side
-            failure.append(exc)
-
-    worker = threading.Thread(target=run, name=f"{name}-{action}", daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
-        raise _Unanswered(
-            f"destination {name!r}: {action} got no answer within {seconds:g} s "
-            "(stall_timeout); giving this destination up for this cycle"
-        )
-    if failure:
-        raise failure[0]
-    return outcome[0]
 
 
 def _stream_from_first_working(
@@ -600,7 +298,8 @@ def _stream_from_first_working(
     cancel: threading.Event,
     failures: dict[str, str],
     bounds: dict[str, float | None],
-) -> tuple[str, MemberStatus, _Shipment, Path, bool]:
+    clock: Clock,
+) -> tuple[str, MemberStatus, Shipment, Path, bool]:
     """Stream the snapshot from the first member that delivers it whole; return its SHA-256,
     the member, the uploads, the spooled file and whether that file is kept as a backup.
 
@@ -610,10 +309,10 @@ def _stream_from_first_working(
     targets = list(targets)
     for member in members:
         while True:
-            spool, owner = choose_spool_dir(targets, spool_fallback)
+            spool, owner = choose_spool_dir(targets, spool_fallback, clock)
             part = part_path(spool / name)
             log.info("streaming snapshot from %s", member.describe())
-            shipment = _Shipment(targets, name, part, cancel, bounds)
+            shipment = Shipment(targets, name, part, cancel, bounds)
             if not shipment.uploads and not shipment.failures:
                 raise DestinationBusy(
                     "another run of the same second is backing up to every destination: "
@@ -681,11 +380,13 @@ def _manifest(
     member: MemberStatus,
     cluster_id: str,
     cluster_name: str,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Manifest:
     return Manifest(
         snapshot=name,
         created=started,
-        duration_seconds=round(time.monotonic() - began, 3),
+        duration_seconds=round(clock.monotonic() - began, 3),
         size=status.file_size,
         stored_size=status.file_size,
         sha256=status.sha256,

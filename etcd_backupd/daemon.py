@@ -27,10 +27,11 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
 from prometheus_client import CollectorRegistry
 
-from .config import Config, DestinationConfig, load_config
+from .config import Config, load_config
+from .config_destinations import DestinationConfig
 from .coordination import fire_minute, plan
 from .cron import CronSchedule
-from .cycle import CycleResult, run_cycle, within_stall_timeout
+from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .drill_record import record_result
 from .errors import BackupError, DestinationBusy, ExitCode
@@ -42,6 +43,7 @@ from .notify import Notifications
 from .restore import DrillResult, drill, find_tools
 from .retention import is_future
 from .sdnotify import Notifier
+from .stall import within_stall_timeout
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import __version__
+from .clock import SYSTEM_CLOCK, Clock
 
 if TYPE_CHECKING:
     from .config import NotifyConfig
@@ -42,9 +42,15 @@ def _where(url: str) -> str:
 
 class Notifications:
     def __init__(
-        self, targets: Sequence[NotifyConfig], *, host: str | None = None, cluster: str | None
+        self,
+        targets: Sequence[NotifyConfig],
+        *,
+        host: str | None = None,
+        cluster: str | None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.targets = list(targets)
+        self._clock = clock
         self.host = host or socket.gethostname()
         self.cluster = cluster
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notify")
@@ -99,7 +105,7 @@ class Notifications:
     def _common(self, event: str) -> dict[str, Any]:
         return {
             "event": event,
-            "time": datetime.now(UTC).isoformat(),
+            "time": self._clock.now().isoformat(),
             "host": self.host,
             "cluster": self.cluster,
             "tool_version": __version__,

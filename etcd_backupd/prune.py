@@ -14,7 +14,9 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .config import Config, DestinationConfig, RetentionConfig
+from .config import Config
+from .config_destinations import DestinationConfig
+from .config_schedule import RetentionConfig
 from .destinations import Destination
 from .errors import BackupError
 from .manifest import Cluster

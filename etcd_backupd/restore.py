@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from .clock import SYSTEM_CLOCK, Clock
 from .compression import plain_snapshot
 from .config import ENV_ETCD_PASSWORD
 from .destinations import Destination
@@ -437,11 +438,12 @@ def drill(
     now: datetime,
     scratch_root: Path | None = None,
     credentials: Credentials = _no_credentials,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> DrillResult:
     """Restore the cluster's newest backup in the destination into a throwaway member and
     check it. `credentials` gives etcd's user and password, asked for only when the
     snapshot's cluster has auth enabled."""
-    began = time.monotonic()
+    began = clock.monotonic()
     try:
         newest = newest_backup(destination.manifests(), cluster, now)
     except BackupError as exc:
@@ -459,9 +461,9 @@ def drill(
     except BackupError as exc:
         log.error("drill of %s from %s failed: %s", newest.snapshot, destination.name, exc)
         return DrillResult(
-            destination.name, newest.snapshot, False, time.monotonic() - began, str(exc)
+            destination.name, newest.snapshot, False, clock.monotonic() - began, str(exc)
         )
-    seconds = time.monotonic() - began
+    seconds = clock.monotonic() - began
     log.info("drill of %s from %s passed in %.1f s", newest.snapshot, destination.name, seconds)
     return DrillResult(destination.name, newest.snapshot, True, seconds)
 

@@ -7,13 +7,21 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import socket
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import DestinationBusy, DestinationError
+from .clock import SYSTEM_CLOCK, Clock
+from .errors import BackupError, DestinationBusy, DestinationError
 from .fsutil import FILE_MODE, make_private_dir
+
+if TYPE_CHECKING:
+    from .destinations import Destination
+
+log = logging.getLogger(__name__)
 
 LOCK_FOLDER = "locks"
 
@@ -21,7 +29,9 @@ LOCK_FOLDER = "locks"
 class DestinationLock:
     """Held until released; raises DestinationBusy when another run holds it."""
 
-    def __init__(self, state_dir: Path, name: str, identity: str) -> None:
+    def __init__(
+        self, state_dir: Path, name: str, identity: str, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         folder = state_dir / LOCK_FOLDER
         # named by where the destination keeps its data, so two configs naming one place agree
         path = folder / (hashlib.sha256(identity.encode()).hexdigest()[:20] + ".lock")
@@ -46,7 +56,7 @@ class DestinationLock:
                 f"destination {name!r} ({identity}): another run ({holder}) is backing up into "
                 "it; this run leaves it to that one"
             ) from None
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
         me = f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n"
         try:
             os.ftruncate(self._fd, 0)
@@ -56,3 +66,45 @@ class DestinationLock:
 
     def release(self) -> None:
         os.close(self._fd)
+
+
+class Claims:
+    """The destinations this run holds against other runs, and the ones it leaves alone."""
+
+    def __init__(self, state_dir: Path, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._state_dir = state_dir
+        self._clock = clock
+        self.held: list[DestinationLock] = []
+        self.busy: dict[str, str] = {}
+        self.failures: dict[str, str] = {}
+
+    def take(self, targets: Sequence[Destination]) -> list[Destination]:
+        usable = []
+        for target in targets:
+            try:
+                self.held.append(
+                    DestinationLock(self._state_dir, target.name, target.identity(), self._clock)
+                )
+            except DestinationBusy as exc:
+                log.warning("%s", exc)
+                self.busy[target.name] = str(exc)
+                continue
+            except BackupError as exc:
+                log.error("destination %s failed: %s", target.name, exc)
+                self.failures[target.name] = str(exc)
+                continue
+            usable.append(target)
+        if not usable and self.busy:
+            raise DestinationBusy(
+                "another run is backing up to every destination; this run takes no snapshot: "
+                + "; ".join(self.busy.values())
+            )
+        if not usable:
+            raise DestinationError(
+                "no destination can take the snapshot: " + "; ".join(self.failures.values())
+            )
+        return usable
+
+    def release(self) -> None:
+        while self.held:
+            self.held.pop().release()

@@ -2,19 +2,29 @@
 it is still in the CPU cache (from another thread the same copy into the page cache measured four
 times as costly); SHA-256 runs on a thread of its own, overlapping with receiving from etcd, and
 hands each hashed chunk to the sink (the cycle's uploads learn there how far the file is
-written)."""
+written). Also where that file goes: into a local destination when one can take it, so storing
+the snapshot there costs a link."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import DestinationError
-from .fsutil import create_new
+from .clock import SYSTEM_CLOCK, Clock
+from .errors import BackupError, DestinationError
+from .fsutil import create_new, make_private_dir, remove_stale_parts
+from .manifest import parse_snapshot_name
+
+if TYPE_CHECKING:
+    from .destinations import Destination
+
+log = logging.getLogger(__name__)
 
 # Chunks travel to the hashing thread in batches of about this size; the queue holds a few of
 # them, which bounds the memory between receiving and hashing to BATCH_BYTES x QUEUE_BATCHES.
@@ -107,3 +117,30 @@ class SpoolWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def choose_spool_dir(
+    destinations: Sequence[Destination], fallback: Path, clock: Clock = SYSTEM_CLOCK
+) -> tuple[Path, Destination | None]:
+    """Stream into the first destination that offers local disk, so storing there costs a link;
+    else into a scratch directory. Says which destination the spool file will be kept in."""
+    for destination in destinations:
+        try:
+            directory = destination.spool_dir()
+        except BackupError as exc:
+            # that destination fails on its own when the snapshot is stored; the others go on
+            log.warning("cannot spool into destination %s: %s", destination.name, exc)
+            continue
+        if directory is not None:
+            return directory, destination
+    try:
+        make_private_dir(fallback)
+    except OSError as exc:
+        raise DestinationError(
+            f"cannot create spool directory {fallback}: {exc.strerror}; set state_dir"
+        ) from exc
+    for stale in remove_stale_parts(
+        fallback, clock.now(), lambda final: parse_snapshot_name(final) is not None
+    ):
+        log.warning("removed %s, left by an interrupted run", fallback / stale)
+    return fallback, None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import DestinationConfig
+from ..config_destinations import DestinationConfig
 from .base import Destination, SpooledSnapshot, StoredItem, Upload
 
 __all__ = ["Destination", "SpooledSnapshot", "StoredItem", "Upload", "build"]

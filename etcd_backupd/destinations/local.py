@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..compression import SUFFIXES, compress_file
-from ..config import LocalDestination as LocalConfig
+from ..config_destinations import LocalDestination as LocalConfig
 from ..errors import DestinationBusy, DestinationError
 from ..fsutil import (
     atomic_write_bytes,

@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
-from etcd_backupd.config import Config, LocalDestination, parse_config
+from etcd_backupd.config import Config, parse_config
+from etcd_backupd.config_destinations import LocalDestination
 from etcd_backupd.cycle import CycleResult, run_cycle
 from etcd_backupd.destinations.local import LocalDirectory
 from etcd_backupd.manifest import MANIFEST_SUFFIX
 from etcd_backupd.runlock import DestinationLock
 from tests.harness.cli import Running, start_cli, write_toml
+from tests.harness.clock import FixedClock
 from tests.harness.etcd import EtcdCluster, free_port, load_large_values
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.polling import wait_until
@@ -129,7 +131,7 @@ def same_second_cycles(
 
     def one(config: Config) -> None:
         start.wait()
-        results.append(run_cycle(config, clock=lambda: moment))
+        results.append(run_cycle(config, clock=FixedClock(moment)))
 
     threads = [threading.Thread(target=one, args=(config,)) for config in configs]
     for thread in threads:
@@ -216,11 +218,11 @@ def test_a_store_without_conditional_writes_is_asked_first(
     fault_proxy.fail_next(1, 501, "NotImplemented", operation="PutObject")
     config = parse_config(config_data(tmp_path, etcd35, fault_proxy.endpoint_url, local=False))
     moment = datetime.now(UTC).replace(microsecond=0)
-    first = run_cycle(config, clock=lambda: moment)
+    first = run_cycle(config, clock=FixedClock(moment))
     assert first.ok, first.error
     assert fault_proxy.counts["HeadObject"] >= 2
     fault_proxy.fail_next(1, 501, "NotImplemented", operation="CompleteMultipartUpload")
-    again = run_cycle(config, clock=lambda: moment)
+    again = run_cycle(config, clock=FixedClock(moment))
     assert again.exit_code == REFUSED
     assert again.error is not None and "stored by another run" in again.error
     assert len(intact_s3(client)) == 1

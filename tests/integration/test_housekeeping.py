@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from etcd_backupd.config import LocalDestination, S3Destination
+from etcd_backupd.config_destinations import LocalDestination, S3Destination
 from etcd_backupd.destinations.local import LocalDirectory
 from etcd_backupd.destinations.s3 import S3Bucket
 from etcd_backupd.manifest import snapshot_name

@@ -15,7 +15,8 @@ import crc32c
 import pytest
 
 from etcd_backupd import cycle
-from etcd_backupd.config import S3Destination, parse_config
+from etcd_backupd.config import parse_config
+from etcd_backupd.config_destinations import S3Destination
 from etcd_backupd.cycle import run_cycle
 from etcd_backupd.destinations.s3 import S3Bucket
 from etcd_backupd.errors import SnapshotInvalid
@@ -160,6 +161,8 @@ def test_failed_verification_leaves_no_object(
 
     assert not result.ok
     assert result.failed_stage == "verify"
+    # only finished stages have a duration: the failed one is counted as a failure instead
+    assert list(result.stage_seconds) == ["snapshot"]
     assert keys(client) == []
     assert uploads_in_progress(client) == []
     assert list((tmp_path / "local").iterdir()) == []

@@ -10,7 +10,8 @@ import pytest
 from botocore.exceptions import ParamValidationError
 
 from etcd_backupd.cli import main
-from etcd_backupd.config import S3Destination, parse_config
+from etcd_backupd.config import parse_config
+from etcd_backupd.config_destinations import S3Destination
 from etcd_backupd.destinations.s3 import S3Bucket
 from etcd_backupd.logs import error_line
 

@@ -1,5 +1,6 @@
-"""Reading compressed snapshots back: a decompression bomb or a full scratch file system is a
-one-line error with a defined exit code, after writing no more than the snapshot can be."""
+"""Compressed snapshots: every kind reads back byte for byte, the kind is told by its magic bytes,
+and a damaged stream, a decompression bomb or a full scratch file system is a one-line error with
+a defined exit code, after writing no more than the snapshot can be."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from etcd_backupd.compression import plain_snapshot
+from etcd_backupd.compression import (
+    SUFFIXES,
+    compress_file,
+    compressor,
+    decompress_file,
+    detect,
+    plain_snapshot,
+)
+from etcd_backupd.config_destinations import Compression
 from etcd_backupd.errors import BackupError, SnapshotInvalid
 from etcd_backupd.snapshot.status import verify_snapshot
 from tests.unit.test_bbolt import etcd_database, sealed, write
@@ -114,3 +123,73 @@ def test_a_manifest_size_beyond_the_free_space_is_refused_before_writing(tmp_pat
         pass
     assert "point TMPDIR at a larger file system" in str(caught.value)
     assert f"it holds {1 << 60} bytes" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["none", "zstd", "gzip"])
+def test_a_snapshot_compressed_as_it_streams_reads_back_byte_for_byte(
+    tmp_path: Path, kind: Compression
+) -> None:
+    snapshot = good_snapshot(free_pages=40)
+    packer = compressor(kind)
+    stored = b"".join(
+        packer.compress(snapshot[at : at + 1000]) for at in range(0, len(snapshot), 1000)
+    )
+    path = write(tmp_path, stored + packer.flush(), "snapshot.db" + SUFFIXES[kind])
+    assert detect(path) == kind
+    with plain_snapshot(path, size=len(snapshot)) as plain:
+        assert plain.read_bytes() == snapshot
+        assert verify_snapshot(plain).file_size == len(snapshot)
+    if kind == "none":
+        assert stored == snapshot  # kept exactly as `etcdutl snapshot restore` takes it
+    else:
+        assert len(stored) < len(snapshot)
+
+
+@pytest.mark.parametrize("kind", ["none", "zstd", "gzip"])
+def test_a_spooled_file_compressed_into_place_reads_back_byte_for_byte(
+    tmp_path: Path, kind: Compression
+) -> None:
+    snapshot = good_snapshot(free_pages=3)
+    source = write(tmp_path, snapshot, "spool.db")
+    target = tmp_path / ("stored.db" + SUFFIXES[kind])
+    with target.open("wb") as out:
+        compress_file(source, out, kind)
+    assert detect(target) == kind
+    decompress_file(target, tmp_path / "plain.db")
+    assert (tmp_path / "plain.db").read_bytes() == snapshot
+
+
+def test_the_kind_is_told_by_the_magic_bytes_never_the_name(tmp_path: Path) -> None:
+    assert detect(write(tmp_path, gzip.compress(b"etcd"), "a.db")) == "gzip"
+    assert detect(write(tmp_path, zstandard.compress(b"etcd"), "b.db.gz")) == "zstd"
+    assert detect(write(tmp_path, good_snapshot(), "c.db.zst")) == "none"
+    assert detect(write(tmp_path, b"", "empty")) == "none"
+    assert detect(write(tmp_path, b"\x1f", "one-byte")) == "none"
+
+
+@pytest.mark.parametrize("kind", ["zstd", "gzip"])
+def test_a_truncated_stream_is_a_clear_error(tmp_path: Path, kind: Compression) -> None:
+    packer = compressor(kind)
+    stored = packer.compress(good_snapshot(free_pages=40)) + packer.flush()
+    path = write(tmp_path, stored[: len(stored) // 2], "snapshot.db" + SUFFIXES[kind])
+    with pytest.raises(SnapshotInvalid, match=f"{kind} stream is truncated"):
+        decompress_file(path, tmp_path / "plain.db")
+
+
+@pytest.mark.parametrize("kind", ["zstd", "gzip"])
+def test_a_damaged_stream_is_a_clear_error(tmp_path: Path, kind: Compression) -> None:
+    packer = compressor(kind)
+    stored = bytearray(packer.compress(good_snapshot(free_pages=40)) + packer.flush())
+    for at in range(20, len(stored) - 20, 7):
+        stored[at] ^= 0x5A
+    path = write(tmp_path, bytes(stored), "snapshot.db" + SUFFIXES[kind])
+    with pytest.raises(SnapshotInvalid, match=f"damaged {kind} stream"):
+        decompress_file(path, tmp_path / "plain.db")
+
+
+def test_a_file_that_cannot_be_read_is_a_clear_error(tmp_path: Path) -> None:
+    with (
+        pytest.raises(SnapshotInvalid, match=r"cannot read .*missing\.db"),
+        plain_snapshot(tmp_path / "missing.db"),
+    ):
+        pass

@@ -9,15 +9,10 @@ from pathlib import Path
 import pytest
 
 from etcd_backupd.cli import main as cli_main
-from etcd_backupd.config import (
-    DEFAULT_CRON,
-    ENV_ETCD_PASSWORD,
-    ENV_ETCD_USERNAME,
-    S3Destination,
-    load_config,
-    parse_config,
-    validate_cron,
-)
+from etcd_backupd.config import ENV_ETCD_PASSWORD, ENV_ETCD_USERNAME, load_config, parse_config
+from etcd_backupd.config_base import validate_cron
+from etcd_backupd.config_destinations import S3Destination
+from etcd_backupd.config_schedule import DEFAULT_CRON
 from etcd_backupd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

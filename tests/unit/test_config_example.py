@@ -14,11 +14,11 @@ from etcd_backupd.config import (
     DESTINATION_TYPES,
     NOTIFY_TYPES,
     Config,
-    DestinationConfig,
     NotifyConfig,
     parse_config,
     union_members,
 )
+from etcd_backupd.config_destinations import DestinationConfig
 from etcd_backupd.config_example import render
 
 REPO = Path(__file__).resolve().parents[2]

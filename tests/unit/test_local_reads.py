@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from etcd_backupd.config import LocalDestination
+from etcd_backupd.config_destinations import LocalDestination
 from etcd_backupd.destinations.local import LocalDirectory
 from etcd_backupd.errors import DestinationError
 from etcd_backupd.fsutil import inside

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from etcd_backupd.cli import main as cli_main
-from etcd_backupd.config import LocalDestination
-from etcd_backupd.cycle import choose_spool_dir
+from etcd_backupd.config_destinations import LocalDestination
 from etcd_backupd.daemon import StateLock
 from etcd_backupd.destinations.local import LocalDirectory
 from etcd_backupd.errors import BackupError
 from etcd_backupd.fsutil import atomic_write_bytes, create_new
+from etcd_backupd.spool import choose_spool_dir
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from etcd_backupd.config import LocalDestination
+from etcd_backupd.config_destinations import LocalDestination
 from etcd_backupd.destinations.local import LocalDirectory
 from etcd_backupd.manifest import Cluster, manifest_name, snapshot_name
 from etcd_backupd.prune import prune
