@@ -18,19 +18,21 @@ SNAPSHOT_SUFFIX = ".db"
 
 @dataclass(frozen=True)
 class Layer:
-    """One transformation of the stream: its name, the suffix it adds to a stored name, and
-    the bytes every stream it writes starts with."""
+    """One transformation of the stream: its name, the suffix it adds to a stored name, the
+    bytes every stream it writes starts with, and for an operator what such a stream is and
+    what undoes it."""
 
     name: str
     suffix: str
     magic: bytes
     description: str
+    undo: str
 
 
-ZSTD = Layer("zstd", ".zst", b"\x28\xb5\x2f\xfd", "zstd-compressed data")
-GZIP = Layer("gzip", ".gz", b"\x1f\x8b", "gzip-compressed data")
+ZSTD = Layer("zstd", ".zst", b"\x28\xb5\x2f\xfd", "zstd-compressed data", "decompress")
+GZIP = Layer("gzip", ".gz", b"\x1f\x8b", "gzip-compressed data", "decompress")
 # age's binary header line (age-encryption.org/v1, "Header"); we never write the armored form
-AGE = Layer("age", ".age", b"age-encryption.org/v1\n", "age-encrypted data")
+AGE = Layer("age", ".age", b"age-encryption.org/v1\n", "age-encrypted data", "decrypt")
 
 COMPRESSIONS: dict[Compression, Layer | None] = {"none": None, "zstd": ZSTD, "gzip": GZIP}
 # the longest magic: how many leading bytes decide which layer a stream is
@@ -73,7 +75,7 @@ STORED_SUFFIX_PATTERN = (
     + ")?"
 )
 _STORED_NAME = re.compile(
-    rf"^(?P<base>.+{re.escape(SNAPSHOT_SUFFIX)})(?P<suffix>{STORED_SUFFIX_PATTERN})$"
+    rf"^(?P<base>.*{re.escape(SNAPSHOT_SUFFIX)})(?P<suffix>{STORED_SUFFIX_PATTERN})$"
 )
 
 

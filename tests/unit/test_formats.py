@@ -4,6 +4,7 @@ a stream's first bytes say about it."""
 from __future__ import annotations
 
 import gzip
+from datetime import UTC, datetime
 
 import pytest
 import zstandard
@@ -19,6 +20,8 @@ from etcd_backupd.formats import (
     outer_layer,
     stored_name,
 )
+from etcd_backupd.restore import find_snapshot, restore_token
+from tests.harness.backups import make_manifest
 
 SNAPSHOT = "etcd-snapshot-prod-20260101T000000Z.db"
 
@@ -58,3 +61,14 @@ def test_magic_bytes_name_the_outer_layer() -> None:
     assert outer_layer(b"age-encryption.org/v1\n", (ZSTD, GZIP)) is None
     assert outer_layer(bytes(4096)) is None
     assert outer_layer(b"") is None
+
+
+@pytest.mark.parametrize("stored", FORMATS, ids=lambda f: f.name)
+def test_restore_finds_a_backup_by_its_base_name_and_tokens_ignore_the_format(
+    stored: StoredFormat,
+) -> None:
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    manifest = make_manifest("prod", created, snapshot=stored_name(SNAPSHOT, stored))
+    found = find_snapshot([manifest], SNAPSHOT, "local", cluster=None, now=created)
+    assert found is manifest
+    assert restore_token(stored_name(SNAPSHOT, stored)) == restore_token(SNAPSHOT)
