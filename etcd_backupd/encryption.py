@@ -193,6 +193,9 @@ class _Mailbox:
 
     def put(self, data: bytes) -> bool:
         """Hand over `data` once there is room; False when the reader has stopped."""
+        if not data:
+            # rage would read an empty chunk as the end of the stream
+            return True
         with self._ready:
             self._ready.wait_for(
                 lambda: (

@@ -31,7 +31,7 @@ from tests.unit.test_bbolt import etcd_database, sealed
 
 AGE_CHUNK = 64 * 1024
 # sizes that start, end and straddle age's 64 KiB chunks, and the small and odd ones between
-AWKWARD = [1, AGE_CHUNK - 1, AGE_CHUNK, AGE_CHUNK + 1, 7, 2 * AGE_CHUNK + 3, 16, 100_003]
+AWKWARD = [1, AGE_CHUNK - 1, AGE_CHUNK, 0, AGE_CHUNK + 1, 7, 2 * AGE_CHUNK + 3, 16, 100_003]
 
 pytestmark = pytest.mark.skipif(
     shutil.which("age") is None or shutil.which("age-keygen") is None,
