@@ -249,9 +249,26 @@ def test_recipients_files_and_bad_recipients(key: tuple[Path, str], tmp_path: Pa
         parse_recipient("age1qqqq")
 
 
+def test_a_damaged_header_is_an_invalid_snapshot(key: tuple[Path, str]) -> None:
+    identity, recipient = key
+    stored = encrypt(b"x" * 1000, StoredFormat(encrypted=True), [recipient], [1000])
+    with pytest.raises(SnapshotInvalid, match="damaged age header"):
+        decrypt(stored[: stored.index(b"\n--- ") + 10], [identity])
+
+
+def payload_start(stored: bytes) -> int:
+    """Where the first chunk starts: after the header's MAC line and the 16-byte nonce (rage
+    adds a random "grease" stanza, so the header's length varies)."""
+    return stored.index(b"\n", stored.index(b"\n--- ") + 1) + 1 + 16
+
+
 @pytest.mark.parametrize(
     "damage",
-    [lambda b: b[:-10], lambda b: b[:-1] + bytes([b[-1] ^ 1]), lambda b: b[:300]],
+    [
+        lambda b: b[:-10],
+        lambda b: b[:-1] + bytes([b[-1] ^ 1]),
+        lambda b: b[: payload_start(b) + 100],
+    ],
     ids=["truncated", "flipped-tag", "cut-in-first-chunk"],
 )
 def test_damaged_ciphertext_is_an_invalid_snapshot(key: tuple[Path, str], damage: object) -> None:
