@@ -5,6 +5,7 @@ write, `age -d` (piped into `zstd -d` or `gzip -d`) turns back into exactly the 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import itertools
 import os
@@ -358,3 +359,36 @@ def test_gzip_and_plain_pipelines_match_the_codecs(key: tuple[Path, str]) -> Non
     assert gzip.decompress(out.getvalue()) == data
     assert decrypt(out.getvalue(), []) == data
     assert decrypt(data, []) == data
+
+
+def test_parts_cut_inside_age_chunks_join_into_the_file_age_reads(key: tuple[Path, str]) -> None:
+    """An upload's parts (S3's smallest is 5 MiB) never end on one of age's 64 KiB + 16 chunks:
+    the stage owes the sink nothing but the bytes in order."""
+    if shutil.which("zstd") is None:
+        pytest.skip("zstd not installed")
+    identity, recipient = key
+    part_size = 5 * 1024 * 1024
+
+    class Parts:
+        def __init__(self) -> None:
+            self.parts: list[bytes] = []
+            self.pending = b""
+
+        def write(self, data: bytes) -> None:
+            self.pending += data
+            while len(self.pending) >= part_size:
+                self.parts.append(self.pending[:part_size])
+                self.pending = self.pending[part_size:]
+
+    data = os.urandom(11 * 1024 * 1024 + 12_345)
+    sink = Parts()
+    pipeline = Pipeline(writing(StoredFormat("zstd", True), [parse_recipient(recipient)]), sink)
+    for at in range(0, len(data), 999_983):
+        pipeline.write(data[at : at + 999_983])
+    pipeline.close()
+    sink.parts.append(sink.pending)
+    assert len(sink.parts) == 3
+    assert part_size % (AGE_CHUNK + 16) != 0
+    joined = b"".join(sink.parts)
+    assert hashlib.sha256(joined).hexdigest() == pipeline.stored_sha256
+    assert age_decrypt(joined, identity, then="zstd -d") == data
