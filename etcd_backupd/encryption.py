@@ -243,9 +243,6 @@ class _Mailbox:
             self._ready.notify_all()
             return bytes(taken)
 
-    def readable(self) -> bool:
-        return True
-
 
 class _Outbox:
     """What rage writes, kept until the caller's thread passes it on."""
@@ -263,12 +260,6 @@ class _Outbox:
         with self._lock:
             taken, self._chunks = self._chunks, []
         return taken
-
-    def writable(self) -> bool:
-        return True
-
-    def flush(self) -> None:
-        pass
 
 
 class _AgeStage:
