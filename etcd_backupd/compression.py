@@ -1,4 +1,5 @@
-"""Streaming compression for stored snapshots, and reading them back for verification."""
+"""Compression of stored snapshots as push stages, the stages that write each stored format, and
+reading a stored snapshot back to the file etcd wrote, whatever layers (formats) it is stored in."""
 
 from __future__ import annotations
 
@@ -6,23 +7,34 @@ import errno
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
+from .encryption import Identity, Recipient, decrypting, encrypting
 from .errors import BackupError, SnapshotInvalid
+from .formats import (
+    AGE,
+    COMPRESSIONS,
+    GZIP,
+    MAGIC_SPAN,
+    ZSTD,
+    Compression,
+    Layer,
+    StoredFormat,
+    outer_layer,
+)
 from .snapshot.bbolt import MAX_PAGE_SIZE, META_END, MIN_PAGE_SIZE, BadMeta, parse_meta
 from .snapshot.status import SHA256_SIZE
+from .stages import Pipeline, Sink, Stage, StageFactory
 
 if TYPE_CHECKING:
     import zstandard
 
-    from .config_destinations import Compression
-
-SUFFIXES: dict[str, str] = {"none": "", "zstd": ".zst", "gzip": ".gz"}
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_GZIP_MAGIC = b"\x1f\x8b"
+SUFFIXES: dict[str, str] = {
+    kind: layer.suffix if layer else "" for kind, layer in COMPRESSIONS.items()
+}
 # zstd level 3 keeps up with a local etcd stream on one core; higher levels do not.
 ZSTD_LEVEL = 3
 GZIP_LEVEL = 6
@@ -75,22 +87,43 @@ def compressor(kind: Compression) -> Compressor:
     return _Identity()
 
 
-def detect(path: Path) -> Compression:
-    with path.open("rb") as handle:
-        head = handle.read(4)
-    if head.startswith(_ZSTD_MAGIC):
-        return "zstd"
-    if head.startswith(_GZIP_MAGIC):
-        return "gzip"
-    return "none"
-
-
 def compress_file(source: Path, target: BinaryIO, kind: Compression) -> None:
     packer = compressor(kind)
     with source.open("rb") as src:
         while block := src.read(_BLOCK):
             target.write(packer.compress(block))
     target.write(packer.flush())
+
+
+class _Compress:
+    def __init__(self, kind: Compression, downstream: Sink) -> None:
+        self._packer = compressor(kind)
+        self._downstream = downstream
+
+    def write(self, data: bytes) -> None:
+        if packed := self._packer.compress(data):
+            self._downstream.write(packed)
+
+    def close(self) -> None:
+        self._downstream.write(self._packer.flush())
+
+    def abort(self) -> None:
+        pass
+
+
+def writing(stored: StoredFormat, recipients: Sequence[Recipient] = ()) -> list[StageFactory]:
+    """The stages that turn a snapshot into `stored`, in the order the format's layers say."""
+    kind = stored.compression
+    return [
+        encrypting(recipients) if layer is AGE else lambda down: _Compress(kind, down)
+        for layer in stored.layers
+    ]
+
+
+def reading(identities: Sequence[Identity], label: str) -> StageFactory:
+    """The stage that turns a stored stream, in whatever format its first bytes say, back into
+    the snapshot; `label` names the stream in errors."""
+    return lambda downstream: _Unpack(downstream, label, identities, (AGE, ZSTD, GZIP))
 
 
 # etcd's own ceiling for --quota-backend-bytes is 8 GiB; no snapshot it takes is near this, so a
@@ -152,36 +185,119 @@ class _BoundedOutput:
         return max(sizes)
 
 
-def decompress_file(source: Path, target: Path, *, size: int | None = None) -> None:
-    """Write the snapshot a compressed file holds to a new file `target`, at most `size` bytes
-    when its manifest states them. A damaged or oversized stream is SnapshotInvalid; a target
-    that cannot take it (a full disk) is a BackupError."""
-    import zstandard
+class _Decompress:
+    def __init__(self, layer: Layer, downstream: Sink, label: str) -> None:
+        import zstandard
 
-    kind = detect(source)
-    unpacker: zstandard.ZstdDecompressionObj | zlib._Decompress = (
-        zstandard.ZstdDecompressor().decompressobj() if kind == "zstd" else zlib.decompressobj(31)
-    )
-    feed = _FEED if kind != "none" else _BLOCK
+        self._layer = layer
+        self._downstream = downstream
+        self._label = label
+        self._unpacker: zstandard.ZstdDecompressionObj | zlib._Decompress = (
+            zstandard.ZstdDecompressor().decompressobj()
+            if layer is ZSTD
+            else zlib.decompressobj(31)
+        )
+
+    def write(self, data: bytes) -> None:
+        import zstandard
+
+        view = memoryview(data)
+        try:
+            for at in range(0, len(view), _FEED):
+                if out := self._unpacker.decompress(view[at : at + _FEED]):
+                    self._downstream.write(out)
+        except (zstandard.ZstdError, zlib.error) as exc:
+            raise SnapshotInvalid(
+                f"{self._label}: damaged {self._layer.name} stream: {exc}"
+            ) from exc
+
+    def close(self) -> None:
+        if not self._unpacker.eof:
+            raise SnapshotInvalid(f"{self._label}: {self._layer.name} stream is truncated")
+
+    def abort(self) -> None:
+        pass
+
+
+class _Unpack:
+    """Undoes the layer the stream's first bytes name, if any is `among` them, then (after age)
+    the compression inside: the same file may be named anything, so its bytes decide."""
+
+    def __init__(
+        self,
+        downstream: Sink,
+        label: str,
+        identities: Sequence[Identity],
+        among: tuple[Layer, ...],
+    ) -> None:
+        self._downstream = downstream
+        self._label = label
+        self._identities = identities
+        self._among = among
+        self._head = b""
+        self._stages: list[Stage] | None = None
+        self._into: Sink = downstream
+
+    def write(self, data: bytes) -> None:
+        if self._stages is None:
+            self._head += data
+            if len(self._head) < MAGIC_SPAN:
+                return
+            data, self._head = self._head, b""
+            self._choose(data)
+        self._into.write(data)
+
+    def close(self) -> None:
+        if self._stages is None:
+            self._choose(self._head)
+            self._into.write(self._head)
+        for stage in self._stages or ():
+            stage.close()
+
+    def abort(self) -> None:
+        for stage in self._stages or ():
+            stage.abort()
+
+    def _choose(self, head: bytes) -> None:
+        layer = outer_layer(head, self._among)
+        if layer is AGE:
+            inner = _Unpack(self._downstream, self._label, (), (ZSTD, GZIP))
+            self._stages = [decrypting(self._identities, self._label)(inner), inner]
+        elif layer is not None:
+            self._stages = [_Decompress(layer, self._downstream, self._label)]
+        else:
+            self._stages = []
+        self._into = self._stages[0] if self._stages else self._downstream
+
+
+def decompress_file(
+    source: Path,
+    target: Path,
+    *,
+    size: int | None = None,
+    identities: Sequence[Identity] = (),
+) -> None:
+    """Write the snapshot a stored file holds (compressed, encrypted or both) to a new file
+    `target`, at most `size` bytes when its manifest states them. A damaged or oversized stream
+    is SnapshotInvalid; an age file none of `identities` opens is IdentityError; a target that
+    cannot take it (a full disk) is a BackupError."""
     try:
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise _cannot_write(source, target, exc) from exc
     try:
         _check_room(source, target, size)
-        out = _BoundedOutput(fd, source, size)
-        with source.open("rb") as src:
-            while block := src.read(_BLOCK):
-                if kind == "none":
-                    out.write(block)
-                    continue
-                view = memoryview(block)
-                for at in range(0, len(view), feed):
-                    out.write(unpacker.decompress(view[at : at + feed]))
-        if kind != "none" and not unpacker.eof:
-            raise SnapshotInvalid(f"{source}: {kind} stream is truncated")
-    except (zstandard.ZstdError, zlib.error) as exc:
-        raise SnapshotInvalid(f"{source}: damaged {kind} stream: {exc}") from exc
+        pipeline = Pipeline(
+            [reading(identities, str(source))], _BoundedOutput(fd, source, size), hashed=False
+        )
+        try:
+            with source.open("rb") as src:
+                while block := src.read(_BLOCK):
+                    pipeline.write(block)
+            pipeline.close()
+        except BaseException:
+            pipeline.abort()
+            raise
     except OSError as exc:
         raise _cannot_write(source, target, exc) from exc
     finally:
@@ -211,17 +327,20 @@ def _cannot_write(source: Path, target: Path, exc: OSError) -> BackupError:
 
 
 @contextmanager
-def plain_snapshot(path: Path, *, size: int | None = None) -> Iterator[Path]:
-    """The snapshot as etcd wrote it: the file itself, or a decompressed scratch copy of at
-    most `size` bytes (the manifest's) when known."""
+def plain_snapshot(
+    path: Path, *, size: int | None = None, identities: Sequence[Identity] = ()
+) -> Iterator[Path]:
+    """The snapshot as etcd wrote it: the file itself, or a scratch copy of at most `size`
+    bytes (the manifest's) when known, decompressed and decrypted (with `identities`)."""
     try:
-        kind = detect(path)
+        with path.open("rb") as handle:
+            head = handle.read(MAGIC_SPAN)
     except OSError as exc:
         raise SnapshotInvalid(f"cannot read {path}: {exc.strerror}") from exc
-    if kind == "none":
+    if outer_layer(head) is None:
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="etcd-backupd-") as scratch:
         plain = Path(scratch) / "snapshot.db"
-        decompress_file(path, plain, size=size)
+        decompress_file(path, plain, size=size, identities=identities)
         yield plain

@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     DESTINATION = 5
     DRILL_FAILED = 6
     STALE = 7  # `status`: a destination's newest backup is too old, or it holds none
+    IDENTITY = 8  # an encrypted backup, and no age identity given can decrypt it
     INTERNAL = 70  # EX_SOFTWARE: a bug
     TEMPFAIL = 75  # EX_TEMPFAIL: another run holds the lock or every destination
     INTERRUPTED = 130  # 128 + SIGINT, also for SIGTERM: the run removed what it had written
@@ -62,3 +63,10 @@ class DestinationBusy(BackupError):
     EX_TEMPFAIL: nothing is wrong, and the other run takes the backup."""
 
     exit_code = ExitCode.TEMPFAIL
+
+
+class IdentityError(BackupError):
+    """An encrypted backup that no identity given can decrypt: none given, an unreadable or
+    malformed identity file, or identities whose recipients it was not encrypted to."""
+
+    exit_code = ExitCode.IDENTITY

@@ -8,16 +8,17 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from .formats import SNAPSHOT_SUFFIX, STORED_SUFFIX_PATTERN
+
 MANIFEST_FORMAT = 1
 SNAPSHOT_PREFIX = "etcd-snapshot-"
-SNAPSHOT_SUFFIX = ".db"
 MANIFEST_SUFFIX = ".manifest.json"
 # ours are about 1 KB; anything near this is not a manifest and is not read into memory
 MANIFEST_MAX_BYTES = 1024 * 1024
 _TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _NAME_RE = re.compile(
     rf"^{re.escape(SNAPSHOT_PREFIX)}(?P<cluster>[A-Za-z0-9_.-]+)-(?P<stamp>\d{{8}}T\d{{6}}Z)"
-    rf"{re.escape(SNAPSHOT_SUFFIX)}(?:\.zst|\.gz)?$"
+    rf"{re.escape(SNAPSHOT_SUFFIX)}{STORED_SUFFIX_PATTERN}$"
 )
 
 

@@ -22,8 +22,9 @@ from .compression import plain_snapshot
 from .config import ENV_ETCD_PASSWORD
 from .destinations import Destination
 from .errors import BackupError, SnapshotInvalid
+from .formats import SNAPSHOT_SUFFIX, base_name
 from .fsutil import inside
-from .manifest import SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX, Cluster, Manifest, parse_snapshot_name
+from .manifest import SNAPSHOT_PREFIX, Cluster, Manifest, parse_snapshot_name
 from .retention import is_future
 from .snapshot.keyspace import auth_enabled
 from .snapshot.status import SnapshotStatus, read_storage_version, verify_snapshot
@@ -183,21 +184,10 @@ def restore_tool(
     )
 
 
-_STORED_SUFFIXES = (".zst", ".gz")
-
-
-def snapshot_base_name(name: str) -> str:
-    """The snapshot's name as etcd wrote it, whatever compression it is stored under."""
-    for suffix in _STORED_SUFFIXES:
-        if name.endswith(SNAPSHOT_SUFFIX + suffix):
-            return name.removesuffix(suffix)
-    return name
-
-
 def restore_token(snapshot_name: str) -> str:
     """The restored cluster's token, from the snapshot's name alone: every member restoring one
     snapshot gets the same token, however separately its command or script was made."""
-    base = snapshot_base_name(Path(snapshot_name).name).removesuffix(SNAPSHOT_SUFFIX)
+    base = base_name(Path(snapshot_name).name).removesuffix(SNAPSHOT_SUFFIX)
     base = base.removeprefix(SNAPSHOT_PREFIX)
     return "etcd-restore-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "snapshot")
 
@@ -210,15 +200,15 @@ def find_snapshot(
     cluster: str | None,
     now: datetime,
 ) -> Manifest:
-    """The backup called `wanted` ("latest", its stored name, or its name without the
-    compression suffix); a miss names the closest stored names. "latest" is the newest backup of
+    """The backup called `wanted` ("latest", its stored name, or its name without the suffix
+    of its stored format); a miss names the closest stored names. "latest" is the newest backup of
     `cluster`, which must be named when the destination holds several clusters' backups."""
     if not manifests:
         raise BackupError(f"destination {destination!r} holds no backup")
     if wanted == "latest":
         return _latest(manifests, cluster, destination, now)
     for manifest in reversed(manifests):
-        if wanted in (manifest.snapshot, snapshot_base_name(manifest.snapshot)):
+        if wanted in (manifest.snapshot, base_name(manifest.snapshot)):
             return manifest
     names = [m.snapshot for m in manifests]
     close = difflib.get_close_matches(wanted, names, n=3, cutoff=0.6)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-MODULES = ("init", "status")
+MODULES = ("init", "keygen", "status")
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

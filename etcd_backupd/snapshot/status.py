@@ -27,6 +27,7 @@ from typing import Any
 import crc32c
 
 from ..errors import SnapshotInvalid
+from ..formats import outer_layer
 from . import compiled
 from .bbolt import BUCKET_FLAG, MAGIC, BadMeta, BoltReader, Bucket, Leaf, parse_meta
 
@@ -416,10 +417,8 @@ def _why_no_trailer(path: Path, size: int) -> str:
 def _kind_of(head: bytes) -> str:
     if not head:
         return "the file is empty"
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip-compressed data, decompress it first"
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return "zstd-compressed data, decompress it first"
+    if layer := outer_layer(head):
+        return f"{layer.description}, {layer.undo} it first"
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:

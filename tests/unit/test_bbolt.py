@@ -601,6 +601,10 @@ def test_random_rewrites_never_escape_as_another_error(tmp_path: Path) -> None:
         (b"apiVersion: v1\nkind: Pod\n", "not an etcd snapshot: a text file"),
         (gzip.compress(b"x" * 5000), "not an etcd snapshot: gzip-compressed data"),
         (b"\x28\xb5\x2f\xfd" + bytes(100), "not an etcd snapshot: zstd-compressed data"),
+        (
+            b"age-encryption.org/v1\n-> X25519 abc\n" + bytes(200),
+            "not an etcd snapshot: age-encrypted data, decrypt it first",
+        ),
         (random.Random(5).randbytes(4096), "not an etcd snapshot: no bbolt header"),
         (sealed(random.Random(6).randbytes(4096)), "no valid bbolt meta page (bad bbolt magic"),
         (small_snapshot()[:3000], "truncated: file holds 3000 bytes, database needs 13312"),
@@ -612,6 +616,7 @@ def test_random_rewrites_never_escape_as_another_error(tmp_path: Path) -> None:
         "text",
         "gzip",
         "zstd",
+        "age",
         "random",
         "random-sealed",
         "cut",

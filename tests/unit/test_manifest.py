@@ -13,6 +13,7 @@ from etcd_backupd.manifest import (
     parse_snapshot_name,
     read_manifest,
     snapshot_name,
+    snapshot_of_manifest,
 )
 from tests.harness.backups import make_manifest
 
@@ -23,6 +24,19 @@ def test_names_sort_by_time_and_round_trip() -> None:
     assert names[0] == "etcd-snapshot-prod-20261123T224500Z.db"
     assert sorted(names) == names
     assert [parse_snapshot_name(n) for n in names] == [("prod", t) for t in times]
+
+
+@pytest.mark.parametrize("suffix", [".zst", ".gz", ".age", ".zst.age", ".gz.age"])
+def test_stored_names_carry_the_same_cluster_and_time(suffix: str) -> None:
+    name = snapshot_name("prod", NOW)
+    assert parse_snapshot_name(name + suffix) == ("prod", NOW)
+    assert snapshot_of_manifest(manifest_name(name + suffix)) == name + suffix
+
+
+def test_stored_suffixes_in_another_order_are_not_ours() -> None:
+    name = snapshot_name("prod", NOW)
+    for suffix in (".age.zst", ".zst.gz", ".bz2", ".age.age"):
+        assert parse_snapshot_name(name + suffix) is None
 
 
 def test_name_is_utc_whatever_the_clock_zone() -> None:
