@@ -14,17 +14,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from etcd_backupd.compression import (
-    SUFFIXES,
-    compress_file,
-    compressor,
-    decompress_file,
-    detect,
-    plain_snapshot,
-)
-from etcd_backupd.config_destinations import Compression
+from etcd_backupd.compression import compressor, decompress_file, plain_snapshot, writing
 from etcd_backupd.errors import BackupError, SnapshotInvalid
+from etcd_backupd.formats import MAGIC_SPAN, Compression, StoredFormat, outer_layer, stored_name
 from etcd_backupd.snapshot.status import verify_snapshot
+from etcd_backupd.stages import Pipeline
 from tests.unit.test_bbolt import etcd_database, sealed, write
 
 # the scratch copy may not grow past this in the bomb tests: the bombs expand to 1 GiB
@@ -40,6 +34,13 @@ def zstd_bomb(head: bytes, total: int = 1 << 30) -> bytes:
         out.append(packer.compress(zeros))
     out.append(packer.flush())
     return b"".join(out)
+
+
+def detect(path: Path) -> str:
+    """The outermost layer a file's first bytes name, as reading it back decides."""
+    with path.open("rb") as handle:
+        layer = outer_layer(handle.read(MAGIC_SPAN))
+    return layer.name if layer else "none"
 
 
 def good_snapshot(free_pages: int = 0) -> bytes:
@@ -134,7 +135,7 @@ def test_a_snapshot_compressed_as_it_streams_reads_back_byte_for_byte(
     stored = b"".join(
         packer.compress(snapshot[at : at + 1000]) for at in range(0, len(snapshot), 1000)
     )
-    path = write(tmp_path, stored + packer.flush(), "snapshot.db" + SUFFIXES[kind])
+    path = write(tmp_path, stored + packer.flush(), stored_name("snapshot.db", StoredFormat(kind)))
     assert detect(path) == kind
     with plain_snapshot(path, size=len(snapshot)) as plain:
         assert plain.read_bytes() == snapshot
@@ -151,9 +152,14 @@ def test_a_spooled_file_compressed_into_place_reads_back_byte_for_byte(
 ) -> None:
     snapshot = good_snapshot(free_pages=3)
     source = write(tmp_path, snapshot, "spool.db")
-    target = tmp_path / ("stored.db" + SUFFIXES[kind])
+    target = tmp_path / stored_name("stored.db", StoredFormat(kind))
     with target.open("wb") as out:
-        compress_file(source, out, kind)
+        pipeline = Pipeline(writing(StoredFormat(kind)), out)
+        with source.open("rb") as src:
+            while block := src.read(4096):
+                pipeline.write(block)
+        pipeline.close()
+    assert pipeline.stored_size == target.stat().st_size
     assert detect(target) == kind
     decompress_file(target, tmp_path / "plain.db")
     assert (tmp_path / "plain.db").read_bytes() == snapshot
@@ -171,7 +177,9 @@ def test_the_kind_is_told_by_the_magic_bytes_never_the_name(tmp_path: Path) -> N
 def test_a_truncated_stream_is_a_clear_error(tmp_path: Path, kind: Compression) -> None:
     packer = compressor(kind)
     stored = packer.compress(good_snapshot(free_pages=40)) + packer.flush()
-    path = write(tmp_path, stored[: len(stored) // 2], "snapshot.db" + SUFFIXES[kind])
+    path = write(
+        tmp_path, stored[: len(stored) // 2], stored_name("snapshot.db", StoredFormat(kind))
+    )
     with pytest.raises(SnapshotInvalid, match=f"{kind} stream is truncated"):
         decompress_file(path, tmp_path / "plain.db")
 
@@ -182,7 +190,7 @@ def test_a_damaged_stream_is_a_clear_error(tmp_path: Path, kind: Compression) ->
     stored = bytearray(packer.compress(good_snapshot(free_pages=40)) + packer.flush())
     for at in range(20, len(stored) - 20, 7):
         stored[at] ^= 0x5A
-    path = write(tmp_path, bytes(stored), "snapshot.db" + SUFFIXES[kind])
+    path = write(tmp_path, bytes(stored), stored_name("snapshot.db", StoredFormat(kind)))
     with pytest.raises(SnapshotInvalid, match=f"damaged {kind} stream"):
         decompress_file(path, tmp_path / "plain.db")
 
