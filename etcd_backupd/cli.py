@@ -1022,7 +1022,10 @@ def _describe_config(config: Config, now: datetime) -> list[str]:
     lines += _schedule_lines("schedule", config.schedule.cron, zone, now)
     for d in config.destination:
         where = d.path if d.type == "local" else f"s3://{d.bucket}/{d.prefix}"
-        lines.append(f"destination {d.name}: {d.type} {where} (compression {d.compression})")
+        stored = f"compression {d.compression}"
+        if d.encryption is not None:
+            stored += f", age-encrypted to {len(d.encryption.public_keys())} recipient(s)"
+        lines.append(f"destination {d.name}: {d.type} {where} ({stored})")
         if d.cron:
             lines += [f"  {line}" for line in _schedule_lines("own schedule", d.cron, zone, now)]
     drill = "drill" if config.drill.enabled else "drill (disabled)"
@@ -1036,7 +1039,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     check_referenced(config)
-    for warning in loose_permissions(config, args.config):
+    for warning in [*loose_permissions(config, args.config), *config.plaintext_off_host()]:
         _print_error(args, f"warning: {warning}")
     print(f"{args.config}: valid")
     for line in _describe_config(config, datetime.now(UTC)):

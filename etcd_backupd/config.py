@@ -235,6 +235,13 @@ class DrillConfig(Strict):
         "when unset. Also used by `etcd-backupd restore`.",
         examples=["/usr/local/bin"],
     )
+    identity_file: ConfigPath | None = Field(
+        None,
+        description="age identity file the daemon's drills decrypt encrypted backups with (the "
+        "`drill` command takes --identity). Taking backups needs only the recipients: set this "
+        "only on a host that runs drills.",
+        examples=["/etc/etcd-backupd/age-identity.txt"],
+    )
 
     @field_validator("cron")
     @classmethod
@@ -376,6 +383,16 @@ class Config(Strict):
     def coordinated(self) -> bool:
         mode = self.coordination or ("leader" if self.etcd.local_endpoint else "none")
         return mode == "leader"
+
+    def plaintext_off_host(self) -> list[str]:
+        """A warning for each off-host destination (S3) that stores snapshots unencrypted:
+        they hold every Secret of the cluster, readable by whoever can read the bucket."""
+        return [
+            f"destination {d.name}: stores snapshots in plaintext off this host, readable by "
+            'anyone who can read the bucket; add encryption = { recipients = ["age1..."] }'
+            for d in self.destination
+            if d.type == "s3" and d.encryption is None
+        ]
 
     @model_validator(mode="after")
     def _leader_needs_local_member(self) -> Config:

@@ -1,5 +1,5 @@
 """The [[destination]] tables: a local directory or an S3 bucket, each with its own compression,
-retention, schedule and bounds."""
+encryption, retention, schedule and bounds."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pydantic import Field, field_validator, model_validator
 
 from .config_base import NAME_RE, NAME_RULE, ConfigPath, Strict, shown, url_problem, validate_cron
 from .config_schedule import RetentionConfig
+from .encryption import Recipient, parse_recipient, parse_recipients_file
 from .errors import ConfigError
+from .formats import Compression, StoredFormat
 
 # the storage classes S3 knows; a store that has others is told apart by its endpoint_url
 STORAGE_CLASSES = (
@@ -29,9 +31,74 @@ STORAGE_CLASSES = (
 # what boto3 accepts as a bucket name (S3 itself is stricter: 3-63 lowercase characters)
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]$")
 
-
-Compression = Literal["none", "zstd", "gzip"]
 MIB = 1024 * 1024
+
+
+class EncryptionConfig(Strict):
+    """age encryption of what a destination stores: to every recipient listed here and in
+    recipients_file. Only their public keys are needed here; reading a backup back takes an
+    identity (--identity, ETCD_BACKUPD_AGE_IDENTITY_FILE, [drill] identity_file)."""
+
+    recipients: list[str] = Field(
+        default_factory=list,
+        description="age recipients: X25519 (age1...), ssh-ed25519 or ssh-rsa public keys.",
+        examples=[["age1..."]],
+    )
+    recipients_file: ConfigPath | None = Field(
+        None,
+        description="A file of recipients, one a line, as `age -R` reads it (# comments).",
+        examples=["/etc/etcd-backupd/recipients.txt"],
+    )
+
+    @field_validator("recipients")
+    @classmethod
+    def _each_a_recipient(cls, recipients: list[str]) -> list[str]:
+        for index, text in enumerate(recipients):
+            try:
+                parse_recipient(text)
+            except ValueError as exc:
+                raise ValueError(f"recipients[{index}]: {exc}") from None
+        return [text.strip() for text in recipients]
+
+    @model_validator(mode="after")
+    def _recipients_file_holds_recipients(self) -> EncryptionConfig:
+        found = self._file_recipients()
+        if not self.recipients and not found:
+            raise ValueError(
+                "encryption needs at least one recipient (recipients or recipients_file)"
+            )
+        return self
+
+    def _file_recipients(self) -> list[str]:
+        """The recipients recipients_file holds, each checked; ValueError naming the file."""
+        path = self.recipients_file
+        if path is None:
+            return []
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ValueError(f"recipients_file: cannot read {path}: {reason}") from None
+        try:
+            parse_recipients_file(text)
+        except ValueError as exc:
+            raise ValueError(f"recipients_file: {path}, {exc}") from None
+        return [
+            line.strip()
+            for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+
+    def public_keys(self) -> list[str]:
+        """Every recipient, as the manifest records it: public keys only, in order, once each."""
+        try:
+            found = self._file_recipients()
+        except ValueError as exc:
+            raise ConfigError(f"encryption: {exc}") from None
+        return list(dict.fromkeys([*self.recipients, *found]))
+
+    def parsed(self) -> list[Recipient]:
+        return [parse_recipient(text) for text in self.public_keys()]
 
 
 class _DestinationBase(Strict):
@@ -45,6 +112,17 @@ class _DestinationBase(Strict):
         description='"none" stores the file exactly as `etcdutl snapshot restore` takes it; '
         '"zstd" or "gzip" compress while storing (the manifest keeps both sizes and the SHA-256 '
         "of the uncompressed snapshot, and `etcd-backupd verify` reads compressed files too).",
+    )
+    encryption: EncryptionConfig | None = Field(
+        None,
+        description="Encrypt what is stored here with age, after compression, to every "
+        "recipient: X25519 (age1...), ssh-ed25519 or ssh-rsa public keys in recipients and "
+        "in recipients_file (one a line; either key or both). Stored as "
+        "<name>.db[.zst|.gz].age, which `age -d -i KEY FILE` opens; the manifest records the "
+        "recipients' public keys. Unset: stored in plaintext.",
+        examples=[
+            {"recipients": ["age14avttazr7ufn04u3uue4umg4ah3qac30mjz5mudrdyayc852yyjqrvk6mh"]}
+        ],
     )
     retention: RetentionConfig | None = Field(
         None,
@@ -72,6 +150,10 @@ class _DestinationBase(Strict):
         if not NAME_RE.match(name):
             raise ValueError(NAME_RULE)
         return name
+
+    @property
+    def stored_format(self) -> StoredFormat:
+        return StoredFormat(self.compression, encrypted=self.encryption is not None)
 
 
 class LocalDestination(_DestinationBase):

@@ -90,8 +90,9 @@ def _keys(
         if given and name in given:
             lines.append(f"{'' if active else '# '}{name} = {toml_value(given[name])}")
             continue
-        if _is_table(field.annotation):
-            # a sub-table of an entry (a destination's own retention) is described, not shown
+        if _is_table(field.annotation) and not field.examples:
+            # a sub-table of an entry (a destination's own retention) is described, not shown;
+            # one with an example is shown as an inline table
             lines += ["", *_comment(field.description or "")]
             continue
         description = field.description or ""

@@ -38,6 +38,9 @@ def referenced(config: Config) -> list[Referenced]:
         Referenced("drill.bin_dir", config.drill.bin_dir, False, directory=True)
         if config.drill.bin_dir
         else None,
+        Referenced("drill.identity_file", config.drill.identity_file, True)
+        if config.drill.identity_file
+        else None,
     ]
     for index, destination in enumerate(config.destination):
         if not isinstance(destination, S3Destination):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from etcd_backupd.config_base import validate_cron
 from etcd_backupd.config_destinations import S3Destination
 from etcd_backupd.config_schedule import DEFAULT_CRON
 from etcd_backupd.errors import ConfigError
+from tests.harness.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"destination": [{"name": "local", "type": "local", "path": "/var/backups/etcd"}]}
@@ -377,22 +379,27 @@ def test_check_config_reads_every_file_it_names(
 def test_check_config_warns_of_secrets_others_may_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    secrets = {name: tmp_path / name for name in ("password", "tls.key", "s3-secret")}
+    secrets = {name: tmp_path / name for name in ("password", "tls.key", "s3-secret", "age")}
     for secret in secrets.values():
         secret.write_text("s3cr3t\n")
         secret.chmod(0o600)
+    # encrypted, so that check-config's one other warning (plaintext off host) stays out
+    recipient = recipient_pair()[0]
     path = write_config(
         tmp_path,
         f'[etcd]\nusername = "root"\npassword_file = "{secrets["password"]}"\n'
         f'cert = "{secrets["tls.key"]}"\nkey = "{secrets["tls.key"]}"\n'
+        f'[drill]\nidentity_file = "{secrets["age"]}"\n'
         '[[destination]]\nname = "s3"\ntype = "s3"\nbucket = "b-1"\naccess_key_id = "AKIA"\n'
-        f'secret_access_key_file = "{secrets["s3-secret"]}"\n',
+        f'secret_access_key_file = "{secrets["s3-secret"]}"\n'
+        f'encryption = {{ recipients = ["{recipient}"] }}\n',
     )
     assert check_config(path, capsys) == (0, check_config(path, capsys)[1], "")
     path.chmod(0o644)
     secrets["password"].chmod(0o640)
     secrets["tls.key"].chmod(0o604)
     secrets["s3-secret"].chmod(0o644)
+    secrets["age"].chmod(0o640)
     code, _, err = check_config(path, capsys)
     assert code == 0
     assert err.splitlines() == [
@@ -401,6 +408,8 @@ def test_check_config_warns_of_secrets_others_may_read(
         f"run chmod 600 {secrets['tls.key']}",
         f"warning: etcd.password_file: {secrets['password']} has mode 0640, so other users may "
         f"read it; run chmod 600 {secrets['password']}",
+        f"warning: drill.identity_file: {secrets['age']} has mode 0640, so other users may "
+        f"read it; run chmod 600 {secrets['age']}",
         f"warning: destination[0].secret_access_key_file: {secrets['s3-secret']} has mode 0644, "
         f"so other users may read it; run chmod 600 {secrets['s3-secret']}",
     ]
@@ -425,3 +434,96 @@ def test_notify_entries_are_checked_without_echoing_their_secret() -> None:
     good = parse_config({**MINIMAL, "notify": [{"type": "webhook", "url": "https://h.example/"}]})
     assert good.notify[0].type == "webhook"
     assert good.notify[0].on == ["failure", "drill_failure"]
+
+
+def recipient_pair() -> tuple[str, str]:
+    from etcd_backupd.encryption import new_identity
+
+    return new_identity(datetime.now(UTC))[::-1]
+
+
+def test_encryption_takes_recipients_and_a_recipients_file(tmp_path: Path) -> None:
+    first, second, third = (recipient_pair()[0] for _ in range(3))
+    listed = tmp_path / "recipients.txt"
+    listed.write_text(f"# backup keys\n{second}\n\n  {third}\n{first}\n")
+    local = MINIMAL["destination"][0]
+    config = parse_config(
+        {
+            "destination": [
+                {
+                    **local,
+                    "encryption": {"recipients": [f" {first}"], "recipients_file": str(listed)},
+                }
+            ]
+        }
+    )
+    (destination,) = config.destination
+    assert destination.encryption is not None
+    assert destination.encryption.public_keys() == [first, second, third]
+    assert len(destination.encryption.parsed()) == 3
+    assert destination.stored_format.name == "age"
+
+
+@pytest.mark.parametrize(
+    ("encryption", "expected"),
+    [
+        (
+            {"recipients": ["age1nope"]},
+            "At 'destination[0].encryption.recipients': recipients[0]: invalid age recipient "
+            "'age1nope'",
+        ),
+        (
+            {"recipients": ["AGE-SECRET-KEY-1XYZ"]},
+            "At 'destination[0].encryption.recipients': recipients[0]: 'AGE-SECRET-KEY-1XYZ' is "
+            "not an age recipient",
+        ),
+        (
+            {"recipients": []},
+            "At 'destination[0].encryption': encryption needs at least one recipient",
+        ),
+        (
+            {"recipients_file": "/nonexistent/recipients"},
+            "At 'destination[0].encryption': recipients_file: cannot read /nonexistent/recipients: "
+            "No such file or directory",
+        ),
+        ({"recipient": []}, "At 'destination[0].encryption.recipient': unknown key"),
+    ],
+)
+def test_encryption_errors_name_the_field_and_the_reason(
+    encryption: dict[str, object], expected: str
+) -> None:
+    local = MINIMAL["destination"][0]
+    assert expected in error_of({"destination": [{**local, "encryption": encryption}]})
+
+
+def test_a_bad_line_of_the_recipients_file_is_named(tmp_path: Path) -> None:
+    listed = tmp_path / "recipients.txt"
+    listed.write_text(f"{recipient_pair()[0]}\nssh-dss AAAA\n")
+    local = MINIMAL["destination"][0]
+    message = error_of({"destination": [{**local, "encryption": {"recipients_file": str(listed)}}]})
+    assert f"recipients_file: {listed}, line 2: 'ssh-dss AAAA' is not an age recipient" in message
+
+
+def test_check_config_warns_when_s3_stores_plaintext(tmp_path: Path) -> None:
+    recipient = recipient_pair()[0]
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[[destination]]\nname = 'plain'\ntype = 's3'\nbucket = 'bkt'\nmax_attempts = 1\n"
+        "endpoint_url = 'http://127.0.0.1:9'\nconnect_timeout = 0.2\n"
+        "[[destination]]\nname = 'sealed'\ntype = 's3'\nbucket = 'bkt'\nprefix = 'x/'\n"
+        "endpoint_url = 'http://127.0.0.1:9'\nconnect_timeout = 0.2\n"
+        f"encryption = {{ recipients = ['{recipient}'] }}\n"
+        "[[destination]]\nname = 'disk'\ntype = 'local'\npath = '/x'\n"
+    )
+    config.chmod(0o600)
+    result = run_cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "plaintext" in line]
+    assert warnings == [
+        "warning: destination plain: stores snapshots in plaintext off this host, readable by "
+        'anyone who can read the bucket; add encryption = { recipients = ["age1..."] }'
+    ]
+    assert (
+        "destination sealed: s3 s3://bkt/x/ (compression none, age-encrypted to 1 recipient(s))"
+        in result.stdout
+    )
