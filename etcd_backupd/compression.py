@@ -10,13 +10,12 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .encryption import Identity, Recipient, decrypting, encrypting
 from .errors import BackupError, SnapshotInvalid
 from .formats import (
     AGE,
-    COMPRESSIONS,
     GZIP,
     MAGIC_SPAN,
     ZSTD,
@@ -32,9 +31,6 @@ from .stages import Pipeline, Sink, Stage, StageFactory
 if TYPE_CHECKING:
     import zstandard
 
-SUFFIXES: dict[str, str] = {
-    kind: layer.suffix if layer else "" for kind, layer in COMPRESSIONS.items()
-}
 # zstd level 3 keeps up with a local etcd stream on one core; higher levels do not.
 ZSTD_LEVEL = 3
 GZIP_LEVEL = 6
@@ -85,14 +81,6 @@ def compressor(kind: Compression) -> Compressor:
     if kind == "gzip":
         return _Gzip()
     return _Identity()
-
-
-def compress_file(source: Path, target: BinaryIO, kind: Compression) -> None:
-    packer = compressor(kind)
-    with source.open("rb") as src:
-        while block := src.read(_BLOCK):
-            target.write(packer.compress(block))
-    target.write(packer.flush())
 
 
 class _Compress:

@@ -72,8 +72,9 @@ def _spool_snapshot(
     part: Path,
     shipment: Shipment,
     cancel: threading.Event,
-) -> str:
-    """Stream one member's snapshot into `part` and the uploads; return its SHA-256 (hex).
+) -> tuple[str, str]:
+    """Stream one member's snapshot into `part` and the uploads; return the SHA-256 (hex) of
+    its database bytes and of the whole file.
 
     The file ends up exactly as `etcdctl snapshot save` writes it: database bytes, then the
     32-byte SHA-256 etcd sent after them, which must match the bytes received.
@@ -107,7 +108,8 @@ def _spool_snapshot(
         stream.cancel()
         writer.close()
         raise
-    return received.hex()
+    assert writer.file_sha256 is not None
+    return received.hex(), writer.file_sha256
 
 
 def run_cycle(
@@ -154,7 +156,7 @@ def run_cycle(
             cluster_id = f"{members[0].cluster_id:016x}"
             cluster_name = config.etcd.cluster_name or cluster_id
             name = snapshot_name(cluster_name, started)
-            sha256, member, shipment, part, durable = _stream_from_first_working(
+            (sha256, file_sha256), member, shipment, part, durable = _stream_from_first_working(
                 source,
                 members,
                 config.state_dir / "spool",
@@ -181,7 +183,7 @@ def run_cycle(
             manifest = _manifest(
                 name, started, began, status, member, cluster_id, cluster_name, clock=clock
             )
-            stored = shipment.commit(SpooledSnapshot(part, status), manifest)
+            stored = shipment.commit(SpooledSnapshot(part, status, file_sha256), manifest)
 
         with stages.stage("prune"):
             cluster = Cluster(cluster_name, cluster_id)
@@ -299,8 +301,8 @@ def _stream_from_first_working(
     failures: dict[str, str],
     bounds: dict[str, float | None],
     clock: Clock,
-) -> tuple[str, MemberStatus, Shipment, Path, bool]:
-    """Stream the snapshot from the first member that delivers it whole; return its SHA-256,
+) -> tuple[tuple[str, str], MemberStatus, Shipment, Path, bool]:
+    """Stream the snapshot from the first member that delivers it whole; return its SHA-256s,
     the member, the uploads, the spooled file and whether that file is kept as a backup.
 
     A destination whose directory cannot hold the spool file (full, read-only) fails alone:
@@ -323,7 +325,7 @@ def _stream_from_first_working(
                     "no destination can take the snapshot: " + "; ".join(shipment.failures.values())
                 )
             try:
-                sha256 = _spool_snapshot(source, member, part, shipment, cancel)
+                digests = _spool_snapshot(source, member, part, shipment, cancel)
             except SpoolError as exc:
                 shipment.abort()
                 _remove(part)
@@ -347,7 +349,7 @@ def _stream_from_first_working(
                 _remove(part)
                 raise
             log.info("snapshot from %s: %d bytes", member.describe(), part.stat().st_size)
-            return sha256, member, shipment, part, owner is not None
+            return digests, member, shipment, part, owner is not None
     raise EtcdError("no member delivered a complete snapshot: " + "; ".join(problems))
 
 

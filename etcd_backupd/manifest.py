@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .formats import SNAPSHOT_SUFFIX, STORED_SUFFIX_PATTERN
 
@@ -70,6 +71,24 @@ class Manifest(BaseModel):
     size: int = Field(description="bytes of the snapshot file as etcd's restore takes it")
     stored_size: int = Field(description="bytes as stored (differs when compressed)")
     compression: str = "none"
+    stored_format: str = Field(
+        "none",
+        description="layers between the snapshot and the stored bytes, as formats names them: "
+        '"none", "zstd", "gzip+age"; a manifest from before encryption holds its compression',
+    )
+    recipients: tuple[str, ...] = Field(
+        (), description="public keys (never identities) the stored object is encrypted to"
+    )
+    snapshot_sha256: str | None = Field(
+        None,
+        description="SHA-256 of the snapshot file as etcd wrote it, trailer included; none in a "
+        "manifest from before encryption",
+    )
+    stored_sha256: str | None = Field(
+        None,
+        description="SHA-256 of the stored file or object (compressed, encrypted); none in a "
+        "manifest from before encryption",
+    )
     sha256: str = Field(description="SHA-256 of the database bytes, the snapshot's trailer")
     revision: int
     total_keys: int = Field(
@@ -88,6 +107,14 @@ class Manifest(BaseModel):
     cluster_name: str
     member: MemberInfo
     tool_version: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _format_of_an_older_manifest(cls, data: Any) -> Any:
+        """Before encryption, compression was the only layer a snapshot could be stored in."""
+        if isinstance(data, dict) and "stored_format" not in data and "compression" in data:
+            return {**data, "stored_format": data["compression"]}
+        return data
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"

@@ -41,6 +41,8 @@ class SpoolWriter:
         self.path = path
         self._sink = sink
         self._digest = hashlib.sha256()
+        # the SHA-256 of the whole file, trailer included, once sealed
+        self.file_sha256: str | None = None
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._queue: queue.Queue[list[bytes] | None] = queue.Queue(QUEUE_BATCHES)
@@ -110,6 +112,10 @@ class SpoolWriter:
             self._sink(trailer)
         finally:
             self.close()
+        # every data chunk is hashed by now (data_digest drained the queue)
+        whole = self._digest.copy()
+        whole.update(trailer)
+        self.file_sha256 = whole.hexdigest()
 
     def close(self) -> None:
         if self._thread.is_alive():

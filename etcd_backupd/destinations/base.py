@@ -18,6 +18,7 @@ class SpooledSnapshot:
 
     path: Path
     status: SnapshotStatus
+    sha256: str  # of the whole file, as etcd wrote it
 
 
 @dataclass(frozen=True)

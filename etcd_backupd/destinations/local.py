@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from ..compression import SUFFIXES, compress_file
+from ..compression import writing
 from ..config_destinations import LocalDestination as LocalConfig
 from ..errors import DestinationBusy, DestinationError
+from ..formats import stored_name
 from ..fsutil import (
     atomic_write_bytes,
     create_new,
@@ -32,6 +33,7 @@ from ..manifest import (
     read_manifest,
     snapshot_of_manifest,
 )
+from ..stages import Pipeline
 from .base import SpooledSnapshot, StoredItem, pair
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,9 @@ class LocalDirectory:
     def __init__(self, config: LocalConfig) -> None:
         self.name = config.name
         self.path = config.path
-        self.compression = config.compression
+        self.format = config.stored_format
+        self.recipients = config.encryption.public_keys() if config.encryption else []
+        self.stages = writing(self.format, config.encryption.parsed() if config.encryption else ())
 
     def error(self, action: str, exc: OSError) -> DestinationError:
         reason = exc.strerror or str(exc)
@@ -79,6 +83,10 @@ class LocalDirectory:
             raise self.error("create the directory", exc) from exc
 
     def spool_dir(self) -> Path | None:
+        """Here, unless what is stored here is encrypted: then no plaintext may rest here, even
+        for a moment, and the snapshot is spooled under state_dir."""
+        if self.format.encrypted:
+            return None
         self._ensure_directory()
         return self.path
 
@@ -87,7 +95,7 @@ class LocalDirectory:
 
     def begin(self, snapshot: str) -> _LocalUpload:
         self._ensure_directory()
-        stored = snapshot + SUFFIXES[self.compression]
+        stored = stored_name(snapshot, self.format)
         for taken in (stored, manifest_name(stored)):
             if (self.path / taken).exists():
                 raise self.taken(self.path / taken)
@@ -256,7 +264,7 @@ class _LocalUpload:
     def commit(self, spooled: SpooledSnapshot, manifest: Manifest) -> Manifest:
         destination = self._destination
         try:
-            self._place(spooled.path)
+            stored_sha256 = self._place(spooled)
         except FileExistsError as exc:
             raise destination.taken(self._final) from exc
         except OSError as exc:
@@ -266,7 +274,11 @@ class _LocalUpload:
             update={
                 "snapshot": self._final.name,
                 "stored_size": self._final.stat().st_size,
-                "compression": destination.compression,
+                "compression": destination.format.compression,
+                "stored_format": destination.format.name,
+                "recipients": tuple(destination.recipients),
+                "snapshot_sha256": spooled.sha256,
+                "stored_sha256": stored_sha256,
             }
         )
         try:
@@ -302,9 +314,12 @@ class _LocalUpload:
                 exc.strerror,
             )
 
-    def _place(self, source: Path) -> None:
-        """Link the file into place; an existing file of that name is never replaced."""
-        if self._destination.compression == "none":
+    def _place(self, spooled: SpooledSnapshot) -> str:
+        """Put the stored file in place, an existing file of that name never replaced: the
+        spool file itself, linked, when stored as it is; else written through the format's
+        stages. Return the stored file's SHA-256."""
+        source = spooled.path
+        if not self._destination.format.layers:
             try:
                 os.link(source, self._final)
             except OSError as exc:
@@ -315,15 +330,24 @@ class _LocalUpload:
                 # a no-op when the spool file was synced already; it may come from scratch
                 fsync_file(self._final)
                 fsync_dir(self._final.parent)
-                return
+                return spooled.sha256
         part = part_path(self._final)
         with os.fdopen(create_new(part), "wb") as out:
+            pipeline = Pipeline(self._destination.stages, out)
             try:
-                compress_file(source, out, self._destination.compression)
+                with source.open("rb") as src:
+                    while block := src.read(_COPY_BLOCK):
+                        pipeline.write(block)
+                pipeline.close()
                 out.flush()
                 os.fsync(out.fileno())
                 os.link(part, self._final)
                 self._placed = True
+            except BaseException:
+                # stops the stages' workers (age's thread) when reading the spool failed
+                pipeline.abort()
+                raise
             finally:
                 part.unlink(missing_ok=True)
         fsync_dir(self._final.parent)
+        return pipeline.stored_sha256

@@ -22,9 +22,10 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..compression import SUFFIXES
+from ..compression import writing
 from ..config_destinations import S3Destination as S3Config
 from ..errors import DestinationError
+from ..formats import stored_name
 from ..fsutil import create_new
 from ..manifest import (
     MANIFEST_MAX_BYTES,
@@ -56,6 +57,9 @@ class S3Bucket:
         self.clock = clock
         self.bucket = config.bucket
         self.prefix = config.prefix
+        self.format = config.stored_format
+        self.recipients = config.encryption.public_keys() if config.encryption else []
+        self.stages = writing(self.format, config.encryption.parsed() if config.encryption else ())
         self._client: Any = None
 
     def error(self, action: str, exc: BaseException) -> DestinationError:
@@ -101,7 +105,7 @@ class S3Bucket:
         return f"s3 {self.config.endpoint_url or 'aws'} {self.bucket}/{self.prefix}"
 
     def begin(self, snapshot: str) -> S3Upload:
-        return S3Upload(self, snapshot + SUFFIXES[self.config.compression])
+        return S3Upload(self, stored_name(snapshot, self.format))
 
     def manifest_key(self, snapshot: str) -> str:
         return self.prefix + MANIFEST_FOLDER + manifest_name(snapshot)

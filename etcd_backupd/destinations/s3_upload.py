@@ -1,4 +1,5 @@
-"""One snapshot's multipart upload to an S3 bucket, fed while the snapshot streams from etcd:
+"""One snapshot's multipart upload to an S3 bucket, fed while the snapshot streams from etcd
+through the destination's stages (compression, encryption: only what they make leaves the host);
 parts of part_size go up in parallel (at most max_concurrency at once), each guarded by a CRC-32C;
 the upload is given up when no part finishes for stall_timeout or it outlasts its deadline, and
 completed only after verification, never replacing another run's object."""
@@ -10,6 +11,7 @@ import hashlib
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import timedelta
@@ -19,9 +21,9 @@ import crc32c
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..clock import Clock
-from ..compression import compressor
 from ..errors import DestinationBusy, DestinationError
 from ..manifest import Manifest, parse_snapshot_name
+from ..stages import Pipeline
 from .base import SpooledSnapshot
 
 if TYPE_CHECKING:
@@ -44,6 +46,13 @@ def describe(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+class _Parts:
+    """Where the upload's pipeline ends: its part buffer."""
+
+    def __init__(self, take: Callable[[bytes], None]) -> None:
+        self.write = take
+
+
 class S3Upload:
     """A multipart upload fed while the snapshot streams; parts go up in parallel."""
 
@@ -55,8 +64,8 @@ class S3Upload:
         self._clock: Clock = destination.clock
         self._stored_name = stored_name
         self._key = destination.key(stored_name)
-        self._compressor = compressor(self._config.compression)
-        # compressed bytes not yet sent, joined into a part once there are part_size of them
+        # stored bytes (compressed, encrypted) not yet sent, joined into a part once there are
+        # part_size of them
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._parts: list[Future[dict[str, Any]]] = []
@@ -76,11 +85,12 @@ class S3Upload:
             "Key": self._key,
             "ChecksumAlgorithm": "CRC32C",
             "ContentType": "application/octet-stream",
-            # which run started the upload: runs of the same second share the key, never an id
+            # which run started the upload: runs of the same second share the key, never an id;
+            # and the stored format's label (never a key name: metadata is not encrypted)
             "Metadata": {
                 "tool": "etcd-backupd",
                 "run": self._run,
-                "compression": self._config.compression,
+                "format": destination.format.name,
             },
         }
         parsed = parse_snapshot_name(stored_name)
@@ -92,11 +102,13 @@ class S3Upload:
         except (ClientError, BotoCoreError) as exc:
             raise destination.error(f"start the upload of {stored_name}", exc) from exc
         self._upload_id = response["UploadId"]
+        self._pipeline = Pipeline(destination.stages, _Parts(self._take))
 
     def write(self, chunk: bytes) -> None:
-        data = self._compressor.compress(chunk)
-        if not data:
-            return
+        self._pipeline.write(chunk)
+
+    def _take(self, data: bytes) -> None:
+        """The pipeline's sink: stored bytes, cut into parts of exactly part_size."""
         self._pending.append(data)
         self._pending_size += len(data)
         size = self._config.part_size
@@ -199,10 +211,7 @@ class S3Upload:
     def commit(self, spooled: SpooledSnapshot, manifest: Manifest) -> Manifest:
         destination = self._destination
         try:
-            tail = self._compressor.flush()
-            if tail:
-                self._pending.append(tail)
-                self._pending_size += len(tail)
+            self._pipeline.close()
             if self._pending or not self._parts:
                 self._send_pending()
             parts = [self._wait(future) for future in self._parts]
@@ -216,7 +225,11 @@ class S3Upload:
             update={
                 "snapshot": self._stored_name,
                 "stored_size": self._stored_size,
-                "compression": self._config.compression,
+                "compression": destination.format.compression,
+                "stored_format": destination.format.name,
+                "recipients": tuple(destination.recipients),
+                "snapshot_sha256": spooled.sha256,
+                "stored_sha256": self._pipeline.stored_sha256,
             }
         )
         complete: dict[str, Any] = {
@@ -371,6 +384,7 @@ class S3Upload:
         # parts still in flight are not waited for: their requests end with read_timeout, and
         # the abort below discards whatever they upload
         self._abandoned = True
+        self._pipeline.abort()
         if self._upload_id is None:
             return
         upload_id, self._upload_id = self._upload_id, None

@@ -84,3 +84,33 @@ def test_a_sound_manifest_reads_and_belongs_to_its_cluster_only() -> None:
     assert not Cluster("other").owns(manifest)
     with pytest.raises(ManifestRejected, match="larger than"):
         read_manifest(b" " * (MANIFEST_MAX_BYTES + 1), NAME)
+
+
+def test_a_manifest_from_before_encryption_still_reads() -> None:
+    old = make_manifest("prod", NOW, snapshot=NAME + ".zst", compression="zstd")
+    fields = json.loads(old.to_json())
+    for added in ("stored_format", "recipients", "snapshot_sha256", "stored_sha256"):
+        del fields[added]
+    manifest = read_manifest(json.dumps(fields).encode(), NAME + ".zst")
+    assert manifest.stored_format == "zstd"
+    assert manifest.recipients == ()
+    assert manifest.snapshot_sha256 is None and manifest.stored_sha256 is None
+
+
+def test_an_encrypted_backups_manifest_keeps_its_format_recipients_and_digests() -> None:
+    recipients = ("age1" + "q" * 58, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI host")
+    written = make_manifest(
+        "prod",
+        NOW,
+        snapshot=NAME + ".zst.age",
+        compression="zstd",
+        stored_format="zstd+age",
+        recipients=recipients,
+        snapshot_sha256="a" * 64,
+        stored_sha256="b" * 64,
+    )
+    manifest = read_manifest(written.to_json().encode(), NAME + ".zst.age")
+    assert manifest == written.model_validate(written.model_dump())
+    assert manifest.stored_format == "zstd+age"
+    assert manifest.recipients == recipients
+    assert (manifest.snapshot_sha256, manifest.stored_sha256) == ("a" * 64, "b" * 64)

@@ -3,6 +3,7 @@ and one that fails, refuses, hangs or is cancelled drops out alone."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from datetime import UTC, datetime
@@ -111,7 +112,9 @@ def stream(shipment: Shipment, part: Path) -> SpooledSnapshot:
     writer.data_digest()
     writer.seal(DATA[-SHA256_SIZE:])
     shipment.finish()
-    return SpooledSnapshot(part, verify_snapshot(part))
+    # the writer hashes the whole file, trailer included, as it passes
+    assert writer.file_sha256 == hashlib.sha256(DATA).hexdigest()
+    return SpooledSnapshot(part, verify_snapshot(part), writer.file_sha256)
 
 
 def spool_part(tmp_path: Path) -> Path:
