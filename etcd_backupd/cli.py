@@ -362,11 +362,11 @@ def _export_metrics(
     """The daemon's metrics for a one-shot job; a failure here never hides the backup's own."""
     from prometheus_client import CollectorRegistry
 
-    from .daemon import Schedule
     from .destinations import build
     from .etcd import identify_cluster
     from .manifest import Cluster
     from .metrics import BackupMetrics, push, write_textfile
+    from .scheduler import Schedule
 
     metrics = BackupMetrics(CollectorRegistry())
     manifest = result.manifest if result is not None else None

@@ -82,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
 def collect(
     config: Config, now: datetime, max_age: timedelta | None, only: str | None = None
 ) -> list[DestinationStatus]:
-    from ..daemon import Schedule
     from ..destinations import build
     from ..drill_record import last_drill
     from ..freshness import assess, unreadable
+    from ..scheduler import Schedule
 
     schedule = Schedule.of(config)
     _, intervals = schedule.intervals(now)

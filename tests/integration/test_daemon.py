@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from etcd_backupd.config import parse_config
-from etcd_backupd.daemon import Daemon, Schedule
+from etcd_backupd.daemon import Daemon
+from etcd_backupd.scheduler import Schedule
 from tests.harness.etcd import (
     EtcdCluster,
     free_port,
@@ -250,14 +250,13 @@ def test_overlapping_fire_is_skipped_and_counted(etcd35: EtcdCluster, tmp_path: 
         }
     )
     running = Daemon(tmp_path / "config.toml", config)
-    running.metrics = type(running.metrics)(CollectorRegistry())
-    with running._cycle_lock:
-        assert running._cycle(["local"]) is None
+    with running.scheduler._cycle_lock:
+        assert running.scheduler.run_due(["local"]) is None
     skipped = running.metrics.registry.get_sample_value(
         "etcd_backup_runs_total", {"result": "skipped"}
     )
     assert skipped == 1
-    result = running._cycle(["local"])
+    result = running.scheduler.run_due(["local"])
     assert result is not None and result.ok
 
 
