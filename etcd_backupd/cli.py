@@ -363,6 +363,7 @@ def _export_metrics(
     from prometheus_client import CollectorRegistry
 
     from .destinations import build
+    from .destinations.held import list_held
     from .etcd import identify_cluster
     from .manifest import Cluster
     from .metrics import BackupMetrics, push, write_textfile
@@ -378,15 +379,11 @@ def _export_metrics(
             cluster = identify_cluster(config.etcd)
         except BackupError as exc:
             log.warning("metrics: %s", exc)
-    held = {}
-    for settings in config.destination:
-        if cluster is None:
-            break
-        try:
-            held[settings.name] = [m for m in build(settings).manifests() if cluster.owns(m)]
-        except BackupError as exc:
-            log.warning("metrics: cannot list destination %s: %s", settings.name, exc)
-    metrics.load(held)
+    if cluster is not None:
+        listers = {settings.name: build(settings).manifests for settings in config.destination}
+        metrics.load(list_held(listers, cluster.owns, context="metrics: ").held)
+    else:
+        metrics.load({})
     metrics.set_role(role)
     # the timer or CronJob that runs `once` is expected to follow [schedule]
     metrics.set_schedule(*Schedule.of(config).intervals(datetime.now(UTC)))

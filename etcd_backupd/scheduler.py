@@ -10,6 +10,7 @@ import random
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
@@ -23,10 +24,11 @@ from .coordination import fire_minute, plan
 from .cron import CronSchedule
 from .cycle import CycleResult, run_cycle, within_stall_timeout
 from .destinations import build
+from .destinations.held import UNKNOWN_CLUSTER, Listing, list_held
 from .drill_record import record_result
 from .errors import BackupError, DestinationBusy
 from .etcd import identify_cluster
-from .manifest import Cluster, Manifest
+from .manifest import Cluster
 from .metrics import BackupMetrics
 from .notify import Notifications
 from .restore import DrillResult, drill, find_tools
@@ -222,26 +224,20 @@ class Scheduler:
         )
         self.metrics.skipped()
 
-    def _ours(self, settings: DestinationConfig) -> list[Manifest]:
-        """This cluster's backups in a destination; raises BackupError."""
-        cluster = self.cluster
-        if cluster is None:
-            raise BackupError("cannot tell this cluster's backups until etcd answers")
-        held = within_stall_timeout(settings, "listing", build(settings).manifests)
-        return [m for m in held if cluster.owns(m)]
+    def _held(self, chosen: list[DestinationConfig] | None = None) -> Listing:
+        """This cluster's backups in the destinations (all, or `chosen`)."""
+        listers = {
+            d.name: partial(within_stall_timeout, d, "listing", build(d).manifests)
+            for d in (self.config.destination if chosen is None else chosen)
+        }
+        return list_held(listers, self.cluster.owns if self.cluster is not None else None)
 
     def refresh_held(self, chosen: list[DestinationConfig] | None = None) -> None:
         """Metrics from this cluster's backups in the destinations (identifying the cluster
         first when it is not known yet)."""
         if self.cluster is None:
             self._identify_cluster()
-        held = {}
-        for settings in self.config.destination if chosen is None else chosen:
-            try:
-                held[settings.name] = self._ours(settings)
-            except BackupError as exc:
-                log.warning("cannot list destination %s: %s", settings.name, exc)
-        self.metrics.load(held)
+        self.metrics.load(self._held(chosen).held)
 
     def _identify_cluster(self) -> None:
         """Label the metrics with the cluster ID even before this host has any backup."""
@@ -255,12 +251,7 @@ class Scheduler:
 
     def newest_backup(self) -> datetime | None:
         now = self.clock.now()
-        times: list[datetime] = []
-        for settings in self.config.destination:
-            try:
-                times.extend(m.created for m in self._ours(settings))
-            except BackupError as exc:
-                log.warning("cannot list destination %s: %s", settings.name, exc)
+        times = [m.created for held in self._held().held.values() for m in held]
         return max((t for t in times if not is_future(t, now)), default=None)
 
     def _schedule_jobs(self) -> None:
@@ -314,9 +305,8 @@ class Scheduler:
                 self._identify_cluster()
             for settings in self.config.destination:
                 if self.cluster is None:
-                    unknown = "cannot tell this cluster's backups until etcd answers"
-                    log.error("drill of %s: %s", settings.name, unknown)
-                    result = DrillResult(settings.name, "", False, 0.0, unknown)
+                    log.error("drill of %s: %s", settings.name, UNKNOWN_CLUSTER)
+                    result = DrillResult(settings.name, "", False, 0.0, UNKNOWN_CLUSTER)
                 else:
                     result = drill(
                         build(settings),
