@@ -22,6 +22,7 @@ from .errors import BackupError, ExitCode
 from .fsutil import make_private_dir
 from .metrics import BackupMetrics, MetricsServer
 from .notify import Notifications
+from .reporting import MetricsObserver, NotifyObserver, Reporting, SystemdObserver
 from .scheduler import Schedule, Scheduler
 from .sdnotify import Notifier
 
@@ -80,13 +81,20 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
         self.metrics = BackupMetrics(CollectorRegistry())
+        self.reporting = Reporting(
+            config,
+            [
+                MetricsObserver(self.metrics),
+                SystemdObserver(self.notifier),
+                NotifyObserver(self.notifications),
+            ],
+            metrics=self.metrics,
+        )
         self.stopping = threading.Event()
         self._reload_requested = threading.Event()
         self.scheduler = Scheduler(
             config,
-            metrics=self.metrics,
-            notifier=self.notifier,
-            notifications=self.notifications,
+            self.reporting,
             stopping=self.stopping,
             cancel=threading.Event(),
             clock=clock,
@@ -107,6 +115,7 @@ class Daemon:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         self.config = config
+        self.reporting.config = config
         self.notifications.reconfigure(config.notify, config.etcd.cluster_name)
         self.scheduler.apply(config, schedule)
         log.info("config reloaded from %s", self.config_path)
@@ -144,7 +153,7 @@ class Daemon:
         """What the daemon reads from the destinations and etcd at start, after READY: a slow
         or hung store delays the last_* metrics and the catch-up, never the start itself
         (systemd gives a unit 90 s to report ready)."""
-        self.scheduler.refresh_held()  # which identifies the cluster first
+        self.reporting.refresh()  # which identifies the cluster first
         if self.config.schedule.catch_up and not self.stopping.is_set():
             self.scheduler.catch_up()
 
@@ -160,5 +169,5 @@ class Daemon:
     def _shutdown(self) -> None:
         self.notifier.stopping()
         self.scheduler.stop(self.config.schedule.shutdown_timeout)
-        self.notifications.close()
+        self.reporting.close()
         log.info("stopped")

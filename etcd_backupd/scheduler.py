@@ -10,7 +10,6 @@ import random
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
 from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
@@ -19,21 +18,17 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
 
 from .clock import SYSTEM_CLOCK, Clock
-from .config import Config, DestinationConfig
+from .config import Config
 from .coordination import fire_minute, plan
 from .cron import CronSchedule
-from .cycle import CycleResult, run_cycle, within_stall_timeout
+from .cycle import CycleResult, run_cycle
 from .destinations import build
-from .destinations.held import UNKNOWN_CLUSTER, Listing, list_held
+from .destinations.held import UNKNOWN_CLUSTER
 from .drill_record import record_result
 from .errors import BackupError, DestinationBusy
-from .etcd import identify_cluster
-from .manifest import Cluster
-from .metrics import BackupMetrics
-from .notify import Notifications
+from .reporting import Reporting
 from .restore import DrillResult, drill, find_tools
 from .retention import is_future
-from .sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -158,18 +153,14 @@ class Scheduler:
     def __init__(
         self,
         config: Config,
+        reporting: Reporting,
         *,
-        metrics: BackupMetrics,
-        notifier: Notifier,
-        notifications: Notifications,
         stopping: threading.Event,
         cancel: threading.Event,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
-        self.metrics = metrics
-        self.notifier = notifier
-        self.notifications = notifications
+        self.reporting = reporting
         self.stopping = stopping
         self.cancel = cancel
         self.clock = clock
@@ -178,8 +169,6 @@ class Scheduler:
         self._jobs = BackgroundScheduler(timezone=ZoneInfo(config.schedule.timezone))
         self._jobs.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
         self.schedule = Schedule.of(config)
-        # whose backups count in a destination other clusters may share; None until known
-        self.cluster: Cluster | None = None
 
     @property
     def running(self) -> bool:
@@ -222,36 +211,11 @@ class Scheduler:
             "skipped the backup due at %s: the previous one is still running",
             event.scheduled_run_time,
         )
-        self.metrics.skipped()
-
-    def _held(self, chosen: list[DestinationConfig] | None = None) -> Listing:
-        """This cluster's backups in the destinations (all, or `chosen`)."""
-        listers = {
-            d.name: partial(within_stall_timeout, d, "listing", build(d).manifests)
-            for d in (self.config.destination if chosen is None else chosen)
-        }
-        return list_held(listers, self.cluster.owns if self.cluster is not None else None)
-
-    def refresh_held(self, chosen: list[DestinationConfig] | None = None) -> None:
-        """Metrics from this cluster's backups in the destinations (identifying the cluster
-        first when it is not known yet)."""
-        if self.cluster is None:
-            self._identify_cluster()
-        self.metrics.load(self._held(chosen).held)
-
-    def _identify_cluster(self) -> None:
-        """Label the metrics with the cluster ID even before this host has any backup."""
-        try:
-            self.cluster = identify_cluster(self.config.etcd)
-        except BackupError as exc:
-            log.warning("cannot reach etcd at start: %s", exc)
-            return
-        if self.cluster.id is not None:
-            self.metrics.set_cluster(self.cluster.id)
+        self.reporting.skipped()
 
     def newest_backup(self) -> datetime | None:
         now = self.clock.now()
-        times = [m.created for held in self._held().held.values() for m in held]
+        times = [m.created for held in self.reporting.held().held.values() for m in held]
         return max((t for t in times if not is_future(t, now)), default=None)
 
     def _schedule_jobs(self) -> None:
@@ -266,7 +230,7 @@ class Scheduler:
         )
         self._schedule_drill()
         self._update_next_run()
-        self.metrics.set_schedule(*self.schedule.intervals(self._now()))
+        self.reporting.schedule_changed(self.schedule.intervals(self._now()))
 
     def _schedule_drill(self) -> None:
         if not self.config.drill.enabled:
@@ -296,15 +260,11 @@ class Scheduler:
             except BackupError as exc:
                 log.error("drill: %s", exc)
                 for settings in self.config.destination:
-                    self.metrics.observe_drill(settings.name, False, 0.0)
-                    self.notifications.drill_finished(
-                        DrillResult(settings.name, "", False, 0.0, str(exc))
-                    )
+                    self.reporting.drilled(DrillResult(settings.name, "", False, 0.0, str(exc)))
                 return
-            if self.cluster is None:
-                self._identify_cluster()
+            cluster = self.reporting.our_cluster()
             for settings in self.config.destination:
-                if self.cluster is None:
+                if cluster is None:
                     log.error("drill of %s: %s", settings.name, UNKNOWN_CLUSTER)
                     result = DrillResult(settings.name, "", False, 0.0, UNKNOWN_CLUSTER)
                 else:
@@ -312,18 +272,17 @@ class Scheduler:
                         build(settings),
                         tools,
                         self.config.drill.expect_prefixes,
-                        cluster=self.cluster,
+                        cluster=cluster,
                         now=self.clock.now(),
                         credentials=self.config.etcd.credentials,
                     )
-                self.metrics.observe_drill(settings.name, result.ok, result.seconds)
                 record_result(self.config.state_dir, result, self.clock.now())
-                self.notifications.drill_finished(result)
+                self.reporting.drilled(result)
 
     def _update_next_run(self) -> None:
         next_run = self.next_run()
         if next_run is not None:
-            self.metrics.next_run.set(next_run.timestamp())
+            self.reporting.next_run(next_run)
 
     def _fire(self) -> None:
         fired = self._now()
@@ -337,13 +296,9 @@ class Scheduler:
         """One fire time: back up, or stand by while another host does (coordination)."""
         targets = [build(d) for d in self.config.destination if d.name in due]
         decided = plan(self.config, targets, fire, self.stopping)
-        self.metrics.set_role(decided.role)
+        self.reporting.planned(decided.role, decided.reason)
         if decided.destinations:
             self._run_with_retries([t.name for t in decided.destinations])
-        else:
-            # a standby still answers "how old is the cluster's last backup"
-            self.refresh_held()
-            self.notifier.status(f"standby: {decided.reason}"[:200])
         self._update_next_run()
 
     def _run_with_retries(self, due: list[str]) -> None:
@@ -371,30 +326,17 @@ class Scheduler:
         """Back up to the destinations named in `due` now, unless a cycle or drill is running
         (then it is counted as skipped and None is returned)."""
         if not self._cycle_lock.acquire(blocking=False):
-            self.metrics.skipped()
+            self.reporting.skipped()
             log.warning("skipped a backup: another one is still running")
             return None
         try:
             config = self.config
             chosen = [d for d in config.destination if d.name in due]
-            log.info("backup starting for %s", ", ".join(d.name for d in chosen))
-            self.notifier.status("backing up")
-            self.notifications.cycle_started()
+            names = [d.name for d in chosen]
+            log.info("backup starting for %s", ", ".join(names))
+            self.reporting.cycle_started(names)
             result = run_cycle(config, destinations=[build(d) for d in chosen], cancel=self.cancel)
-            if result.manifest is not None:
-                self.cluster = Cluster(result.manifest.cluster_name, result.manifest.cluster_id)
-            if result.exit_code == DestinationBusy.exit_code:
-                self.metrics.skipped()
-            else:
-                self.metrics.observe(result)
-            self.notifications.cycle_finished(result)
-            self.refresh_held(chosen)
-            summary = (
-                f"last backup {result.manifest.snapshot if result.manifest else ''} ok"
-                if result.ok
-                else f"last backup FAILED at {result.failed_stage}: {result.error}"
-            )
-            self.notifier.status(summary[:200])
+            self.reporting.cycle_finished(result, names)
             return result
         finally:
             self._update_next_run()

@@ -276,7 +276,7 @@ def test_a_naive_manifest_does_not_keep_the_daemon_from_loading(
     daemon = Daemon(config, load_config(config))
 
     # etcd does not answer: the backups named for cluster_name count
-    daemon.scheduler.refresh_held()
+    daemon.reporting.refresh()
 
     registry = daemon.metrics.registry
     created = (NOW - timedelta(hours=5)).timestamp()
@@ -295,7 +295,7 @@ def test_a_restarted_daemon_reads_only_this_clusters_backups(store: Store, tmp_p
     daemon = Daemon(config, load_config(config))
 
     # etcd does not answer: the backups named for cluster_name count
-    daemon.scheduler.refresh_held()
+    daemon.reporting.refresh()
 
     registry = daemon.metrics.registry
     created = (NOW - timedelta(hours=5)).timestamp()
