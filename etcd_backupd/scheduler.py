@@ -26,6 +26,7 @@ from .destinations import build
 from .destinations.held import UNKNOWN_CLUSTER
 from .drill_record import record_result
 from .errors import BackupError, DestinationBusy
+from .overlap import OneAtATime
 from .reporting import Reporting
 from .restore import DrillResult, drill, find_tools
 from .retention import is_future
@@ -164,8 +165,8 @@ class Scheduler:
         self.stopping = stopping
         self.cancel = cancel
         self.clock = clock
-        self._cycle_lock = threading.Lock()
-        self._cycle_done = threading.Condition()
+        # cycles and drills take turns: a fire time finding one running is skipped
+        self.turns = OneAtATime(clock)
         self._jobs = BackgroundScheduler(timezone=ZoneInfo(config.schedule.timezone))
         self._jobs.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
         self.schedule = Schedule.of(config)
@@ -195,16 +196,10 @@ class Scheduler:
     def stop(self, timeout: float) -> None:
         """No new job; the running cycle gets `timeout` seconds, then is cancelled cleanly."""
         self._jobs.shutdown(wait=False)
-        deadline = self.clock.monotonic() + timeout
-        with self._cycle_done:
-            while self._cycle_lock.locked() and self.clock.monotonic() < deadline:
-                self._cycle_done.wait(timeout=1.0)
-        if self._cycle_lock.locked():
+        if not self.turns.wait_idle(timeout):
             log.warning("the running backup did not finish in time: aborting it cleanly")
             self.cancel.set()
-            with self._cycle_done:
-                while self._cycle_lock.locked():
-                    self._cycle_done.wait(timeout=1.0)
+            self.turns.wait_idle()
 
     def _on_skipped(self, event: JobExecutionEvent) -> None:
         log.warning(
@@ -252,9 +247,9 @@ class Scheduler:
         return self.clock.now().astimezone(self.schedule.zone)
 
     def drill_now(self) -> None:
-        """Drill every destination now; drills share the cycle lock: a drill never slows a
-        backup down."""
-        with self._cycle_lock:
+        """Drill every destination now, after the running cycle if any: a drill never slows
+        a backup down."""
+        with self.turns.turn(wait=True):
             try:
                 tools = find_tools(self.config.drill.bin_dir)
             except BackupError as exc:
@@ -325,24 +320,24 @@ class Scheduler:
     def run_due(self, due: list[str]) -> CycleResult | None:
         """Back up to the destinations named in `due` now, unless a cycle or drill is running
         (then it is counted as skipped and None is returned)."""
-        if not self._cycle_lock.acquire(blocking=False):
-            self.reporting.skipped()
-            log.warning("skipped a backup: another one is still running")
-            return None
-        try:
-            config = self.config
-            chosen = [d for d in config.destination if d.name in due]
-            names = [d.name for d in chosen]
-            log.info("backup starting for %s", ", ".join(names))
-            self.reporting.cycle_started(names)
-            result = run_cycle(config, destinations=[build(d) for d in chosen], cancel=self.cancel)
-            self.reporting.cycle_finished(result, names)
-            return result
-        finally:
-            self._update_next_run()
-            self._cycle_lock.release()
-            with self._cycle_done:
-                self._cycle_done.notify_all()
+        with self.turns.turn(wait=False) as mine:
+            if not mine:
+                self.reporting.skipped()
+                log.warning("skipped a backup: another one is still running")
+                return None
+            try:
+                config = self.config
+                chosen = [d for d in config.destination if d.name in due]
+                names = [d.name for d in chosen]
+                log.info("backup starting for %s", ", ".join(names))
+                self.reporting.cycle_started(names)
+                result = run_cycle(
+                    config, destinations=[build(d) for d in chosen], cancel=self.cancel
+                )
+                self.reporting.cycle_finished(result, names)
+                return result
+            finally:
+                self._update_next_run()
 
     def catch_up(self) -> None:
         """Back up at once when the newest backup predates the last fire time (the host was

@@ -250,7 +250,7 @@ def test_overlapping_fire_is_skipped_and_counted(etcd35: EtcdCluster, tmp_path: 
         }
     )
     running = Daemon(tmp_path / "config.toml", config)
-    with running.scheduler._cycle_lock:
+    with running.scheduler.turns.turn(wait=True):
         assert running.scheduler.run_due(["local"]) is None
     skipped = running.metrics.registry.get_sample_value(
         "etcd_backup_runs_total", {"result": "skipped"}
