@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .config_destinations import DestinationConfig
     from .cycle import CycleResult
     from .manifest import Cluster
+    from .reporting import Reporting
     from .snapshot.keyspace import KeyValue
     from .snapshot.status import SnapshotStatus
 
@@ -357,51 +358,25 @@ def _print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _export_metrics(
-    args: argparse.Namespace, config: Config, result: CycleResult | None, role: str
-) -> None:
-    """The daemon's metrics for a one-shot job; a failure here never hides the backup's own."""
+def _reporting(args: argparse.Namespace, config: Config) -> Reporting:
+    """What `once` reports to: the notifications, and the daemon's metrics when they are
+    exported (the timer or CronJob that runs it then alerts like the daemon does)."""
     from prometheus_client import CollectorRegistry
 
-    from .daemon import Schedule
-    from .destinations import build
-    from .etcd import identify_cluster
-    from .manifest import Cluster
-    from .metrics import BackupMetrics, push, write_textfile
+    from .metrics import BackupMetrics
+    from .notify import Notifications
+    from .reporting import ExportObserver, MetricsObserver, NotifyObserver, Reporting
+    from .scheduler import Schedule
 
+    notify = NotifyObserver(Notifications(config.notify, cluster=config.etcd.cluster_name))
+    if not (args.textfile or args.pushgateway):
+        return Reporting(config, [notify])
     metrics = BackupMetrics(CollectorRegistry())
-    manifest = result.manifest if result is not None else None
-    cluster: Cluster | None = None
-    if manifest is not None:
-        cluster = Cluster(manifest.cluster_name, manifest.cluster_id)
-    else:
-        try:
-            cluster = identify_cluster(config.etcd)
-        except BackupError as exc:
-            log.warning("metrics: %s", exc)
-    held = {}
-    for settings in config.destination:
-        if cluster is None:
-            break
-        try:
-            held[settings.name] = [m for m in build(settings).manifests() if cluster.owns(m)]
-        except BackupError as exc:
-            log.warning("metrics: cannot list destination %s: %s", settings.name, exc)
-    metrics.load(held)
-    metrics.set_role(role)
+    export = ExportObserver(metrics, socket.gethostname(), args.textfile, args.pushgateway)
+    reporting = Reporting(config, [MetricsObserver(metrics), notify, export], metrics=metrics)
     # the timer or CronJob that runs `once` is expected to follow [schedule]
-    metrics.set_schedule(*Schedule.of(config).intervals(datetime.now(UTC)))
-    if result is not None:
-        metrics.observe(result)
-    if cluster is not None and cluster.id is not None:
-        metrics.set_cluster(cluster.id)
-    try:
-        if args.textfile:
-            write_textfile(metrics, args.textfile)
-        if args.pushgateway:
-            push(metrics, args.pushgateway, socket.gethostname())
-    except BackupError as exc:
-        log.error("%s", exc)
+    reporting.schedule_changed(Schedule.of(config).intervals(datetime.now(UTC)))
+    return reporting
 
 
 def cmd_once(args: argparse.Namespace) -> int:
@@ -409,7 +384,6 @@ def cmd_once(args: argparse.Namespace) -> int:
     from .coordination import fire_minute, plan
     from .cycle import run_cycle
     from .destinations import build
-    from .notify import Notifications
 
     config = load_config(args.config)
     _warn_loose_permissions(config, args.config)
@@ -420,25 +394,25 @@ def cmd_once(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     decided = plan(config, targets, fire_minute(datetime.now(UTC)), stopping)
-    if not decided.destinations:
+    reporting = _reporting(args, config)
+    result: CycleResult | None = None
+    try:
+        reporting.planned(decided.role, decided.reason)
+        if decided.destinations:
+            names = [t.name for t in decided.destinations]
+            reporting.cycle_started(names)
+            result = run_cycle(config, destinations=decided.destinations, cancel=stopping)
+            reporting.cycle_finished(result, names)
+    finally:
+        reporting.close()
+    if result is None:
         if args.output == "json":
             _print_json(
                 {"ok": True, "standby": decided.reason, "snapshot": None, "destinations": []}
             )
         else:
             print(f"standby: {decided.reason}; no snapshot taken")
-        if args.textfile or args.pushgateway:
-            _export_metrics(args, config, None, decided.role)
         return ExitCode.OK
-    notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
-    try:
-        notifications.cycle_started()
-        result = run_cycle(config, destinations=decided.destinations, cancel=stopping)
-        notifications.cycle_finished(result)
-    finally:
-        notifications.close()
-    if args.textfile or args.pushgateway:
-        _export_metrics(args, config, result, decided.role)
     if args.output == "json":
         _print_json(
             {

@@ -17,6 +17,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import Config
 from .config_destinations import S3Destination
 from .destinations import Destination
+from .destinations.held import list_held
 from .errors import BackupError
 from .etcd import EtcdSource, MemberStatus, identify_cluster
 from .fsutil import STALE_PART_AGE
@@ -72,16 +73,21 @@ def _rank(config: Config, local_id: int | None) -> int:
     return standby_rank(local_id, live)
 
 
-def _covered(
-    destination: Destination, fire: datetime, cluster: Cluster, clock: Clock = SYSTEM_CLOCK
-) -> bool:
-    """Whether the destination holds a backup of this cluster taken at or after `fire`: another
-    cluster's, or one dated in the future, says nothing about this fire time."""
+def uncovered(
+    targets: Sequence[Destination], fire: datetime, cluster: Cluster, clock: Clock = SYSTEM_CLOCK
+) -> list[Destination]:
+    """The destinations holding no backup of this cluster taken at or after `fire` (or that
+    cannot be listed): another cluster's backups, or one dated in the future, say nothing about
+    this fire time."""
+    held = list_held({t.name: t.manifests for t in targets}, cluster.owns, context="standby: ")
     now = clock.now()
-    return any(
-        cluster.owns(m) and m.created >= fire and not is_future(m.created, now)
-        for m in destination.manifests()
-    )
+    return [
+        t
+        for t in targets
+        if not any(
+            m.created >= fire and not is_future(m.created, now) for m in held.held.get(t.name, [])
+        )
+    ]
 
 
 def writer_patience(config: Config, targets: Sequence[Destination]) -> float:
@@ -159,14 +165,7 @@ def plan(
     except BackupError as exc:
         log.warning("standby: %s", exc)
         return Plan("active", "cannot tell this cluster's backups", tuple(targets))
-    missing = []
-    for target in targets:
-        try:
-            if not _covered(target, fire, cluster, clock):
-                missing.append(target)
-        except BackupError as exc:
-            log.warning("standby: cannot list destination %s: %s", target.name, exc)
-            missing.append(target)
+    missing = uncovered(targets, fire, cluster, clock)
     if not missing:
         log.info("standby: another host backed up %s", fire.isoformat())
         return Plan("standby", "another host backed up this fire time", ())

@@ -82,30 +82,32 @@ def run(args: argparse.Namespace) -> int:
 def collect(
     config: Config, now: datetime, max_age: timedelta | None, only: str | None = None
 ) -> list[DestinationStatus]:
-    from ..daemon import Schedule
     from ..destinations import build
+    from ..destinations.held import every_cluster, list_held
     from ..drill_record import last_drill
     from ..freshness import assess, unreadable
+    from ..scheduler import Schedule
 
     schedule = Schedule.of(config)
     _, intervals = schedule.intervals(now)
+    chosen = [d for d in config.destination if only in (None, d.name)]
+    # assess groups every cluster's backups and judges our own; a failure is shown as a status
+    listing = list_held(
+        {settings.name: build(settings).manifests for settings in chosen}, every_cluster, warn=False
+    )
     statuses = []
-    for settings in config.destination:
-        if only is not None and settings.name != only:
-            continue
+    for settings in chosen:
         interval = intervals[settings.name]
         limit = max_age
         if limit is None and math.isfinite(interval):
             limit = timedelta(seconds=2 * interval)
         next_fire = schedule.triggers[settings.name].schedule.next_after(now)
         drill = last_drill(config.state_dir, settings.name)
-        try:
-            manifests = build(settings).manifests()
-        except BackupError as exc:
+        if settings.name in listing.failed:
             statuses.append(
                 unreadable(
                     settings.name,
-                    str(exc),
+                    listing.failed[settings.name],
                     now=now,
                     max_age=limit,
                     next_fire=next_fire,
@@ -116,7 +118,7 @@ def collect(
         statuses.append(
             assess(
                 settings.name,
-                manifests,
+                listing.held[settings.name],
                 now=now,
                 max_age=limit,
                 cluster=config.etcd.cluster_name,

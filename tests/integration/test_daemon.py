@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from etcd_backupd.config import parse_config
-from etcd_backupd.daemon import Daemon, Schedule
+from etcd_backupd.daemon import Daemon
+from etcd_backupd.scheduler import Schedule
 from tests.harness.cli import Running, run_cli, write_config
 from tests.harness.etcd import (
     EtcdCluster,
@@ -226,14 +226,13 @@ def test_overlapping_fire_is_skipped_and_counted(etcd35: EtcdCluster, tmp_path: 
         }
     )
     running = Daemon(tmp_path / "config.toml", config)
-    running.metrics = type(running.metrics)(CollectorRegistry())
-    with running._cycle_lock:
-        assert running._cycle(["local"]) is None
+    with running.scheduler.turns.turn(wait=True):
+        assert running.scheduler.run_due(["local"]) is None
     skipped = running.metrics.registry.get_sample_value(
         "etcd_backup_runs_total", {"result": "skipped"}
     )
     assert skipped == 1
-    result = running._cycle(["local"])
+    result = running.scheduler.run_due(["local"])
     assert result is not None and result.ok
 
 

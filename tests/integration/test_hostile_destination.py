@@ -270,7 +270,8 @@ def test_a_naive_manifest_does_not_keep_the_daemon_from_loading(
     config = write_config(tmp_path, store)
     daemon = Daemon(config, load_config(config))
 
-    daemon._load_held()  # etcd does not answer: the backups named for cluster_name count
+    # etcd does not answer: the backups named for cluster_name count
+    daemon.reporting.refresh()
 
     registry = daemon.metrics.registry
     created = (NOW - timedelta(hours=5)).timestamp()
@@ -288,7 +289,8 @@ def test_a_restarted_daemon_reads_only_this_clusters_backups(store: Store, tmp_p
     config = write_config(tmp_path, store)
     daemon = Daemon(config, load_config(config))
 
-    daemon._load_held()  # etcd does not answer: the backups named for cluster_name count
+    # etcd does not answer: the backups named for cluster_name count
+    daemon.reporting.refresh()
 
     registry = daemon.metrics.registry
     created = (NOW - timedelta(hours=5)).timestamp()
@@ -297,7 +299,7 @@ def test_a_restarted_daemon_reads_only_this_clusters_backups(store: Store, tmp_p
         "etcd_backup_destination_snapshots", {"destination": store.kind}
     )
     assert snapshots == 1
-    assert daemon.newest_backup() == NOW - timedelta(hours=5)
+    assert daemon.scheduler.newest_backup() == NOW - timedelta(hours=5)
 
 
 # --- a destination shared by clusters ------------------------------------------------------------

@@ -414,7 +414,7 @@ def test_drills_pass_and_fail_with_metrics(etcd35: EtcdCluster, tmp_path: Path) 
 
     config = parse_config(tomllib.loads(config_path.read_text()))
     daemon = Daemon(config_path, config)
-    daemon._drill()
+    daemon.scheduler.drill_now()
     registry = daemon.metrics.registry
     last = registry.get_sample_value(
         "etcd_backup_drill_last_success_timestamp_seconds", {"destination": "local"}
@@ -428,7 +428,7 @@ def test_drills_pass_and_fail_with_metrics(etcd35: EtcdCluster, tmp_path: Path) 
     failed = run_cli("drill", "--config", str(config_path))
     assert failed.returncode == 6
     assert "FAILED" in failed.stdout and "manifest says revision" in failed.stdout
-    daemon._drill()
+    daemon.scheduler.drill_now()
     failures = {"destination": "local"}
     assert registry.get_sample_value("etcd_backup_drill_failures_total", failures) == 1
 

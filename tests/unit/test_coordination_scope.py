@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from etcd_backupd.config_destinations import LocalDestination
-from etcd_backupd.coordination import _covered
+from etcd_backupd.coordination import uncovered
 from etcd_backupd.destinations.local import LocalDirectory
 from etcd_backupd.manifest import Cluster
 from tests.harness.backups import CLUSTER_IDS, plant_local
@@ -20,8 +20,8 @@ def test_only_this_clusters_believable_backup_covers_a_fire_time(tmp_path: Path)
     plant_local(tmp_path, "other", fire + timedelta(seconds=5))
     plant_local(tmp_path, "prod", fire + timedelta(days=3))  # planted, dated in the future
     plant_local(tmp_path, "prod", fire + timedelta(seconds=7), manifest=False)
-    assert not _covered(store, fire, PROD)
+    assert uncovered([store], fire, PROD) == [store]
 
     plant_local(tmp_path, "prod", fire + timedelta(seconds=9))
-    assert _covered(store, fire, PROD)
-    assert not _covered(store, fire, Cluster("prod", "ffffffffffffffff"))
+    assert uncovered([store], fire, PROD) == []
+    assert uncovered([store], fire, Cluster("prod", "ffffffffffffffff")) == [store]

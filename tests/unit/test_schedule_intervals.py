@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from etcd_backupd.config import parse_config
-from etcd_backupd.daemon import Schedule
+from etcd_backupd.scheduler import Schedule
 
 NOW = datetime(2026, 11, 24, 12, 0, 7, tzinfo=UTC)
 
