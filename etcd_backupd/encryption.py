@@ -10,8 +10,9 @@ exception reaches the caller's thread on its next `write` or `close`.
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ _X25519_PREFIX = "age1"
 _SSH_PREFIXES = ("ssh-ed25519 ", "ssh-rsa ")
 _SECRET_PREFIX = "AGE-SECRET-KEY-1"
 _SSH_PRIVATE = b"-----BEGIN OPENSSH PRIVATE KEY-----"
+# identity files for the commands that read backups back, when --identity is not given
+ENV_IDENTITY_FILE = "ETCD_BACKUPD_AGE_IDENTITY_FILE"
 # rage's message when no identity opens any of the header's stanzas
 _NO_MATCHING_KEYS = "No matching keys found"
 
@@ -77,6 +80,15 @@ def load_identities(paths: Sequence[Path]) -> list[Identity]:
             raise IdentityError(f"age identity file {path} holds no identity")
         identities.extend(found)
     return identities
+
+
+def identity_files(given: Sequence[Path] | None, environ: Mapping[str, str]) -> list[Path]:
+    """The identity files a command reads backups back with: those given on the command line,
+    else those ETCD_BACKUPD_AGE_IDENTITY_FILE names (several separated by ':'), else none."""
+    if given:
+        return list(given)
+    named = environ.get(ENV_IDENTITY_FILE, "")
+    return [Path(part) for part in named.split(os.pathsep) if part]
 
 
 def _ssh_identity(path: Path, data: bytes) -> list[Identity]:

@@ -21,7 +21,8 @@ from .clock import SYSTEM_CLOCK, Clock
 from .compression import plain_snapshot
 from .config import ENV_ETCD_PASSWORD
 from .destinations import Destination
-from .errors import BackupError, SnapshotInvalid
+from .encryption import Identity
+from .errors import BackupError, ExitCode, IdentityError, SnapshotInvalid
 from .formats import SNAPSHOT_SUFFIX, base_name
 from .fsutil import inside
 from .manifest import SNAPSHOT_PREFIX, Cluster, Manifest, parse_snapshot_name
@@ -316,14 +317,16 @@ def restore(
     expected_size: int | None = None,
     bump_revision: int = 0,
     etcd_version: str | None = None,
+    identities: Sequence[Identity] = (),
 ) -> tuple[SnapshotStatus, RestoreTool]:
     """Verify, then restore; nothing on disk is touched unless the snapshot is sound and, when
     its manifest's digest is given, is the snapshot the manifest describes, and a tool here can
     restore it. A compressed file is decompressed to at most `expected_size` bytes, its
-    manifest's size, when given; `etcd_version` is its manifest's too."""
+    manifest's size, when given; `etcd_version` is its manifest's too. An encrypted file is
+    decrypted with `identities`."""
     check_data_dir(member.data_dir, force)
     log.info("restore step 1 of 2: decompressing and verifying %s", source.name)
-    with plain_snapshot(source, size=expected_size) as plain:
+    with plain_snapshot(source, size=expected_size, identities=identities) as plain:
         status = verify_snapshot(plain)
         if expected_sha256 is not None and status.sha256 != expected_sha256:
             raise SnapshotInvalid(
@@ -351,6 +354,8 @@ class DrillResult:
     ok: bool
     seconds: float
     error: str | None = None
+    # IDENTITY when the backup is encrypted and no identity given opens it
+    exit_code: ExitCode = ExitCode.DRILL_FAILED
 
 
 # The throwaway member serves the restored keyspace (every Secret of the cluster) on unix sockets
@@ -429,10 +434,11 @@ def drill(
     scratch_root: Path | None = None,
     credentials: Credentials = _no_credentials,
     clock: Clock = SYSTEM_CLOCK,
+    identities: Sequence[Identity] = (),
 ) -> DrillResult:
     """Restore the cluster's newest backup in the destination into a throwaway member and
     check it. `credentials` gives etcd's user and password, asked for only when the
-    snapshot's cluster has auth enabled."""
+    snapshot's cluster has auth enabled; `identities` decrypt an encrypted backup."""
     began = clock.monotonic()
     try:
         newest = newest_backup(destination.manifests(), cluster, now)
@@ -447,11 +453,18 @@ def drill(
             f"the destination holds no backup of cluster {cluster.name}",
         )
     try:
-        _drill_one(destination, newest, tools, expect_prefixes, scratch_root, credentials)
+        _drill_one(
+            destination, newest, tools, expect_prefixes, scratch_root, credentials, identities
+        )
     except BackupError as exc:
         log.error("drill of %s from %s failed: %s", newest.snapshot, destination.name, exc)
         return DrillResult(
-            destination.name, newest.snapshot, False, clock.monotonic() - began, str(exc)
+            destination.name,
+            newest.snapshot,
+            False,
+            clock.monotonic() - began,
+            str(exc),
+            ExitCode.IDENTITY if isinstance(exc, IdentityError) else ExitCode.DRILL_FAILED,
         )
     seconds = clock.monotonic() - began
     log.info("drill of %s from %s passed in %.1f s", newest.snapshot, destination.name, seconds)
@@ -465,6 +478,7 @@ def _drill_one(
     expect_prefixes: list[str],
     scratch_root: Path | None,
     credentials: Credentials,
+    identities: Sequence[Identity],
 ) -> None:
     if tools.etcd is None or tools.etcdctl is None:
         raise BackupError("a drill needs etcd and etcdctl beside the restore tool")
@@ -477,7 +491,7 @@ def _drill_one(
         log.info("%s 2 of 3: verifying and restoring it", step)
         member = Member("drill", DRILL_PEER_URL, work / "data")
         with (
-            plain_snapshot(fetched, size=manifest.size) as plain,
+            plain_snapshot(fetched, size=manifest.size, identities=identities) as plain,
             ThreadPoolExecutor(max_workers=1) as pool,
         ):
             # the trailer must be the digest the manifest recorded; etcd's restore then checks

@@ -25,6 +25,7 @@ from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .destinations.held import UNKNOWN_CLUSTER
 from .drill_record import record_result
+from .encryption import load_identities
 from .errors import BackupError, DestinationBusy
 from .overlap import OneAtATime
 from .reporting import Reporting
@@ -250,8 +251,10 @@ class Scheduler:
         """Drill every destination now, after the running cycle if any: a drill never slows
         a backup down."""
         with self.turns.turn(wait=True):
+            identity_file = self.config.drill.identity_file
             try:
                 tools = find_tools(self.config.drill.bin_dir)
+                identities = load_identities([identity_file] if identity_file else [])
             except BackupError as exc:
                 log.error("drill: %s", exc)
                 for settings in self.config.destination:
@@ -270,6 +273,7 @@ class Scheduler:
                         cluster=cluster,
                         now=self.clock.now(),
                         credentials=self.config.etcd.credentials,
+                        identities=identities,
                     )
                 record_result(self.config.state_dir, result, self.clock.now())
                 self.reporting.drilled(result)

@@ -20,6 +20,7 @@ import pytest
 from etcd_backupd.compression import plain_snapshot, reading, writing
 from etcd_backupd.encryption import (
     decrypting,
+    identity_files,
     load_identities,
     parse_recipient,
     parse_recipients_file,
@@ -392,3 +393,12 @@ def test_parts_cut_inside_age_chunks_join_into_the_file_age_reads(key: tuple[Pat
     joined = b"".join(sink.parts)
     assert hashlib.sha256(joined).hexdigest() == pipeline.stored_sha256
     assert age_decrypt(joined, identity, then="zstd -d") == data
+
+
+def test_identity_files_come_from_the_command_line_else_the_environment() -> None:
+    given = [Path("/a"), Path("/b")]
+    environ = {"ETCD_BACKUPD_AGE_IDENTITY_FILE": "/c:/d"}
+    assert identity_files(given, environ) == given
+    assert identity_files(None, environ) == [Path("/c"), Path("/d")]
+    assert identity_files([], {"ETCD_BACKUPD_AGE_IDENTITY_FILE": ""}) == []
+    assert identity_files(None, {}) == []
