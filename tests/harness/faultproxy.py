@@ -8,7 +8,7 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -51,6 +51,8 @@ class FaultProxy:
         parts = urlsplit(upstream)
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.counts: Counter[str] = Counter()
+        # every request body forwarded or not, by operation: what left the host
+        self.bodies: defaultdict[str, list[bytes]] = defaultdict(list)
         self._faults: list[_Fault] = []
         self._delays: dict[str | None, float] = {}
         self._down = False
@@ -129,6 +131,8 @@ class FaultProxy:
         name = operation(handler.command, handler.path)
         with self._lock:
             self.counts[name] += 1
+            if body:
+                self.bodies[name].append(body)
             pause = self._delays.get(name, self._delays.get(None, 0.0))
             hung = name in self._hung or "*" in self._hung
         if hung:
