@@ -6,7 +6,6 @@ import argparse
 import base64
 import ctypes
 import errno
-import json
 import logging
 import os
 import signal
@@ -22,37 +21,28 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .commands import add_parsers
+from .commands.common import (
+    chosen,
+    cluster_option,
+    config_option,
+    our_cluster,
+    output_option,
+)
+from .commands.common import print_error as _print_error
+from .commands.common import print_json as _print_json
 from .errors import BackupError, ExitCode, SnapshotInvalid
-from .logs import error_line, setup_logging
+from .logs import setup_logging
 from .runbook import DEFAULT_BUMP_REVISION
 
 # Each command imports what it uses: `verify` and `inspect` then start without gRPC and pydantic,
 # and every command starts faster.
 if TYPE_CHECKING:
-    from .config import Config, DestinationConfig
+    from .config import Config
     from .cycle import CycleResult
     from .manifest import Cluster
     from .snapshot.keyspace import KeyValue
-    from .snapshot.status import SnapshotStatus
 
 log = logging.getLogger(__name__)
-DEFAULT_CONFIG = Path(os.environ.get("ETCD_BACKUPD_CONFIG", "/etc/etcd-backupd/config.toml"))
-
-
-def _config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=DEFAULT_CONFIG,
-        help=f"TOML config file (default: {DEFAULT_CONFIG}; or set ETCD_BACKUPD_CONFIG)",
-    )
-
-
-def _output_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--output", "-o", choices=("text", "json"), default="text", help="output format"
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Take one snapshot, verify it and ship it to every destination. Exits 0 "
         "only when every destination received a verified snapshot.",
     )
-    _config_option(once)
-    _output_option(once)
+    config_option(once)
+    output_option(once)
     once.add_argument(
         "--pushgateway",
         metavar="URL",
@@ -115,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--revision", type=int, help="the keyspace as of this revision (default: the newest)"
     )
-    _output_option(inspect)
+    output_option(inspect)
 
     difference = commands.add_parser(
         "diff",
@@ -125,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     difference.add_argument("old", type=Path, help="the older snapshot")
     difference.add_argument("new", type=Path, help="the newer snapshot")
     difference.add_argument("--prefix", default="", help="only keys starting with this")
-    _output_option(difference)
+    output_option(difference)
 
     restoring = commands.add_parser(
         "restore",
@@ -281,9 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
         "manifest and that [drill] expect_prefixes hold keys, then delete it. Exits 0 only if "
         "every drill passed.",
     )
-    _config_option(drilling)
+    config_option(drilling)
     drilling.add_argument("--destination", "-d", help="only this destination")
-    _cluster_option(drilling)
+    cluster_option(drilling)
 
     run = commands.add_parser(
         "run",
@@ -293,26 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
         "failures and catching up at start; serve /metrics, /healthz and /readyz; reload the "
         "config on SIGHUP; finish or cleanly abort the running backup on SIGTERM.",
     )
-    _config_option(run)
-
-    verify = commands.add_parser(
-        "verify",
-        help="check a snapshot file without etcd",
-        description="Check a snapshot file (plain, or compressed with zstd or gzip): its SHA-256 "
-        "trailer and its bbolt structure, and print the revision, total keys, size, hash and "
-        "(etcd 3.6) version 'etcdutl snapshot status' of the snapshot's etcd line would print, "
-        "and the live keys a restore would hold. Exits 0 only for a sound snapshot.",
-    )
-    verify.add_argument("file", type=Path, help="snapshot file")
-    _output_option(verify)
+    config_option(run)
+    add_parsers(commands, "verify")
 
     listing = commands.add_parser(
         "list",
         help="list the backups held by each destination",
         description="List stored backups from their manifests (the snapshots are not read).",
     )
-    _config_option(listing)
-    _output_option(listing)
+    config_option(listing)
+    output_option(listing)
     listing.add_argument("--destination", "-d", help="only this destination")
 
     pruning = commands.add_parser(
@@ -324,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
         "snapshots without a manifest (unless --orphans) and objects that are not "
         "etcd-backupd's are never touched.",
     )
-    _config_option(pruning)
-    _output_option(pruning)
+    config_option(pruning)
+    output_option(pruning)
     pruning.add_argument("--destination", "-d", help="only this destination")
     pruning.add_argument("--dry-run", "-n", action="store_true", help="decide, delete nothing")
     pruning.add_argument(
@@ -334,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also remove this cluster's snapshots without a valid manifest, and manifests "
         "without a snapshot, older than a day (never done otherwise)",
     )
-    _cluster_option(pruning)
+    cluster_option(pruning)
 
     check = commands.add_parser(
         "check-config",
@@ -342,18 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate a config file and print what it sets, with the next three fire "
         "times of every schedule; exits 2 when it is invalid.",
     )
-    _config_option(check)
-    add_parsers(commands)
+    config_option(check)
+    add_parsers(commands, "init", "status")
     return parser
-
-
-def _print_error(args: argparse.Namespace, text: str) -> None:
-    print(error_line(args.log_format, text, datetime.now(UTC)), file=sys.stderr)
-
-
-def _print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
 
 
 def _export_metrics(
@@ -464,15 +435,6 @@ def cmd_once(args: argparse.Namespace) -> int:
     else:
         _print_error(args, f"backup failed at {result.failed_stage}: {result.error}")
     return result.exit_code
-
-
-def verify_file(path: Path) -> SnapshotStatus:
-    """Verify a snapshot file as stored, compressed or not."""
-    from .compression import plain_snapshot
-    from .snapshot.status import verify_snapshot
-
-    with plain_snapshot(path) as plain:
-        return verify_snapshot(plain)
 
 
 def _kv_json(kv: KeyValue, *, with_value: bool = True) -> dict[str, Any]:
@@ -616,7 +578,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     else:
         if config is None or args.destination is None:
             raise BackupError("name a snapshot FILE, or --config and --destination")
-        (settings,) = _chosen(config, args.destination)
+        (settings,) = chosen(config, args.destination)
         destination = build(settings)
         wanted = find_snapshot(
             destination.manifests(),
@@ -768,7 +730,7 @@ def _runbook_source(args: argparse.Namespace, config: Config | None) -> Any:
     from .destinations import build
     from .restore import find_snapshot
 
-    (settings,) = _chosen(config, args.destination)
+    (settings,) = chosen(config, args.destination)
     wanted = find_snapshot(
         build(settings).manifests(),
         args.snapshot,
@@ -788,11 +750,11 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     tools = find_tools(config.drill.bin_dir)
-    cluster = _our_cluster(config, args.cluster)
+    cluster = our_cluster(config, args.cluster)
     now = datetime.now(UTC)
     notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
     results = []
-    for settings in _chosen(config, args.destination):
+    for settings in chosen(config, args.destination):
         results.append(
             drill(
                 build(settings),
@@ -831,68 +793,6 @@ def _warn_loose_permissions(config: Config, path: Path) -> None:
         log.warning("%s", warning)
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    try:
-        status = verify_file(args.file)
-    except SnapshotInvalid as exc:
-        if args.output == "json":
-            _print_json({"valid": False, "file": str(args.file), "error": str(exc)})
-        else:
-            _print_error(args, f"INVALID {args.file}: {exc}")
-        return exc.exit_code
-    if args.output == "json":
-        _print_json({"valid": True, "file": str(args.file), **status.to_dict()})
-    else:
-        print(f"OK {args.file}")
-        # TOTAL KEYS as the etcdutl of the snapshot's line prints it, and how that line counts
-        counted = (
-            "user keys, as etcdutl 3.6+ counts them"
-            if status.storage_version
-            else "entries of every bucket, as etcdutl 3.4 and 3.5 count"
-        )
-        rows = [
-            ("hash", f"{status.hash:x} ({status.hash})"),
-            ("revision", status.revision),
-            ("total keys", f"{status.total_keys} ({counted})"),
-            ("live keys", status.live_keys),
-            ("total size", status.total_size),
-            ("version", status.storage_version or "none (before etcd 3.6)"),
-            ("sha256", status.sha256),
-        ]
-        for label, value in rows:
-            print(f"  {label:<11} {value}")
-    return ExitCode.OK
-
-
-def _our_cluster(config: Config, named: str | None) -> Cluster:
-    """The cluster whose backups a command acts on: --cluster, else etcd.cluster_name, else the
-    cluster ID etcd reports (the name its backups carry then)."""
-    from .etcd import identify_cluster
-    from .manifest import Cluster
-
-    name = named or config.etcd.cluster_name
-    if name is not None:
-        return Cluster(name)
-    return identify_cluster(config.etcd)
-
-
-def _cluster_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cluster",
-        metavar="NAME",
-        help="act on this cluster's backups (the cluster part of snapshot names; default: "
-        "etcd.cluster_name, else the cluster ID etcd reports)",
-    )
-
-
-def _chosen(config: Config, name: str | None) -> list[DestinationConfig]:
-    chosen = [d for d in config.destination if name in (None, d.name)]
-    if not chosen:
-        names = ", ".join(d.name for d in config.destination)
-        raise BackupError(f"no destination named {name!r}; configured: {names}")
-    return chosen
-
-
 def cmd_prune(args: argparse.Namespace) -> int:
     from .config import load_config
     from .destinations import build
@@ -900,7 +800,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     now = datetime.now(UTC)
-    cluster = _our_cluster(config, args.cluster)
+    cluster = our_cluster(config, args.cluster)
     results = [
         prune(
             build(d),
@@ -911,7 +811,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             orphans=args.orphans,
         )
-        for d in _chosen(config, args.destination)
+        for d in chosen(config, args.destination)
     ]
     if args.output == "json":
         _print_json(
@@ -959,7 +859,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     now = datetime.now(UTC)
     listing: dict[str, list[dict[str, Any]]] = {}
-    for settings in _chosen(config, args.destination):
+    for settings in chosen(config, args.destination):
         destination = build(settings)
         inventory = destination.inventory()
         manifests = {m.snapshot: m for m in destination.manifests(inventory)}
@@ -1074,7 +974,6 @@ COMMANDS = {
     "restore-plan": cmd_restore_plan,
     "drill": cmd_drill,
     "diff": cmd_diff,
-    "verify": cmd_verify,
     "list": cmd_list,
     "prune": cmd_prune,
     "check-config": cmd_check_config,

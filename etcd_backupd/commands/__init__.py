@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-MODULES = ("init", "status")
 
-
-def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for name in MODULES:
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser], *names: str) -> None:
+    """Add the commands of these modules, in this order (the order --help lists them in)."""
+    for name in names:
         importlib.import_module(f"{__name__}.{name}").add_parser(commands)

@@ -1,0 +1,78 @@
+"""What several commands share: the --config, --output and --cluster options, the destinations a
+command acts on, and how errors and JSON are printed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BackupError
+from ..logs import error_line
+
+# Each command imports what it uses when it runs: `verify` and `inspect` then start without gRPC
+# and pydantic, and every command starts faster.
+if TYPE_CHECKING:
+    from ..config import Config, DestinationConfig
+    from ..manifest import Cluster
+
+DEFAULT_CONFIG = Path(os.environ.get("ETCD_BACKUPD_CONFIG", "/etc/etcd-backupd/config.toml"))
+
+
+def config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"TOML config file (default: {DEFAULT_CONFIG}; or set ETCD_BACKUPD_CONFIG)",
+    )
+
+
+def output_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output", "-o", choices=("text", "json"), default="text", help="output format"
+    )
+
+
+def cluster_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="act on this cluster's backups (the cluster part of snapshot names; default: "
+        "etcd.cluster_name, else the cluster ID etcd reports)",
+    )
+
+
+def print_error(args: argparse.Namespace, text: str) -> None:
+    print(error_line(args.log_format, text, datetime.now(UTC)), file=sys.stderr)
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def chosen(config: Config, name: str | None) -> list[DestinationConfig]:
+    """The configured destinations called `name`, or all of them when it is None."""
+    found = [d for d in config.destination if name in (None, d.name)]
+    if not found:
+        names = ", ".join(d.name for d in config.destination)
+        raise BackupError(f"no destination named {name!r}; configured: {names}")
+    return found
+
+
+def our_cluster(config: Config, named: str | None) -> Cluster:
+    """The cluster whose backups a command acts on: --cluster, else etcd.cluster_name, else the
+    cluster ID etcd reports (the name its backups carry then)."""
+    from ..etcd import identify_cluster
+    from ..manifest import Cluster
+
+    name = named or config.etcd.cluster_name
+    if name is not None:
+        return Cluster(name)
+    return identify_cluster(config.etcd)
