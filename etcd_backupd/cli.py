@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import ctypes
 import errno
 import logging
@@ -14,7 +13,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,12 +23,13 @@ from .commands.common import (
     chosen,
     cluster_option,
     config_option,
+    kv_json,
     our_cluster,
     output_option,
 )
 from .commands.common import print_error as _print_error
 from .commands.common import print_json as _print_json
-from .errors import BackupError, ExitCode, SnapshotInvalid
+from .errors import BackupError, ExitCode
 from .logs import setup_logging
 from .runbook import DEFAULT_BUMP_REVISION
 
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
     from .config import Config
     from .cycle import CycleResult
     from .manifest import Cluster
-    from .snapshot.keyspace import KeyValue
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_option(once)
     output_option(once)
+    add_parsers(commands, "inspect")
     once.add_argument(
         "--pushgateway",
         metavar="URL",
@@ -85,27 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="write the backup metrics to PATH (*.prom) for node_exporter's textfile collector",
     )
-
-    inspect = commands.add_parser(
-        "inspect",
-        help="list the keys a snapshot holds, without restoring it",
-        description="Print the live keys of a snapshot file (plain or compressed) as "
-        "'etcdctl get --prefix' would on the restored cluster, in pure Python; --output json "
-        "as 'etcdctl get -w json' (base64 keys and values).",
-    )
-    inspect.add_argument("file", type=Path, help="snapshot file")
-    inspect.add_argument("key", nargs="?", help="only this key")
-    inspect.add_argument("--prefix", default="", help="only keys starting with this")
-    inspect.add_argument("--keys-only", action="store_true", help="print keys, not values")
-    inspect.add_argument(
-        "--print-value-only",
-        action="store_true",
-        help="write KEY's value to stdout as raw bytes, nothing else (for 'etcdctl put KEY < F')",
-    )
-    inspect.add_argument(
-        "--revision", type=int, help="the keyspace as of this revision (default: the newest)"
-    )
-    output_option(inspect)
 
     difference = commands.add_parser(
         "diff",
@@ -437,77 +415,6 @@ def cmd_once(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def _kv_json(kv: KeyValue, *, with_value: bool = True) -> dict[str, Any]:
-    """A key as `etcdctl get -w json` writes it: base64 bytes, and zero fields left out."""
-    fields: dict[str, Any] = {
-        "key": base64.b64encode(kv.key).decode(),
-        "create_revision": kv.create_revision,
-        "mod_revision": kv.mod_revision,
-        "version": kv.version,
-    }
-    if with_value and kv.value:
-        fields["value"] = base64.b64encode(kv.value).decode()
-    if kv.lease:
-        fields["lease"] = kv.lease
-    return fields
-
-
-def _kvs_json(kvs: list[KeyValue], *, with_value: bool = True) -> dict[str, Any]:
-    """The body of `etcdctl get -w json` without its header, which only a live member has."""
-    if not kvs:
-        return {}
-    return {"kvs": [_kv_json(kv, with_value=with_value) for kv in kvs], "count": len(kvs)}
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from .compression import plain_snapshot
-    from .snapshot.keyspace import live_key_names, live_keys
-    from .snapshot.status import check_trailer
-
-    if args.print_value_only and args.key is None:
-        raise BackupError("--print-value-only needs a KEY: the value of one key is written raw")
-    if args.key is not None and args.prefix:
-        raise BackupError("give a KEY or --prefix, not both")
-    prefix = (args.key if args.key is not None else args.prefix).encode()
-    names_only = args.keys_only and args.output == "text" and args.key is None
-    with plain_snapshot(args.file) as plain, ThreadPoolExecutor(max_workers=1) as pool:
-        # the SHA-256 proves the file is what etcd sent; the walk checks every page it reads
-        trailer = pool.submit(check_trailer, plain)
-        try:
-            if names_only:
-                names = live_key_names(plain, prefix=prefix, revision=args.revision)
-            else:
-                keys = live_keys(plain, prefix=prefix, revision=args.revision)
-        except SnapshotInvalid:
-            trailer.result()  # a damaged trailer is the surer diagnosis
-            raise
-        trailer.result()
-    out = sys.stdout.buffer
-    if names_only:
-        # the layout of 'etcdctl get --prefix --keys-only': a key, then an empty line
-        out.write(b"\n\n".join(names))
-        out.write(b"\n\n" if names else b"")
-        out.flush()
-        return ExitCode.OK
-    if args.key is not None:
-        keys = [kv for kv in keys if kv.key == prefix]
-        if not keys:
-            when = f" at revision {args.revision}" if args.revision is not None else ""
-            raise BackupError(f"{args.file}: holds no key {args.key!r}{when}")
-    if args.print_value_only:
-        # no newline: redirected to a file, the value is byte for byte what etcd held
-        out.write(keys[0].value)
-    elif args.output == "json":
-        _print_json(_kvs_json(keys, with_value=not args.keys_only))
-    elif args.keys_only:
-        out.write(keys[0].key + b"\n\n")
-    else:
-        # the layout of 'etcdctl get --prefix': a key, then its value, each on a line
-        out.write(b"".join(kv.key + b"\n" + kv.value + b"\n" for kv in keys))
-    out.flush()
-    return ExitCode.OK
-
-
 def cmd_diff(args: argparse.Namespace) -> int:
     from .compression import plain_snapshot
     from .snapshot.keyspace import diff
@@ -520,9 +427,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.output == "json":
         _print_json(
             {
-                "added": [_kv_json(kv) for kv in changes.added],
-                "removed": [_kv_json(kv) for kv in changes.removed],
-                "changed": [{"old": _kv_json(a), "new": _kv_json(b)} for a, b in changes.changed],
+                "added": [kv_json(kv) for kv in changes.added],
+                "removed": [kv_json(kv) for kv in changes.removed],
+                "changed": [{"old": kv_json(a), "new": kv_json(b)} for a, b in changes.changed],
             }
         )
         return ExitCode.OK
@@ -969,7 +876,6 @@ def _deletion_notes(config: Config) -> list[str]:
 COMMANDS = {
     "once": cmd_once,
     "run": cmd_run,
-    "inspect": cmd_inspect,
     "restore": cmd_restore,
     "restore-plan": cmd_restore_plan,
     "drill": cmd_drill,

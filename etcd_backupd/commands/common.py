@@ -4,6 +4,7 @@ command acts on, and how errors and JSON are printed."""
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ from ..logs import error_line
 if TYPE_CHECKING:
     from ..config import Config, DestinationConfig
     from ..manifest import Cluster
+    from ..snapshot.keyspace import KeyValue
 
 DEFAULT_CONFIG = Path(os.environ.get("ETCD_BACKUPD_CONFIG", "/etc/etcd-backupd/config.toml"))
 
@@ -55,6 +57,21 @@ def print_error(args: argparse.Namespace, text: str) -> None:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def kv_json(kv: KeyValue, *, with_value: bool = True) -> dict[str, Any]:
+    """A key as `etcdctl get -w json` writes it: base64 bytes, and zero fields left out."""
+    fields: dict[str, Any] = {
+        "key": base64.b64encode(kv.key).decode(),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+    }
+    if with_value and kv.value:
+        fields["value"] = base64.b64encode(kv.value).decode()
+    if kv.lease:
+        fields["lease"] = kv.lease
+    return fields
 
 
 def chosen(config: Config, name: str | None) -> list[DestinationConfig]:
