@@ -23,7 +23,6 @@ from .commands.common import (
     chosen,
     cluster_option,
     config_option,
-    kv_json,
     our_cluster,
     output_option,
 )
@@ -72,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_option(once)
     output_option(once)
-    add_parsers(commands, "inspect")
+    add_parsers(commands, "inspect", "diff")
     once.add_argument(
         "--pushgateway",
         metavar="URL",
@@ -84,16 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="write the backup metrics to PATH (*.prom) for node_exporter's textfile collector",
     )
-
-    difference = commands.add_parser(
-        "diff",
-        help="what changed in the cluster between two snapshots",
-        description="List keys added, removed and changed between two snapshot files.",
-    )
-    difference.add_argument("old", type=Path, help="the older snapshot")
-    difference.add_argument("new", type=Path, help="the newer snapshot")
-    difference.add_argument("--prefix", default="", help="only keys starting with this")
-    output_option(difference)
 
     restoring = commands.add_parser(
         "restore",
@@ -413,37 +402,6 @@ def cmd_once(args: argparse.Namespace) -> int:
     else:
         _print_error(args, f"backup failed at {result.failed_stage}: {result.error}")
     return result.exit_code
-
-
-def cmd_diff(args: argparse.Namespace) -> int:
-    from .compression import plain_snapshot
-    from .snapshot.keyspace import diff
-    from .snapshot.status import verify_snapshot
-
-    with plain_snapshot(args.old) as old, plain_snapshot(args.new) as new:
-        verify_snapshot(old)
-        verify_snapshot(new)
-        changes = diff(old, new, prefix=args.prefix.encode())
-    if args.output == "json":
-        _print_json(
-            {
-                "added": [kv_json(kv) for kv in changes.added],
-                "removed": [kv_json(kv) for kv in changes.removed],
-                "changed": [{"old": kv_json(a), "new": kv_json(b)} for a, b in changes.changed],
-            }
-        )
-        return ExitCode.OK
-    for mark, kvs in (("+", changes.added), ("-", changes.removed)):
-        for kv in kvs:
-            print(f"{mark} {kv.key.decode(errors='backslashreplace')}")
-    for _, after in changes.changed:
-        print(f"~ {after.key.decode(errors='backslashreplace')}")
-    print(
-        f"{len(changes.added)} added, {len(changes.removed)} removed, "
-        f"{len(changes.changed)} changed",
-        file=sys.stderr,
-    )
-    return ExitCode.OK
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -879,7 +837,6 @@ COMMANDS = {
     "restore": cmd_restore,
     "restore-plan": cmd_restore_plan,
     "drill": cmd_drill,
-    "diff": cmd_diff,
     "list": cmd_list,
     "prune": cmd_prune,
     "check-config": cmd_check_config,
