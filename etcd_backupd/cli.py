@@ -251,16 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         "config on SIGHUP; finish or cleanly abort the running backup on SIGTERM.",
     )
     config_option(run)
-    add_parsers(commands, "verify")
-
-    listing = commands.add_parser(
-        "list",
-        help="list the backups held by each destination",
-        description="List stored backups from their manifests (the snapshots are not read).",
-    )
-    config_option(listing)
-    output_option(listing)
-    listing.add_argument("--destination", "-d", help="only this destination")
+    add_parsers(commands, "verify", "list")
 
     pruning = commands.add_parser(
         "prune",
@@ -715,59 +706,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .destinations import build
-    from .manifest import parse_snapshot_name
-    from .retention import is_future
-
-    config = load_config(args.config)
-    now = datetime.now(UTC)
-    listing: dict[str, list[dict[str, Any]]] = {}
-    for settings in chosen(config, args.destination):
-        destination = build(settings)
-        inventory = destination.inventory()
-        manifests = {m.snapshot: m for m in destination.manifests(inventory)}
-        entries: list[tuple[datetime, dict[str, Any]]] = []
-        for item in inventory:
-            parsed = parse_snapshot_name(item.snapshot)
-            assert parsed is not None
-            manifest = manifests.get(item.snapshot)
-            if manifest is not None:
-                entry = manifest.model_dump(mode="json")
-            elif item.has_snapshot:
-                entry = {"snapshot": item.snapshot, "created": item.created.isoformat()}
-            else:
-                continue  # a manifest alone is no backup, and prune reports it
-            entry["cluster"] = parsed[0]
-            entry["has_manifest"] = manifest is not None
-            entry["future"] = is_future(item.created, now)
-            entries.append((item.created, entry))
-        entries.sort(key=lambda pair: (pair[1]["cluster"], pair[0], pair[1]["snapshot"]))
-        listing[settings.name] = [entry for _, entry in entries]
-    if args.output == "json":
-        _print_json(listing)
-        return ExitCode.OK
-    for name, rows in listing.items():
-        backups = [e for e in rows if e["has_manifest"]]
-        clusters = sorted({e["cluster"] for e in rows})
-        print(f"{name}: {len(backups)} backup(s) of {len(clusters)} cluster(s)")
-        for cluster in clusters:
-            mine = [e for e in rows if e["cluster"] == cluster]
-            print(f"  cluster {cluster}: {sum(e['has_manifest'] for e in mine)} backup(s)")
-            for e in mine:
-                created = datetime.fromisoformat(e["created"])
-                line = f"    {e['snapshot']}  {created:%Y-%m-%d %H:%M:%SZ}"
-                if e["has_manifest"]:
-                    line += f"  rev {e['revision']:<10} {e['size']:>14} B  keys {e['total_keys']}"
-                else:
-                    line += "  no valid manifest: not a backup (prune --orphans removes it)"
-                if e["future"]:
-                    line += "  dated in the future"
-                print(line)
-    return ExitCode.OK
-
-
 def _schedule_lines(label: str, cron: str | list[str], zone: str, now: datetime) -> list[str]:
     """What a schedule means: its expressions and its next three fire times in its zone."""
     from .cron import CronSchedule
@@ -837,7 +775,6 @@ COMMANDS = {
     "restore": cmd_restore,
     "restore-plan": cmd_restore_plan,
     "drill": cmd_drill,
-    "list": cmd_list,
     "prune": cmd_prune,
     "check-config": cmd_check_config,
 }
