@@ -21,9 +21,7 @@ from . import __version__
 from .commands import add_parsers
 from .commands.common import (
     chosen,
-    cluster_option,
     config_option,
-    our_cluster,
     output_option,
 )
 from .commands.common import print_error as _print_error
@@ -230,17 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--script-dir", type=Path, default=Path("."), help="where --output script writes"
     )
 
-    drilling = commands.add_parser(
-        "drill",
-        help="prove the newest backups restore",
-        description="Restore the newest backup of each destination into a throwaway etcd on "
-        "unix sockets in a private directory, check its revision and key count against the "
-        "manifest and that [drill] expect_prefixes hold keys, then delete it. Exits 0 only if "
-        "every drill passed.",
-    )
-    config_option(drilling)
-    drilling.add_argument("--destination", "-d", help="only this destination")
-    cluster_option(drilling)
+    add_parsers(commands, "drill")
 
     run = commands.add_parser(
         "run",
@@ -567,42 +555,6 @@ def _runbook_source(args: argparse.Namespace, config: Config | None) -> Any:
     return SnapshotSource(wanted.snapshot, str(args.config.absolute()), settings.name)
 
 
-def cmd_drill(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .destinations import build
-    from .drill_record import record_result
-    from .notify import Notifications
-    from .restore import drill, find_tools
-
-    config = load_config(args.config)
-    tools = find_tools(config.drill.bin_dir)
-    cluster = our_cluster(config, args.cluster)
-    now = datetime.now(UTC)
-    notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
-    results = []
-    for settings in chosen(config, args.destination):
-        results.append(
-            drill(
-                build(settings),
-                tools,
-                config.drill.expect_prefixes,
-                cluster=cluster,
-                now=now,
-                credentials=config.etcd.credentials,
-            )
-        )
-        record_result(config.state_dir, results[-1], datetime.now(UTC))
-        notifications.drill_finished(results[-1])
-    notifications.close()
-    for result in results:
-        verdict = "passed" if result.ok else f"FAILED: {result.error}"
-        print(
-            f"{result.destination}: drill of {result.snapshot or '-'} {verdict} "
-            f"({result.seconds:.1f} s)"
-        )
-    return ExitCode.OK if all(r.ok for r in results) else ExitCode.DRILL_FAILED
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .daemon import Daemon
@@ -624,7 +576,6 @@ COMMANDS = {
     "run": cmd_run,
     "restore": cmd_restore,
     "restore-plan": cmd_restore_plan,
-    "drill": cmd_drill,
 }
 
 
