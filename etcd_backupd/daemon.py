@@ -32,6 +32,7 @@ from .coordination import fire_minute, plan
 from .cron import CronSchedule
 from .cycle import CycleResult, run_cycle, within_stall_timeout
 from .destinations import build
+from .drill import DrillResult, drill
 from .drill_record import record_result
 from .errors import BackupError, DestinationBusy, ExitCode
 from .etcd import identify_cluster
@@ -39,7 +40,7 @@ from .fsutil import make_private_dir
 from .manifest import Cluster, Manifest
 from .metrics import BackupMetrics, MetricsServer
 from .notify import Notifications
-from .restore import DrillResult, drill, find_tools
+from .restore import find_tools
 from .retention import is_future
 from .sdnotify import Notifier
 

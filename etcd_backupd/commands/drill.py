@@ -28,9 +28,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..destinations import build
+    from ..drill import drill
     from ..drill_record import record_result
     from ..notify import Notifications
-    from ..restore import drill, find_tools
+    from ..restore import find_tools
 
     config = load_config(args.config)
     tools = find_tools(config.drill.bin_dir)

@@ -21,8 +21,8 @@ import pytest
 
 from etcd_backupd.config import parse_config
 from etcd_backupd.cycle import CycleResult, DestinationResult
+from etcd_backupd.drill import DrillResult
 from etcd_backupd.notify import Notifications
-from etcd_backupd.restore import DrillResult
 from tests.harness.etcd import EtcdCluster, free_port
 
 HANG = -1
