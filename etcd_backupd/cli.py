@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -69,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_option(once)
     output_option(once)
-    add_parsers(commands, "inspect", "diff")
+    add_parsers(commands, "inspect", "diff", "restore")
     once.add_argument(
         "--pushgateway",
         metavar="URL",
@@ -80,60 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         type=Path,
         help="write the backup metrics to PATH (*.prom) for node_exporter's textfile collector",
-    )
-
-    restoring = commands.add_parser(
-        "restore",
-        help="restore a snapshot into an etcd data directory",
-        description="Fetch (from a destination), decompress, verify, then run etcd's own "
-        "restore (etcdutl, or etcdctl for 3.4) into --data-dir. A snapshot that fails "
-        "verification is refused before anything on disk is touched; a non-empty data "
-        "directory is refused, or with --force moved aside under a timestamped name.",
-    )
-    restoring.add_argument("file", type=Path, nargs="?", help="a snapshot file")
-    restoring.add_argument("--config", "-c", type=Path, help="config naming the destinations")
-    restoring.add_argument("--destination", "-d", help="restore from this destination")
-    restoring.add_argument(
-        "--snapshot", default="latest", help="snapshot name in the destination, or latest"
-    )
-    restoring.add_argument(
-        "--data-dir",
-        type=Path,
-        required=True,
-        help="the data dir to restore into (a non-empty one is refused unless --force)",
-    )
-    restoring.add_argument("--name", default="default", help="this member's name")
-    restoring.add_argument(
-        "--initial-advertise-peer-urls",
-        default="http://localhost:2380",
-        help="this member's peer URL (default: %(default)s)",
-    )
-    restoring.add_argument("--initial-cluster", help="default: NAME=PEER_URL (one member)")
-    restoring.add_argument(
-        "--initial-cluster-token",
-        help="the restored cluster's token (default: etcd-restore- and the snapshot's name, so "
-        "every member restoring one snapshot gets the same token)",
-    )
-    restoring.add_argument("--force", action="store_true", help="move a non-empty data dir aside")
-    restoring.add_argument("--etcd-bin-dir", type=Path, help="where etcdutl/etcdctl are")
-    restoring.add_argument(
-        "--cluster",
-        metavar="NAME",
-        help="with --snapshot latest in a destination several clusters share: whose latest "
-        "(the cluster part of snapshot names; default: etcd.cluster_name)",
-    )
-    restoring.add_argument(
-        "--bump-revision",
-        type=int,
-        default=0,
-        metavar="N",
-        help="raise the restored revision by N, past any a client saw (with --mark-compacted; "
-        "etcdutl 3.5.10+ or 3.6)",
-    )
-    restoring.add_argument(
-        "--mark-compacted",
-        action="store_true",
-        help="mark the bumped revision compacted, so that old watches are told to re-list",
     )
 
     plan_parser = commands.add_parser(
@@ -353,90 +298,6 @@ def cmd_once(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .destinations import build
-    from .fsutil import inside
-    from .restore import (
-        Member,
-        find_snapshot,
-        find_tools,
-        restore,
-        restore_token,
-        restore_tool,
-    )
-
-    if args.bump_revision < 0 or (args.bump_revision > 0) != args.mark_compacted:
-        # etcdutl refuses one without the other too, but only after the data dir moved aside
-        raise BackupError(
-            "--bump-revision N (N > 0) and --mark-compacted go together: give both, or neither"
-        )
-    config = load_config(args.config) if args.config else None
-    bin_dir = args.etcd_bin_dir or (config.drill.bin_dir if config else None)
-    tools = find_tools(bin_dir)
-    member = Member(args.name, args.initial_advertise_peer_urls, args.data_dir)
-    cluster = args.initial_cluster or f"{args.name}={args.initial_advertise_peer_urls}"
-    now = datetime.now(UTC)
-    if args.file is not None:
-        token = args.initial_cluster_token or restore_token(args.file.name)
-        status, tool = restore(
-            args.file,
-            member,
-            cluster,
-            token,
-            tools,
-            force=args.force,
-            now=now,
-            bump_revision=args.bump_revision,
-        )
-    else:
-        if config is None or args.destination is None:
-            raise BackupError("name a snapshot FILE, or --config and --destination")
-        (settings,) = chosen(config, args.destination)
-        destination = build(settings)
-        wanted = find_snapshot(
-            destination.manifests(),
-            args.snapshot,
-            settings.name,
-            cluster=args.cluster or config.etcd.cluster_name,
-            now=now,
-        )
-        token = args.initial_cluster_token or restore_token(wanted.snapshot)
-        # refused before fetching what no tool here could restore
-        restore_tool(
-            tools,
-            wanted.storage_version,
-            bump=args.bump_revision > 0,
-            etcd_version=wanted.etcd_version,
-        )
-        with tempfile.TemporaryDirectory(prefix="etcd-backupd-restore-") as scratch:
-            fetched = destination.fetch(wanted.snapshot, inside(Path(scratch), wanted.snapshot))
-            status, tool = restore(
-                fetched,
-                member,
-                cluster,
-                token,
-                tools,
-                force=args.force,
-                now=now,
-                expected_sha256=wanted.sha256,
-                expected_size=wanted.size,
-                bump_revision=args.bump_revision,
-                etcd_version=wanted.etcd_version,
-            )
-    bumped = (
-        f", bumped by {args.bump_revision} to {status.revision + args.bump_revision} and marked "
-        "compacted"
-        if args.bump_revision
-        else ""
-    )
-    print(
-        f"restored revision {status.revision} ({status.live_keys} keys){bumped} into "
-        f"{args.data_dir} with {tool.description}, cluster token {token}"
-    )
-    return ExitCode.OK
-
-
 def cmd_restore_plan(args: argparse.Namespace) -> int:
     from .runbook import render_markdown, render_scripts
 
@@ -574,7 +435,6 @@ def _warn_loose_permissions(config: Config, path: Path) -> None:
 COMMANDS = {
     "once": cmd_once,
     "run": cmd_run,
-    "restore": cmd_restore,
     "restore-plan": cmd_restore_plan,
 }
 

@@ -8,16 +8,22 @@ import logging
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .compression import plain_snapshot
 from .errors import BackupError, SnapshotInvalid
+from .fsutil import inside
 from .manifest import SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX, Cluster, Manifest, parse_snapshot_name
 from .retention import is_future
 from .snapshot.status import SnapshotStatus, verify_snapshot
+
+if TYPE_CHECKING:
+    from .destinations import Destination
 
 log = logging.getLogger(__name__)
 
@@ -340,6 +346,61 @@ def restore(
         move_aside(member.data_dir, now)
         run_restore(plain, member, initial_cluster, token, tool, bump_revision)
     return status, tool
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A restore from a destination: the snapshot's figures, the tool that restored it and the
+    cluster token it was restored with."""
+
+    status: SnapshotStatus
+    tool: RestoreTool
+    token: str
+
+
+def restore_from_destination(
+    destination: Destination,
+    wanted: str,
+    member: Member,
+    initial_cluster: str,
+    tools: EtcdTools,
+    *,
+    token: str | None,
+    cluster: str | None,
+    force: bool,
+    now: datetime,
+    bump_revision: int = 0,
+) -> Restored:
+    """Restore the backup `wanted` names (as find_snapshot takes it, of `cluster`) from the
+    destination: fetched into a scratch directory, it is restored only if it is the snapshot its
+    manifest describes (SHA-256 and size). Without a `token`, the snapshot's name gives it."""
+    manifest = find_snapshot(
+        destination.manifests(), wanted, destination.name, cluster=cluster, now=now
+    )
+    token = token or restore_token(manifest.snapshot)
+    # refused before fetching what no tool here could restore
+    restore_tool(
+        tools,
+        manifest.storage_version,
+        bump=bump_revision > 0,
+        etcd_version=manifest.etcd_version,
+    )
+    with tempfile.TemporaryDirectory(prefix="etcd-backupd-restore-") as scratch:
+        fetched = destination.fetch(manifest.snapshot, inside(Path(scratch), manifest.snapshot))
+        status, tool = restore(
+            fetched,
+            member,
+            initial_cluster,
+            token,
+            tools,
+            force=force,
+            now=now,
+            expected_sha256=manifest.sha256,
+            expected_size=manifest.size,
+            bump_revision=bump_revision,
+            etcd_version=manifest.etcd_version,
+        )
+    return Restored(status, tool, token)
 
 
 def newest_backup(
