@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import errno
 import logging
 import os
 import signal
@@ -14,12 +13,11 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .commands import add_parsers
 from .commands.common import (
-    chosen,
     config_option,
     output_option,
 )
@@ -27,7 +25,6 @@ from .commands.common import print_error as _print_error
 from .commands.common import print_json as _print_json
 from .errors import BackupError, ExitCode
 from .logs import setup_logging
-from .runbook import DEFAULT_BUMP_REVISION
 
 # Each command imports what it uses: `verify` and `inspect` then start without gRPC and pydantic,
 # and every command starts faster.
@@ -68,7 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_option(once)
     output_option(once)
-    add_parsers(commands, "inspect", "diff", "restore")
     once.add_argument(
         "--pushgateway",
         metavar="URL",
@@ -81,99 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the backup metrics to PATH (*.prom) for node_exporter's textfile collector",
     )
 
-    plan_parser = commands.add_parser(
-        "restore-plan",
-        help="print the disaster-recovery runbook for a cluster",
-        description="Print, as exact commands in order, how to restore the whole cluster from "
-        "one snapshot: fetch, verify and restore it beside the data dir while etcd still runs, "
-        "stop Kubernetes and etcd, swap the data dir, start etcd, wait for every member, check "
-        "it, start Kubernetes again; for a kubeadm host (static pods) or a systemd one.",
-    )
-    plan_parser.add_argument(
-        "--member",
-        action="append",
-        default=[],
-        metavar="NAME=PEER_URL",
-        help="a member, e.g. etcd1=https://192.168.7.101:2380 (repeat for each); replaces the "
-        "config's [restore] members",
-    )
-    plan_parser.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        help="take the members, TLS files and user from this config's [restore] and [etcd] "
-        "tables; with --destination, the members read the snapshot through it (same path there)",
-    )
-    plan_parser.add_argument(
-        "--client-url",
-        action="append",
-        default=[],
-        metavar="NAME=CLIENT_URL",
-        help="a member's client URL for the checks (default: its peer host, port 2379)",
-    )
-    plan_parser.add_argument(
-        "--snapshot",
-        required=True,
-        help="a snapshot file on every member, or with --destination the snapshot's name there "
-        "(or latest, which is resolved now so that every member restores the same one)",
-    )
-    plan_parser.add_argument(
-        "--destination", "-d", help="every member fetches the snapshot from this destination"
-    )
-    plan_parser.add_argument(
-        "--layout",
-        choices=("kubeadm", "systemd"),
-        help="kubeadm: etcd and the control plane are static pods; systemd: they are units "
-        "(default: kubeadm when /etc/kubernetes/manifests/etcd.yaml exists here)",
-    )
-    plan_parser.add_argument("--data-dir", default="/var/lib/etcd", help="etcd's data dir")
-    plan_parser.add_argument(
-        "--data-dir-owner",
-        metavar="USER[:GROUP]",
-        help="chown the restored data dir to this (default: the old data dir's owner)",
-    )
-    plan_parser.add_argument(
-        "--token", help="new cluster token (default: etcd-restore- and the snapshot's name)"
-    )
-    plan_parser.add_argument(
-        "--etcd-bin-dir", help="where etcdutl (or 3.4's etcdctl) is on the members"
-    )
-    plan_parser.add_argument("--etcdctl", default="etcdctl", help="etcdctl for the checks")
-    for flag, what in (("cacert", "CA bundle"), ("cert", "client certificate"), ("key", "key")):
-        plan_parser.add_argument(
-            f"--{flag}", help=f"{what} for the checks (default: [etcd] {flag})"
-        )
-    plan_parser.add_argument(
-        "--health-timeout",
-        type=int,
-        default=300,
-        help="seconds each member waits for every member to be healthy",
-    )
-    plan_parser.add_argument(
-        "--bump-revision",
-        type=int,
-        default=DEFAULT_BUMP_REVISION,
-        metavar="N",
-        help="every member restores with --bump-revision N --mark-compacted, so that Kubernetes' "
-        f"watches re-list (default: {DEFAULT_BUMP_REVISION}; needs etcdutl 3.5.10+ or 3.6)",
-    )
-    plan_parser.add_argument(
-        "--no-bump",
-        action="store_true",
-        help="restore without a revision bump (for an older etcdutl; then restart the kubelets)",
-    )
-    plan_parser.add_argument(
-        "--output",
-        "-o",
-        choices=("markdown", "script"),
-        default="markdown",
-        help="markdown prints the runbook; script writes restore-MEMBER.sh per member",
-    )
-    plan_parser.add_argument(
-        "--script-dir", type=Path, default=Path("."), help="where --output script writes"
-    )
-
-    add_parsers(commands, "drill")
+    add_parsers(commands, "inspect", "diff", "restore", "restore_plan", "drill")
 
     run = commands.add_parser(
         "run",
@@ -298,124 +202,6 @@ def cmd_once(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def cmd_restore_plan(args: argparse.Namespace) -> int:
-    from .runbook import render_markdown, render_scripts
-
-    plan_ = _runbook(args)
-    if args.output == "markdown":
-        print(render_markdown(plan_))
-        return ExitCode.OK
-    args.script_dir.mkdir(parents=True, exist_ok=True)
-    for name, script in render_scripts(plan_).items():
-        path = args.script_dir / f"restore-{name}.sh"
-        _write_script(path, script)
-        print(path)
-    return ExitCode.OK
-
-
-def _write_script(path: Path, script: str) -> None:
-    """Write an executable script, never through a symlink planted under its name (a shared
-    --script-dir such as /tmp): it runs as root on the members."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o755)
-    except OSError as exc:
-        reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
-        raise BackupError(f"cannot write {path}: {reason}") from exc
-    with os.fdopen(fd, "w") as handle:
-        os.fchmod(fd, 0o755)
-        handle.write(script)
-
-
-def _runbook(args: argparse.Namespace) -> Any:
-    from .restore import restore_token
-    from .runbook import KUBEADM_ETCD_MANIFEST, EtcdAccess, Layout, Runbook, RunbookMember
-
-    def pairs(items: list[str], what: str) -> dict[str, str]:
-        found = {}
-        for item in items:
-            name, sep, url = item.partition("=")
-            if not sep or not name or not url.startswith(("http://", "https://")):
-                raise BackupError(f"{what} {item!r} is not NAME=URL")
-            found[name] = url
-        return found
-
-    if args.health_timeout <= 0:
-        raise BackupError("--health-timeout must be a positive number of seconds")
-    if args.bump_revision <= 0:
-        raise BackupError("--bump-revision must be a positive number (or give --no-bump)")
-    peers = pairs(args.member, "--member")
-    clients = pairs(args.client_url, "--client-url")
-    config = None
-    if args.config:
-        from .config import load_config
-
-        config = load_config(args.config)
-        if not peers:
-            peers = dict(config.restore.members)
-            clients = {**config.restore.client_urls, **clients}
-    if not peers:
-        raise BackupError(
-            "no members: give --member NAME=PEER_URL for each member, or --config with a "
-            "[restore] members table"
-        )
-    members = []
-    for name, peer in peers.items():
-        host = peer.split("://", 1)[1].rsplit(":", 1)[0]
-        scheme = peer.split("://", 1)[0]
-        members.append(RunbookMember(name, peer, clients.get(name, f"{scheme}://{host}:2379")))
-    source = _runbook_source(args, config)
-    etcd = config.etcd if config else None
-
-    def setting(given: str | None, configured: Path | str | None) -> str | None:
-        return given or (str(configured) if configured is not None else None)
-
-    access = EtcdAccess(
-        cacert=setting(args.cacert, etcd.cacert if etcd else None),
-        cert=setting(args.cert, etcd.cert if etcd else None),
-        key=setting(args.key, etcd.key if etcd else None),
-        user=etcd.username if etcd else None,
-        password_file=setting(None, etcd.password_file if etcd and etcd.username else None),
-    )
-    layout: Layout = args.layout or (
-        "kubeadm" if Path(KUBEADM_ETCD_MANIFEST).exists() else "systemd"
-    )
-    return Runbook(
-        members=members,
-        source=source,
-        layout=layout,
-        data_dir=args.data_dir,
-        token=args.token or restore_token(source.snapshot),
-        etcdctl=args.etcdctl,
-        etcd_bin_dir=args.etcd_bin_dir,
-        data_dir_owner=args.data_dir_owner,
-        access=access,
-        health_timeout=args.health_timeout,
-        bump_revision=0 if args.no_bump else args.bump_revision,
-    )
-
-
-def _runbook_source(args: argparse.Namespace, config: Config | None) -> Any:
-    """The snapshot every member restores: a name in a destination is resolved here, once."""
-    from .runbook import SnapshotSource
-
-    if args.destination is None:
-        return SnapshotSource(args.snapshot)
-    if config is None:
-        raise BackupError("--destination needs --config, the config that names it")
-    from .destinations import build
-    from .restore import find_snapshot
-
-    (settings,) = chosen(config, args.destination)
-    wanted = find_snapshot(
-        build(settings).manifests(),
-        args.snapshot,
-        settings.name,
-        cluster=config.etcd.cluster_name,
-        now=datetime.now(UTC),
-    )
-    return SnapshotSource(wanted.snapshot, str(args.config.absolute()), settings.name)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .daemon import Daemon
@@ -435,7 +221,6 @@ def _warn_loose_permissions(config: Config, path: Path) -> None:
 COMMANDS = {
     "once": cmd_once,
     "run": cmd_run,
-    "restore-plan": cmd_restore_plan,
 }
 
 
