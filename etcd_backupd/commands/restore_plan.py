@@ -8,10 +8,21 @@ import errno
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import BackupError, ExitCode
-from ..runbook import DEFAULT_BUMP_REVISION
+from ..runbook import (
+    DEFAULT_BUMP_REVISION,
+    KUBEADM_ETCD_MANIFEST,
+    EtcdAccess,
+    Layout,
+    Runbook,
+    SnapshotSource,
+    parse_urls,
+    render_markdown,
+    render_scripts,
+    runbook_members,
+)
 from .common import chosen
 
 if TYPE_CHECKING:
@@ -110,8 +121,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runbook import render_markdown, render_scripts
-
     plan_ = _runbook(args)
     if args.output == "markdown":
         print(render_markdown(plan_))
@@ -137,25 +146,15 @@ def _write_script(path: Path, script: str) -> None:
         handle.write(script)
 
 
-def _runbook(args: argparse.Namespace) -> Any:
+def _runbook(args: argparse.Namespace) -> Runbook:
     from ..restore import restore_token
-    from ..runbook import KUBEADM_ETCD_MANIFEST, EtcdAccess, Layout, Runbook, RunbookMember
-
-    def pairs(items: list[str], what: str) -> dict[str, str]:
-        found = {}
-        for item in items:
-            name, sep, url = item.partition("=")
-            if not sep or not name or not url.startswith(("http://", "https://")):
-                raise BackupError(f"{what} {item!r} is not NAME=URL")
-            found[name] = url
-        return found
 
     if args.health_timeout <= 0:
         raise BackupError("--health-timeout must be a positive number of seconds")
     if args.bump_revision <= 0:
         raise BackupError("--bump-revision must be a positive number (or give --no-bump)")
-    peers = pairs(args.member, "--member")
-    clients = pairs(args.client_url, "--client-url")
+    peers = parse_urls(args.member, "--member")
+    clients = parse_urls(args.client_url, "--client-url")
     config = None
     if args.config:
         from ..config import load_config
@@ -169,11 +168,6 @@ def _runbook(args: argparse.Namespace) -> Any:
             "no members: give --member NAME=PEER_URL for each member, or --config with a "
             "[restore] members table"
         )
-    members = []
-    for name, peer in peers.items():
-        host = peer.split("://", 1)[1].rsplit(":", 1)[0]
-        scheme = peer.split("://", 1)[0]
-        members.append(RunbookMember(name, peer, clients.get(name, f"{scheme}://{host}:2379")))
     source = _runbook_source(args, config)
     etcd = config.etcd if config else None
 
@@ -191,7 +185,7 @@ def _runbook(args: argparse.Namespace) -> Any:
         "kubeadm" if Path(KUBEADM_ETCD_MANIFEST).exists() else "systemd"
     )
     return Runbook(
-        members=members,
+        members=runbook_members(peers, clients),
         source=source,
         layout=layout,
         data_dir=args.data_dir,
@@ -205,10 +199,8 @@ def _runbook(args: argparse.Namespace) -> Any:
     )
 
 
-def _runbook_source(args: argparse.Namespace, config: Config | None) -> Any:
+def _runbook_source(args: argparse.Namespace, config: Config | None) -> SnapshotSource:
     """The snapshot every member restores: a name in a destination is resolved here, once."""
-    from ..runbook import SnapshotSource
-
     if args.destination is None:
         return SnapshotSource(args.snapshot)
     if config is None:
