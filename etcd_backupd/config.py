@@ -65,6 +65,13 @@ def _shown(url: str) -> str:
     return repr(f"{scheme}{sep}***@{rest.rpartition('@')[2]}")
 
 
+def restore_url_problem(name: str, url: str) -> str | None:
+    """Why the [restore] tables, and restore-plan's --member and --client-url, refuse member
+    `name`'s URL, or None: it must be an http(s)://host:port URL without credentials."""
+    problem = _url_problem(url)
+    return f"{name}: {_shown(url)} {problem}" if problem else None
+
+
 def _not_empty_path(value: Any) -> Any:
     # Path("") is the working directory: an empty setting would silently mean "here"
     if isinstance(value, str) and not value.strip():
@@ -699,9 +706,9 @@ class RestoreConfig(_Strict):
         for name, url in urls.items():
             if not _NAME_RE.match(name):
                 raise ValueError(f"member name {name!r} {_NAME_RULE}")
-            problem = _url_problem(url)
+            problem = restore_url_problem(name, url)
             if problem:
-                raise ValueError(f"{name}: {_shown(url)} {problem}")
+                raise ValueError(problem)
         return urls
 
     @model_validator(mode="after")

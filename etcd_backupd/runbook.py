@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import BackupError
+from .errors import BackupError, ConfigError
 
 Layout = Literal["kubeadm", "systemd"]
 LAYOUTS: tuple[Layout, ...] = ("kubeadm", "systemd")
@@ -31,12 +31,19 @@ class RunbookMember:
 
 
 def parse_urls(items: list[str], option: str) -> dict[str, str]:
-    """The NAME=URL values of a repeated option (--member, --client-url), by name."""
+    """The NAME=URL values of a repeated option (--member, --client-url), by name; each URL is
+    checked as the config's [restore] tables check theirs."""
+    # config brings pydantic; every command's parser imports this module (restore-plan's defaults)
+    from .config import restore_url_problem
+
     found = {}
     for item in items:
         name, sep, url = item.partition("=")
         if not sep or not name or not url.startswith(("http://", "https://")):
             raise BackupError(f"{option} {item!r} is not NAME=URL")
+        problem = restore_url_problem(name, url)
+        if problem:
+            raise ConfigError(f"{option} {problem}")
         found[name] = url
     return found
 
