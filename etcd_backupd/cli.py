@@ -1,4 +1,5 @@
-"""The `etcd-backupd` command: argument parsing, exit codes and what is printed."""
+"""The `etcd-backupd` command: the top-level parser, logging set-up, dispatch and the exit code;
+and `once` and `run`. Every other command is a module of commands/."""
 
 from __future__ import annotations
 
@@ -17,17 +18,12 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .commands import add_parsers
-from .commands.common import (
-    config_option,
-    output_option,
-)
+from .commands.common import config_option, output_option
 from .commands.common import print_error as _print_error
 from .commands.common import print_json as _print_json
 from .errors import BackupError, ExitCode
 from .logs import setup_logging
 
-# Each command imports what it uses: `verify` and `inspect` then start without gRPC and pydantic,
-# and every command starts faster.
 if TYPE_CHECKING:
     from .config import Config
     from .cycle import CycleResult
@@ -76,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="write the backup metrics to PATH (*.prom) for node_exporter's textfile collector",
     )
+    once.set_defaults(handler=cmd_once)
 
     add_parsers(commands, "inspect", "diff", "restore", "restore_plan", "drill")
 
@@ -88,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "config on SIGHUP; finish or cleanly abort the running backup on SIGTERM.",
     )
     config_option(run)
+    run.set_defaults(handler=cmd_run)
     add_parsers(commands, "verify", "list", "prune", "check_config", "init", "status")
     return parser
 
@@ -218,12 +216,6 @@ def _warn_loose_permissions(config: Config, path: Path) -> None:
         log.warning("%s", warning)
 
 
-COMMANDS = {
-    "once": cmd_once,
-    "run": cmd_run,
-}
-
-
 _M_ARENA_MAX = -8
 
 
@@ -242,8 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, "debug" if args.debug else args.log_level)
     try:
-        handler = getattr(args, "handler", None) or COMMANDS[args.command]
-        return int(handler(args))
+        return int(args.handler(args))
     except BackupError as exc:
         _print_error(args, f"etcd-backupd: {exc}")
         return exc.exit_code

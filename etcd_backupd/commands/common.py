@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BackupError
 from ..logs import error_line
 
-# Each command imports what it uses when it runs: `verify` and `inspect` then start without gRPC
-# and pydantic, and every command starts faster.
 if TYPE_CHECKING:
     from ..config import Config, DestinationConfig
     from ..manifest import Cluster
