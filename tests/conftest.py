@@ -15,6 +15,7 @@ from tests.harness.etcd import (
     start_cluster,
 )
 from tests.harness.faultproxy import FaultProxy
+from tests.harness.receiver import Receiver
 from tests.harness.s3 import MotoServer, s3_environment, start_moto
 from tests.harness.tls import make_tls
 
@@ -102,3 +103,13 @@ def fault_proxy(s3: MotoServer) -> Iterator[FaultProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """An HTTP server on loopback for notifications, stopped when the test ends."""
+    server = Receiver()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -7,9 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,11 +19,13 @@ from etcd_backupd.cycle import CycleResult, run_cycle
 from etcd_backupd.destinations.local import LocalDirectory
 from etcd_backupd.manifest import MANIFEST_SUFFIX
 from etcd_backupd.runlock import DestinationLock
+from tests.harness.cli import Running, start_cli, write_toml
 from tests.harness.etcd import EtcdCluster, free_port, load_large_values
 from tests.harness.faultproxy import FaultProxy
+from tests.harness.polling import wait_until
 from tests.harness.s3 import MotoServer, make_bucket
-from tests.integration.test_daemon import Running, scrape
-from tests.integration.test_s3 import BUCKET, config_data, keys, uploads_in_progress, write_toml
+from tests.integration.test_daemon import scrape
+from tests.integration.test_s3 import BUCKET, config_data, keys, uploads_in_progress
 
 REFUSED = 75
 
@@ -62,12 +62,7 @@ def intact_s3(client: Any) -> list[str]:
 def start_once(config: Path, count: int) -> list[subprocess.CompletedProcess[str]]:
     """`count` runs of `once`, released at the same instant."""
     processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        start_cli("once", "--config", str(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(count)
     ]
     finished = []
@@ -186,10 +181,11 @@ def test_the_daemon_leaves_a_destination_another_run_holds(
 ) -> None:
     data = config_data(tmp_path, etcd35, "http://127.0.0.1:1")
     data["destination"] = data["destination"][:1]
-    config = write_toml(tmp_path / "config.toml", data)
     port = free_port()
-    with config.open("a") as out:
-        out.write(f"[schedule]\ncron = '0 0 1 1 *'\n[metrics]\nlisten = '127.0.0.1:{port}'\n")
+    config = write_toml(
+        tmp_path / "config.toml",
+        {**data, "schedule": {"cron": "0 0 1 1 *"}, "metrics": {"listen": f"127.0.0.1:{port}"}},
+    )
     settings = parse_config(data).destination[0]
     assert isinstance(settings, LocalDestination)
     destination = LocalDirectory(settings)
@@ -198,10 +194,12 @@ def test_the_daemon_leaves_a_destination_another_run_holds(
     try:
         running.wait_for("is backing up into it; this run leaves it to that one")
         running.wait_for("metrics on")
-        deadline = time.monotonic() + 10
-        while 'result="skipped"} 1.0' not in scrape(port):
-            assert time.monotonic() < deadline, scrape(port)
-            time.sleep(0.2)
+        wait_until(
+            lambda: 'result="skipped"} 1.0' in scrape(port),
+            10,
+            interval=0.2,
+            message=lambda: scrape(port),
+        )
         assert 'result="failure"} 0.0' in scrape(port)
         assert "retry" not in running.text()
     finally:

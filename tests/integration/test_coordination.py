@@ -3,11 +3,7 @@ leader's host dies; every daemon reports the same last backup."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,34 +13,44 @@ from pathlib import Path
 import pytest
 
 from etcd_backupd.manifest import parse_snapshot_name
+from tests.harness.cli import Running, local_destination, write_config
 from tests.harness.etcd import EtcdCluster, EtcdMember, free_port, load_kubernetes_like_keys
+from tests.harness.polling import wait_until
 from tests.harness.s3 import MotoServer, make_bucket
 
 BUCKET = "shared-backups"
 
 
-class Host:
+class Host(Running):
     def __init__(self, member: EtcdMember, cluster: EtcdCluster, tmp: Path, s3: MotoServer):
         self.member = member
         self.port = free_port()
-        self.log = tmp / f"{member.name}.log"
-        config = tmp / f"{member.name}.toml"
-        config.write_text(
-            f"state_dir = {str(tmp / member.name)!r}\n"
-            f"[etcd]\nendpoints = {cluster.endpoints!r}\n"
-            f"local_endpoint = {member.client_url!r}\ndial_timeout = 2.0\n"
-            "[schedule]\ncron = '* * * * *'\nstandby_grace = 12.0\nretry_attempts = 0\n"
-            "catch_up = false\n"
-            f"[metrics]\nlisten = '127.0.0.1:{self.port}'\n"
-            f"[[destination]]\nname = 'shared'\ntype = 'local'\npath = {str(tmp / 'shared')!r}\n"
-            f"[[destination]]\nname = 's3'\ntype = 's3'\nbucket = '{BUCKET}'\n"
-            f"prefix = 'cluster/'\nendpoint_url = '{s3.endpoint_url}'\nregion = 'us-east-1'\n"
+        config = write_config(
+            tmp,
+            cluster,
+            name=f"{member.name}.toml",
+            state_dir=str(tmp / member.name),
+            etcd={"local_endpoint": member.client_url, "dial_timeout": 2.0},
+            schedule={
+                "cron": "* * * * *",
+                "standby_grace": 12.0,
+                "retry_attempts": 0,
+                "catch_up": False,
+            },
+            metrics={"listen": f"127.0.0.1:{self.port}"},
+            destinations=[
+                local_destination(tmp / "shared", name="shared"),
+                {
+                    "name": "s3",
+                    "type": "s3",
+                    "bucket": BUCKET,
+                    "prefix": "cluster/",
+                    "endpoint_url": s3.endpoint_url,
+                    "region": "us-east-1",
+                },
+            ],
         )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "etcd_backupd.cli", "run", "--config", str(config)],
-            stderr=self.log.open("wb"),
-            env=dict(os.environ),
-        )
+        super().__init__(config, tmp / f"{member.name}.log")
 
     def metrics(self) -> dict[str, float]:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read()
@@ -56,16 +62,6 @@ class Host:
                 name = re.sub(r'cluster_id="[^"]*",?', "", name).replace(",}", "}")
                 values[name.replace("{}", "")] = float(value)
         return values
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=60)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture
@@ -99,13 +95,6 @@ def s3_fire_times(s3: MotoServer) -> list[datetime]:
     return sorted(minutes)
 
 
-def wait_until(predicate: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(1)
-
-
 @pytest.mark.slow
 def test_one_snapshot_per_fire_across_three_hosts(
     etcd_cluster3: EtcdCluster, hosts: list[Host], s3: MotoServer, tmp_path: Path
@@ -113,7 +102,7 @@ def test_one_snapshot_per_fire_across_three_hosts(
     load_kubernetes_like_keys(etcd_cluster3, count=60)
     shared = tmp_path / "shared"
     # two fires with every host up
-    wait_until(lambda: len(fire_times(shared)) >= 2, timeout=150)
+    wait_until(lambda: len(fire_times(shared)) >= 2, timeout=150, interval=1)
     # let the standbys' grace period for the second fire run out
     time.sleep(20)
     first = fire_times(shared)
@@ -130,7 +119,7 @@ def test_one_snapshot_per_fire_across_three_hosts(
     leader.kill()
     survivors = [h for h in hosts if h is not leader_host]
     count = len(first)
-    wait_until(lambda: len(fire_times(shared)) > count, timeout=120)
+    wait_until(lambda: len(fire_times(shared)) > count, timeout=120, interval=1)
     time.sleep(25)
     after = fire_times(shared)
     assert len(after) == len(set(after)), after
@@ -142,6 +131,7 @@ def test_one_snapshot_per_fire_across_three_hosts(
             len({h.metrics()["etcd_backup_last_success_timestamp_seconds"] for h in survivors}) == 1
         ),
         timeout=70,
+        interval=1,
     )
     last = survivors[0].metrics()["etcd_backup_last_success_timestamp_seconds"]
     assert datetime.fromtimestamp(last, UTC).replace(second=0, microsecond=0) == after[-1]

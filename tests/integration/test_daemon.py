@@ -4,13 +4,11 @@ sd_notify and metrics that survive a restart."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,53 +19,24 @@ from prometheus_client import CollectorRegistry
 
 from etcd_backupd.config import parse_config
 from etcd_backupd.daemon import Daemon, Schedule
+from tests.harness.cli import Running, run_cli, write_config
 from tests.harness.etcd import (
     EtcdCluster,
     free_port,
     load_kubernetes_like_keys,
     load_large_values,
 )
+from tests.harness.polling import wait_until
 
 
-def write_config(tmp_path: Path, cluster: EtcdCluster, port: int, **schedule: object) -> Path:
-    settings = {"cron": "* * * * *", "retry_backoff": 1.0, **schedule}
-    lines = [f"state_dir = {str(tmp_path / 'state')!r}", "[etcd]"]
-    lines += [f"endpoints = {cluster.endpoints!r}", "dial_timeout = 2.0", "[schedule]"]
-    lines += [
-        f"{k} = {v!r}".replace("True", "true").replace("False", "false")
-        for k, v in settings.items()
-    ]
-    lines += ["[metrics]", f"listen = '127.0.0.1:{port}'"]
-    lines += ["[[destination]]", "name = 'local'", "type = 'local'"]
-    lines.append(f"path = {str(tmp_path / 'backups')!r}")
-    config = tmp_path / "config.toml"
-    config.write_text("\n".join(lines) + "\n")
-    return config
-
-
-class Running:
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
-        self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "etcd_backupd.cli", "run", "--config", str(config)],
-            stderr=log.open("wb"),
-            env={**os.environ, **(env or {})},
-        )
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, needle: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while needle not in self.text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"never logged {needle!r}:\n{self.text()}")
-            time.sleep(0.1)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
+def daemon_config(tmp_path: Path, cluster: EtcdCluster, port: int, **schedule: object) -> Path:
+    return write_config(
+        tmp_path,
+        cluster,
+        etcd={"dial_timeout": 2.0},
+        schedule={"cron": "* * * * *", "retry_backoff": 1.0, **schedule},
+        metrics={"listen": f"127.0.0.1:{port}"},
+    )
 
 
 @pytest.fixture
@@ -81,9 +50,7 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., Running]]:
 
     yield start
     for running in started:
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait()
+        running.kill()
 
 
 def scrape(port: int, path: str = "/metrics") -> str:
@@ -106,7 +73,7 @@ def test_catches_up_serves_metrics_reloads_and_stops(
 ) -> None:
     load_kubernetes_like_keys(etcd35, count=40)
     port = free_port()
-    config = write_config(tmp_path, etcd35, port)
+    config = daemon_config(tmp_path, etcd35, port)
     running = daemon(config)
     running.wait_for("destination local: stored")
     assert "catching up" in running.text()
@@ -122,13 +89,7 @@ def test_catches_up_serves_metrics_reloads_and_stops(
     assert 'cluster_id="unknown"' not in before
     assert metric(before, "etcd_backup_schedule_interval_seconds") == 60
 
-    second = subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    second = run_cli("run", "--config", str(config), timeout=30)
     assert second.returncode == 75
     assert "already runs with state_dir" in second.stderr
 
@@ -145,13 +106,17 @@ def test_catches_up_serves_metrics_reloads_and_stops(
     assert running.stop() == 0
     stored = backups(tmp_path)
     # a restart reads the same last backup from the destination, not "no backup ever"
-    restarted = daemon(write_config(tmp_path, etcd35, port, catch_up=False, cron="0 0 1 1 *"))
+    restarted = daemon(daemon_config(tmp_path, etcd35, port, catch_up=False, cron="0 0 1 1 *"))
     restarted.wait_for("scheduled; next backup")
+
     # the destinations are read after READY, by the start-up thread
-    deadline = time.monotonic() + 20
-    while metric(after := scrape(port), "etcd_backup_last_success_timestamp_seconds") == 0:
-        assert time.monotonic() < deadline, "the restarted daemon never loaded its backups"
-        time.sleep(0.2)
+    def loaded() -> str | None:
+        text = scrape(port)
+        return text if metric(text, "etcd_backup_last_success_timestamp_seconds") != 0 else None
+
+    after = wait_until(
+        loaded, 20, interval=0.2, message="the restarted daemon never loaded its backups"
+    )
     for name in (
         "etcd_backup_last_success_timestamp_seconds",
         "etcd_backup_last_size_bytes",
@@ -168,11 +133,9 @@ def test_fires_on_the_minute(
     etcd35: EtcdCluster, tmp_path: Path, daemon: Callable[..., Running]
 ) -> None:
     port = free_port()
-    running = daemon(write_config(tmp_path, etcd35, port, catch_up=False))
+    running = daemon(daemon_config(tmp_path, etcd35, port, catch_up=False))
     running.wait_for("scheduled; next backup")
-    deadline = time.monotonic() + 75
-    while not backups(tmp_path) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until(lambda: backups(tmp_path), 75, interval=0.5, message="no backup on the minute")
     assert len(backups(tmp_path)) == 1
     assert "catching up" not in running.text()
     assert running.stop() == 0
@@ -184,7 +147,7 @@ def test_retries_until_etcd_comes_back(
     member = etcd35.members[0]
     member.stop()
     port = free_port()
-    running = daemon(write_config(tmp_path, etcd35, port, retry_attempts=5, retry_backoff=2.0))
+    running = daemon(daemon_config(tmp_path, etcd35, port, retry_attempts=5, retry_backoff=2.0))
     running.wait_for("backup failed; retry 1 of 5")
     # etcd was down at start: the host does not know its cluster yet
     assert (
@@ -194,7 +157,17 @@ def test_retries_until_etcd_comes_back(
     member.start()
     etcd35.wait_healthy()
     running.wait_for("destination local: stored", timeout=60)
-    text = scrape(port)
+
+    # the cycle logs "stored" before its result reaches the metrics: wait for the success
+    def after_success() -> str | None:
+        page = scrape(port)
+        return page if 'result="success"' in page else None
+
+    text = wait_until(
+        after_success,
+        10,
+        message="no successful run in the metrics after the backup was stored",
+    )
     found = re.search(r'etcd_backup_info\{cluster_id="([0-9a-f]{16})"', text)
     assert found is not None
     assert f'etcd_backup_runs_total{{cluster_id="{found[1]}",result="failure"}}' in text
@@ -207,7 +180,7 @@ def test_sigterm_mid_cycle_aborts_cleanly(
 ) -> None:
     load_large_values(etcd35, 200)
     port = free_port()
-    running = daemon(write_config(tmp_path, etcd35, port, shutdown_timeout=0.0))
+    running = daemon(daemon_config(tmp_path, etcd35, port, shutdown_timeout=0.0))
     running.wait_for("streaming snapshot from")
     assert running.stop() == 0
     assert "aborting it cleanly" in running.text()
@@ -224,17 +197,20 @@ def test_notifies_systemd(
         sock.settimeout(30)
         port = free_port()
         running = daemon(
-            write_config(tmp_path, etcd35, port),
+            daemon_config(tmp_path, etcd35, port),
             env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"},
         )
         messages: list[str] = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (
-            any("READY=1" in m for m in messages)
-            and any("WATCHDOG=1" in m for m in messages)
-            and any("STATUS=last backup" in m for m in messages)
-        ):
+
+        def told_all() -> bool:
             messages.append(sock.recv(4096).decode())
+            return all(
+                any(told in m for m in messages)
+                for told in ("READY=1", "WATCHDOG=1", "STATUS=last backup")
+            )
+
+        # each receive waits for the next message, up to the socket's timeout
+        wait_until(told_all, 30, interval=0, message=lambda: repr(messages))
         assert running.stop() == 0
     assert any("READY=1" in m for m in messages)
     assert any("WATCHDOG=1" in m for m in messages)
@@ -291,7 +267,7 @@ def test_prometheus_alerts_on_a_stale_backup_and_resolves(
     if prometheus is None:
         pytest.skip("prometheus not installed (Debian prometheus)")
     port = free_port()
-    running = daemon(write_config(tmp_path, etcd35, port, retry_attempts=0))
+    running = daemon(daemon_config(tmp_path, etcd35, port, retry_attempts=0))
     running.wait_for("destination local: stored")
     # the test's own thresholds: stale after 15 s, where production uses two periods
     rules = tmp_path / "rules.yml"
@@ -327,12 +303,18 @@ def test_prometheus_alerts_on_a_stale_backup_and_resolves(
         return alerts[0]["state"] if alerts else "inactive"
 
     def wait_state(wanted: set[str], timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while (state := alert_state()) not in wanted:
-            assert time.monotonic() < deadline, f"alert still {state}, wanted {wanted}"
-            time.sleep(0.5)
-        assert state is not None
-        return state
+        seen: list[str | None] = []
+
+        def reached() -> str | None:
+            seen.append(alert_state())
+            return seen[-1] if seen[-1] in wanted else None
+
+        return wait_until(
+            reached,
+            timeout,
+            interval=0.5,
+            message=lambda: f"alert still {seen[-1]}, wanted {wanted}",
+        )
 
     try:
         assert wait_state({"inactive"}, 30) == "inactive"
@@ -397,13 +379,7 @@ def idle_config(tmp_path: Path, port: int, cron: str) -> str:
 def test_run_refuses_a_schedule_it_cannot_run(tmp_path: Path, cron: str, reason: str) -> None:
     config = tmp_path / "config.toml"
     config.write_text(idle_config(tmp_path, free_port(), cron))
-    result = subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_cli("run", "--config", str(config), timeout=30)
     assert result.returncode == 2, result.stderr
     assert f"At 'schedule.cron': {cron!r}: {reason}" in result.stderr
     assert "Traceback" not in result.stderr
@@ -424,11 +400,11 @@ def test_sighup_with_any_bad_config_keeps_the_daemon_serving(
         seen = running.text().count(needle)
         config.write_bytes(content)
         running.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while running.text().count(needle) == seen:
-            assert running.process.poll() is None, f"the daemon died:\n{running.text()}"
-            assert time.monotonic() < deadline, f"never logged {needle!r}:\n{running.text()}"
-            time.sleep(0.1)
+        running.wait(
+            lambda: running.text().count(needle) > seen,
+            30,
+            lambda: f"never logged {needle!r}:\n{running.text()}",
+        )
 
     bad = [
         (idle_config(tmp_path, port, "5- * * * *"), "'5-' is missing the end of its range"),

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,32 +17,13 @@ from etcd_backupd.destinations import build
 from etcd_backupd.drill import drill
 from etcd_backupd.etcd import identify_cluster
 from etcd_backupd.restore import find_tools
+from tests.harness.cli import run_cli, write_config
 from tests.harness.etcd import EtcdCluster, enable_auth, load_kubernetes_like_keys
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def drill_config(tmp: Path, cluster: EtcdCluster, etcd: str = "") -> Path:
-    config = tmp / "config.toml"
-    config.write_text(
-        f"state_dir = {str(tmp / 'state')!r}\n"
-        f"[etcd]\nendpoints = {cluster.endpoints!r}\n{etcd}"
-        "[[destination]]\nname = 'local'\ntype = 'local'\n"
-        f"path = {str(tmp / 'backups')!r}\n"
-        f"[drill]\nbin_dir = {str(cluster.binaries.etcd.parent)!r}\n"
-        "expect_prefixes = ['/registry/pods/']\n"
-    )
-    config.chmod(0o600)
-    return config
+def drill_config(tmp: Path, cluster: EtcdCluster, **etcd: str) -> Path:
+    drill = {"bin_dir": str(cluster.binaries.etcd.parent), "expect_prefixes": ["/registry/pods/"]}
+    return write_config(tmp, cluster, mode=0o600, etcd=etcd, drill=drill)
 
 
 def tcp_listeners(pid: int) -> set[str]:
@@ -73,7 +52,7 @@ def test_a_drill_serves_the_keyspace_on_unix_sockets_only(
 ) -> None:
     load_kubernetes_like_keys(etcd_any, count=30)
     config_path = drill_config(tmp_path, etcd_any)
-    backed_up = cli("once", "--config", str(config_path))
+    backed_up = run_cli("once", "--config", str(config_path))
     assert backed_up.returncode == 0, backed_up.stderr
     seen: dict[str, Any] = {}
     check = drilling._check_drill_member
@@ -116,20 +95,22 @@ def test_a_drill_of_an_auth_enabled_cluster_reads_with_the_configured_user(
     secret = tmp_path / "password"
     secret.write_text(etcd_auth.password + "\n")
     secret.chmod(0o600)
-    config = drill_config(tmp_path, etcd_auth, f'username = "root"\npassword_file = "{secret}"\n')
-    backed_up = cli("once", "--config", str(config))
+    config = drill_config(tmp_path, etcd_auth, username="root", password_file=str(secret))
+    backed_up = run_cli("once", "--config", str(config))
     assert backed_up.returncode == 0, backed_up.stderr
-    passed = cli("drill", "--config", str(config))
+    passed = run_cli("drill", "--config", str(config))
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert "passed" in passed.stdout
     assert etcd_auth.password not in passed.stdout + passed.stderr
 
     # the password may come from the environment instead, as for backups
-    from_env = drill_config(tmp_path, etcd_auth, 'username = "root"\n')
-    passed = cli("drill", "--config", str(from_env), env={ENV_ETCD_PASSWORD: etcd_auth.password})
+    from_env = drill_config(tmp_path, etcd_auth, username="root")
+    passed = run_cli(
+        "drill", "--config", str(from_env), env={ENV_ETCD_PASSWORD: etcd_auth.password}
+    )
     assert passed.returncode == 0, passed.stdout + passed.stderr
 
     without_user = drill_config(tmp_path, etcd_auth)
-    failed = cli("drill", "--config", str(without_user))
+    failed = run_cli("drill", "--config", str(without_user))
     assert failed.returncode == 6
     assert "the snapshot's cluster has auth enabled: set etcd.username" in failed.stdout

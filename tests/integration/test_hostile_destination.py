@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from etcd_backupd.destinations.s3 import MANIFEST_FOLDER
 from etcd_backupd.etcd import EtcdSource
 from etcd_backupd.manifest import manifest_name, snapshot_name
 from tests.harness.backups import make_manifest
+from tests.harness.cli import local_destination, run_cli
+from tests.harness.cli import write_config as config_file
 from tests.harness.etcd import EtcdBinaries, EtcdCluster, load_kubernetes_like_keys
 from tests.harness.s3 import MotoServer, make_bucket, s3_environment
 
@@ -75,19 +76,18 @@ class Store:
             if obj["Key"].endswith(".db")
         }
 
-    def destination_toml(self, **extra: Any) -> str:
-        lines = ["[[destination]]", f"name = {self.kind!r}", f"type = {self.kind!r}"]
+    def destination(self, **extra: Any) -> dict[str, Any]:
         if self.kind == "local":
-            lines.append(f"path = {str(self.root)!r}")
-        else:
-            lines += [
-                f"bucket = {BUCKET!r}",
-                f"prefix = {PREFIX!r}",
-                f"endpoint_url = {self.endpoint!r}",
-                "region = 'us-east-1'",
-            ]
-        lines += [f"{key} = {json.dumps(value)}" for key, value in extra.items()]
-        return "\n".join(lines) + "\n"
+            return local_destination(self.root, **extra)
+        return {
+            "name": "s3",
+            "type": "s3",
+            "bucket": BUCKET,
+            "prefix": PREFIX,
+            "endpoint_url": self.endpoint,
+            "region": "us-east-1",
+            **extra,
+        }
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -109,33 +109,28 @@ def write_config(
     *,
     endpoints: list[str] | None = None,
     bin_dir: Path | None = None,
-    retention: str = "",
+    retention: dict[str, Any] | None = None,
     **destination: Any,
 ) -> Path:
-    config = tmp_path / "config.toml"
-    text = (
-        f"state_dir = {str(tmp_path / 'state')!r}\n"
-        "[etcd]\ncluster_name = 'prod'\n"
-        f"endpoints = {json.dumps(endpoints or ['http://127.0.0.1:9'])}\n"
-        + (f"[drill]\nbin_dir = {str(bin_dir)!r}\n" if bin_dir else "")
-        + (f"[retention]\n{retention}\n" if retention else "")
-        + store.destination_toml(**destination)
+    sections: dict[str, Any] = {}
+    if bin_dir:
+        sections["drill"] = {"bin_dir": bin_dir}
+    if retention:
+        sections["retention"] = retention
+    return config_file(
+        tmp_path,
+        endpoints or ["http://127.0.0.1:9"],
+        etcd={"cluster_name": "prod"},
+        destinations=[store.destination(**destination)],
+        **sections,
     )
-    config.write_text(text)
-    return config
 
 
 def cli(
     *args: str, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-        env={**os.environ, **s3_environment(), **(env or {})},
-    )
+    """A command with the test S3 server's credentials in its environment."""
+    return run_cli(*args, env={**s3_environment(), **(env or {})}, timeout=timeout)
 
 
 def next_second() -> None:
@@ -316,7 +311,7 @@ def test_another_clusters_backups_survive_cycles_and_prune(
         store.plant("other", NOW - timedelta(days=2)),
         store.plant("other", NOW + timedelta(minutes=1)),  # newer than ours
     }
-    config = write_config(tmp_path, store, endpoints=etcd35.endpoints, retention="keep_last = 1")
+    config = write_config(tmp_path, store, endpoints=etcd35.endpoints, retention={"keep_last": 1})
     textfile = tmp_path / "metrics.prom"
 
     for _ in range(2):
@@ -365,7 +360,7 @@ def test_a_future_snapshot_anchors_neither_retention_nor_age(
 ) -> None:
     planted = store.plant("prod", NOW + timedelta(days=2), cluster_id=cluster_id(etcd35))
     config = write_config(
-        tmp_path, store, endpoints=etcd35.endpoints, retention='keep_within = "1d"'
+        tmp_path, store, endpoints=etcd35.endpoints, retention={"keep_within": "1d"}
     )
     textfile = tmp_path / "metrics.prom"
 
@@ -390,7 +385,7 @@ def test_a_snapshot_without_manifest_is_listed_and_removed_only_when_asked(
     store: Store, tmp_path: Path, etcd35: EtcdCluster
 ) -> None:
     copied = store.plant("prod", NOW - timedelta(days=3), manifest=False)
-    config = write_config(tmp_path, store, endpoints=etcd35.endpoints, retention="keep_last = 2")
+    config = write_config(tmp_path, store, endpoints=etcd35.endpoints, retention={"keep_last": 2})
 
     once = cli("once", "--config", str(config))
     dry = cli("prune", "--config", str(config), "--dry-run")
@@ -423,7 +418,7 @@ def test_a_versioned_bucket_is_said_and_versions_go_when_asked(
     names = [store.plant("prod", NOW - timedelta(hours=i)) for i in range(3)]
     kept, doomed = names[0], names[1:]
     config = write_config(
-        tmp_path, store, retention="keep_last = 1", delete_versions=delete_versions
+        tmp_path, store, retention={"keep_last": 1}, delete_versions=delete_versions
     )
 
     checked = cli("check-config", "--config", str(config))

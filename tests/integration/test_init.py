@@ -7,11 +7,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from tests.harness.cli import run_cli
 from tests.harness.etcd import EtcdCluster
 
 KUBEADM_MANIFEST = """apiVersion: v1
@@ -111,14 +111,11 @@ def clean_environment() -> dict[str, str]:
 def init(
     root: Path, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "init", "--detect", "--root", str(root), *extra],
-        capture_output=True,
-        text=True,
-        env=env if env is not None else clean_environment(),
+    return run_cli(
+        "init", "--detect", "--root", str(root), *extra,
+        base_env=env if env is not None else clean_environment(),
         timeout=60,
-        check=False,
-    )
+    )  # fmt: skip
 
 
 def place(root: Path, path: str, text: str = "placeholder\n") -> Path:
@@ -129,13 +126,7 @@ def place(root: Path, path: str, text: str = "placeholder\n") -> Path:
 
 
 def check_config(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli("check-config", "--config", str(config), timeout=60)
 
 
 def on_the_node(text: str, root: Path) -> str:
@@ -182,13 +173,7 @@ def test_kubeadm_layout_backs_up_the_real_member(etcd_tls: EtcdCluster, tmp_path
     written.write_text(on_the_node(written.read_text(), root))
     checked = check_config(written)
     assert checked.returncode == 0, checked.stderr
-    backed_up = subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(written)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    backed_up = run_cli("once", "--config", str(written), timeout=120)
     assert backed_up.returncode == 0, backed_up.stderr
     assert len(list((root / "backups").glob("etcd-snapshot-*.db"))) == 1
 
@@ -289,13 +274,7 @@ def test_nothing_found_says_where_it_looked(tmp_path: Path) -> None:
     assert "no ETCDCTL_ENDPOINTS in the environment" in result.stderr
     assert "no etcd unit at /etc/systemd/system/etcd.service" in result.stderr
     # without --detect: a config for etcd's defaults, to fill in by hand
-    plain = subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "init"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    plain = run_cli("init", timeout=60)
     assert plain.returncode == 0, plain.stderr
     assert checked(tmp_path, plain.stdout)["etcd"]["endpoints"] == ["http://127.0.0.1:2379"]
 

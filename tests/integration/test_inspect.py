@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from base64 import b64decode
 from pathlib import Path
 
+from tests.harness.cli import run_cli_bytes
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", *args], capture_output=True, check=False
-    )
 
 
 def history(cluster: EtcdCluster) -> tuple[int, int]:
@@ -45,19 +39,19 @@ def test_inspect_matches_etcdctl_get(etcd_any: EtcdCluster, tmp_path: Path) -> N
     etcd_any.etcdctl("snapshot", "save", str(snapshot))
 
     for extra in ([], ["--keys-only"], ["--prefix", "/registry/pods/"]):
-        ours = cli("inspect", str(snapshot), *extra)
+        ours = run_cli_bytes("inspect", str(snapshot), *extra)
         assert ours.returncode == 0, ours.stderr
         prefix = extra[1] if extra[:1] == ["--prefix"] else ""
         flags = ["--keys-only"] if "--keys-only" in extra else []
         theirs = etcd_any.etcdctl("get", prefix, "--prefix", *flags).stdout
         assert ours.stdout.decode() == theirs, extra
 
-    at_past = cli("inspect", str(snapshot), "--revision", str(past))
+    at_past = run_cli_bytes("inspect", str(snapshot), "--revision", str(past))
     assert (
         at_past.stdout.decode() == etcd_any.etcdctl("get", "", "--prefix", f"--rev={past}").stdout
     )
 
-    keys_then = cli(
+    keys_then = run_cli_bytes(
         "inspect", str(snapshot), "--keys-only", "--prefix", "/registry/p", "--revision", str(past)
     )
     assert keys_then.returncode == 0, keys_then.stderr
@@ -66,7 +60,7 @@ def test_inspect_matches_etcdctl_get(etcd_any: EtcdCluster, tmp_path: Path) -> N
         == etcd_any.etcdctl("get", "/registry/p", "--prefix", "--keys-only", f"--rev={past}").stdout
     )
     for extra in ([], ["--keys-only"], ["--prefix", "/registry/pods/"], ["--prefix", "/none/"]):
-        ours_json = cli("inspect", str(snapshot), "-o", "json", *extra)
+        ours_json = run_cli_bytes("inspect", str(snapshot), "-o", "json", *extra)
         assert ours_json.returncode == 0, ours_json.stderr
         prefix = extra[1] if extra[:1] == ["--prefix"] else ""
         flags = ["--keys-only"] if "--keys-only" in extra else []
@@ -76,7 +70,7 @@ def test_inspect_matches_etcdctl_get(etcd_any: EtcdCluster, tmp_path: Path) -> N
         del theirs_json["header"]  # only a live member has one
         assert json.loads(ours_json.stdout) == theirs_json, extra
 
-    listed = json.loads(cli("inspect", str(snapshot), "-o", "json").stdout)["kvs"]
+    listed = json.loads(run_cli_bytes("inspect", str(snapshot), "-o", "json").stdout)["kvs"]
     leased = next(kv for kv in listed if b64decode(kv["key"]).endswith(b"kube-controller-manager"))
     assert leased["lease"] == lease
     assert b"/registry/configmaps/" not in b" ".join(b64decode(kv["key"]) for kv in listed)
@@ -94,7 +88,7 @@ def test_one_binary_value_goes_back_byte_for_byte(etcd35: EtcdCluster, tmp_path:
     etcd35.etcdctl("snapshot", "save", str(snapshot))
     etcd35.etcdctl("del", key)
 
-    value = cli("inspect", str(snapshot), key, "--print-value-only")
+    value = run_cli_bytes("inspect", str(snapshot), key, "--print-value-only")
     assert value.returncode == 0, value.stderr
     assert value.stdout == every_byte
     saved = tmp_path / "obj.pb"
@@ -112,16 +106,21 @@ def test_one_binary_value_goes_back_byte_for_byte(etcd35: EtcdCluster, tmp_path:
     client.close()
     assert back == every_byte
 
-    as_json = json.loads(cli("inspect", str(snapshot), key, "-o", "json").stdout)
+    as_json = json.loads(run_cli_bytes("inspect", str(snapshot), key, "-o", "json").stdout)
     assert as_json["count"] == 1
     assert b64decode(as_json["kvs"][0]["value"]) == every_byte
-    assert cli("inspect", str(snapshot), key).stdout == key.encode() + b"\n" + every_byte + b"\n"
+    assert (
+        run_cli_bytes("inspect", str(snapshot), key).stdout
+        == key.encode() + b"\n" + every_byte + b"\n"
+    )
 
-    missing = cli("inspect", str(snapshot), "/registry/secrets/none", "--print-value-only")
+    missing = run_cli_bytes(
+        "inspect", str(snapshot), "/registry/secrets/none", "--print-value-only"
+    )
     assert missing.returncode == 1
     assert b"holds no key '/registry/secrets/none'" in missing.stderr
     assert missing.stdout == b""
-    no_key = cli("inspect", str(snapshot), "--print-value-only")
+    no_key = run_cli_bytes("inspect", str(snapshot), "--print-value-only")
     assert no_key.returncode == 1
     assert b"--print-value-only needs a KEY" in no_key.stderr
 
@@ -143,7 +142,7 @@ def test_diff_between_two_backups(etcd35: EtcdCluster, tmp_path: Path) -> None:
     new = tmp_path / "new.db"
     etcd35.etcdctl("snapshot", "save", str(new))
 
-    result = cli("diff", str(old), str(new), "-o", "json")
+    result = run_cli_bytes("diff", str(old), str(new), "-o", "json")
     assert result.returncode == 0, result.stderr
     changes = json.loads(result.stdout)
     assert [b64decode(kv["key"]) for kv in changes["added"]] == [b"/registry/pods/new/added"]
@@ -155,11 +154,13 @@ def test_diff_between_two_backups(etcd35: EtcdCluster, tmp_path: Path) -> None:
         "/registry/services/specs/ns-2/obj-00002",
     ]
     scoped = json.loads(
-        cli("diff", str(old), str(new), "--prefix", "/registry/pods/", "-o", "json").stdout
+        run_cli_bytes(
+            "diff", str(old), str(new), "--prefix", "/registry/pods/", "-o", "json"
+        ).stdout
     )
     assert scoped["changed"] == []
     assert len(scoped["added"]) == len(scoped["removed"]) == 1
-    text = cli("diff", str(old), str(new))
+    text = run_cli_bytes("diff", str(old), str(new))
     assert b"+ /registry/pods/new/added" in text.stdout
     assert b"1 added, 1 removed, 2 changed" in text.stderr
 
@@ -172,7 +173,7 @@ def test_inspect_refuses_a_damaged_snapshot(etcd35: EtcdCluster, tmp_path: Path)
     data[len(data) // 2] ^= 0x40
     snapshot.write_bytes(bytes(data))
     for flags in ([], ["--keys-only"]):
-        result = cli("inspect", str(snapshot), *flags)
+        result = run_cli_bytes("inspect", str(snapshot), *flags)
         assert result.returncode == 4
         assert b"does not match the snapshot's trailer" in result.stderr
         assert b"Traceback" not in result.stderr

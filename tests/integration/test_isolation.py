@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,22 +14,16 @@ import pytest
 
 from etcd_backupd.config import parse_config
 from etcd_backupd.cycle import run_cycle
+from tests.harness.cli import run_cli, write_config, write_toml
 from tests.harness.etcd import EtcdCluster, load_large_values
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.s3 import MotoServer, make_bucket, s3_environment
 from tests.integration.test_collide import intact_local, intact_s3
-from tests.integration.test_s3 import BUCKET, config_data, uploads_in_progress, write_toml
+from tests.integration.test_s3 import BUCKET, config_data, uploads_in_progress
 
 
 def once(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **s3_environment()},
-        check=False,
-    )
+    return run_cli("once", "--config", str(config), env=s3_environment(), timeout=120)
 
 
 def mount(*arguments: str) -> None:
@@ -167,22 +160,22 @@ def test_check_config_asks_a_store_that_never_answers_once(
     tmp_path: Path, fault_proxy: FaultProxy
 ) -> None:
     fault_proxy.hang("*")
-    config = tmp_path / "c.toml"
-    config.write_text(
-        f"state_dir = {str(tmp_path / 'state')!r}\n"
-        "[[destination]]\nname = 's3'\ntype = 's3'\nbucket = 'b-1'\nregion = 'us-east-1'\n"
-        f"endpoint_url = {fault_proxy.endpoint_url!r}\n"
-        "connect_timeout = 1\nread_timeout = 1\nmax_attempts = 10\n"
+    s3 = {"name": "s3", "type": "s3", "bucket": "b-1", "region": "us-east-1"}
+    config = write_config(
+        tmp_path,
+        name="c.toml",
+        destinations=[
+            {
+                **s3,
+                "endpoint_url": fault_proxy.endpoint_url,
+                "connect_timeout": 1,
+                "read_timeout": 1,
+                "max_attempts": 10,
+            }
+        ],
     )
     began = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **s3_environment()},
-        check=False,
-    )
+    result = run_cli("check-config", "--config", str(config), env=s3_environment(), timeout=120)
     assert time.monotonic() - began < 8  # ten attempts of 1 s each would take longer
     assert result.returncode == 0, result.stderr
     assert "destination s3: cannot tell whether pruned backups stay as old versions" in (

@@ -6,14 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,63 +17,10 @@ from etcd_backupd.config import parse_config
 from etcd_backupd.cycle import CycleResult, DestinationResult
 from etcd_backupd.drill import DrillResult
 from etcd_backupd.notify import Notifications
+from tests.harness.cli import Running, run_cli
+from tests.harness.cli import write_config as config_file
 from tests.harness.etcd import EtcdCluster, free_port
-
-HANG = -1
-
-
-class Receiver:
-    """Records every request; answers each path with its configured status (200 by default), or
-    holds the connection open without answering (HANG) until the test ends."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, bytes, str]] = []
-        self.answers: dict[str, int] = {}
-        self.release = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                receiver.requests.append((self.path, body, self.headers["Content-Type"]))
-                status = receiver.answers.get(self.path, 200)
-                if status == HANG:
-                    receiver.release.wait(60)
-                    return
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"OK")
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def paths(self) -> list[str]:
-        return [path for path, _, _ in self.requests]
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    try:
-        yield server
-    finally:
-        server.close()
+from tests.harness.receiver import HANG, Receiver
 
 
 def targets(*entries: dict[str, Any]) -> Any:
@@ -197,41 +138,23 @@ def test_a_receiver_that_never_answers_costs_only_its_timeout(
     assert "failed after 2 attempt(s): timed out" in caplog.text
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ),
-        check=False,
+def write_config(tmp_path: Path, endpoints: list[str], receiver: Receiver, **sections: Any) -> Path:
+    return config_file(
+        tmp_path,
+        endpoints,
+        etcd={"cluster_name": "prod", "dial_timeout": 1.0},
+        notify=[
+            {"type": "ping", "url": f"{receiver.url}/ping/uuid"},
+            {
+                "type": "webhook",
+                "url": f"{receiver.url}/broken",
+                "on": ["success", "failure"],
+                "retries": 1,
+                "retry_backoff": 0.05,
+            },
+        ],
+        **sections,
     )
-
-
-def write_config(tmp_path: Path, endpoints: list[str], receiver: Receiver) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""state_dir = {json.dumps(str(tmp_path / "state"))}
-[etcd]
-endpoints = {json.dumps(endpoints)}
-cluster_name = "prod"
-dial_timeout = 1.0
-[[destination]]
-name = "local"
-type = "local"
-path = {json.dumps(str(tmp_path / "backups"))}
-[[notify]]
-type = "ping"
-url = "{receiver.url}/ping/uuid"
-[[notify]]
-type = "webhook"
-url = "{receiver.url}/broken"
-on = ["success", "failure"]
-retries = 1
-retry_backoff = 0.05
-"""
-    )
-    return config
 
 
 def test_once_pings_and_a_broken_webhook_never_fails_the_backup(
@@ -239,7 +162,7 @@ def test_once_pings_and_a_broken_webhook_never_fails_the_backup(
 ) -> None:
     receiver.answers["/broken"] = 500
     config = write_config(tmp_path, etcd35.endpoints, receiver)
-    done = cli("once", "--config", str(config))
+    done = run_cli("once", "--config", str(config))
     assert done.returncode == 0, done.stderr
     assert receiver.paths() == ["/ping/uuid/start", "/ping/uuid", "/broken", "/broken"]
     assert "failed after 2 attempt(s): HTTP 500; the backup is not affected" in done.stderr
@@ -250,7 +173,7 @@ def test_once_pings_and_a_broken_webhook_never_fails_the_backup(
 
 def test_once_that_fails_pings_fail_with_the_error(receiver: Receiver, tmp_path: Path) -> None:
     config = write_config(tmp_path, [f"http://127.0.0.1:{free_port()}"], receiver)
-    failed = cli("once", "--config", str(config))
+    failed = run_cli("once", "--config", str(config))
     assert failed.returncode == 3
     fail = [body for path, body, _ in receiver.requests if path == "/ping/uuid/fail"]
     assert len(fail) == 1
@@ -263,27 +186,17 @@ def test_once_that_fails_pings_fail_with_the_error(receiver: Receiver, tmp_path:
 def test_the_daemon_pings_for_its_cycles(
     etcd35: EtcdCluster, receiver: Receiver, tmp_path: Path
 ) -> None:
-    config = write_config(tmp_path, etcd35.endpoints, receiver)
     # catch-up backs up at start: there is no backup, and a per-minute schedule has just fired
-    config.write_text(
-        config.read_text().replace(
-            "[[destination]]",
-            '[schedule]\ncron = "* * * * *"\n[metrics]\nlisten = ""\n[[destination]]',
-            1,
-        )
+    config = write_config(
+        tmp_path,
+        etcd35.endpoints,
+        receiver,
+        schedule={"cron": "* * * * *"},
+        metrics={"listen": ""},
     )
-    with (tmp_path / "daemon.log").open("wb") as log:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "etcd_backupd.cli", "run", "--config", str(config)],
-            stderr=log,
-        )
+    daemon = Running(config, tmp_path / "daemon.log")
     try:
-        deadline = time.monotonic() + 60
-        while "/ping/uuid" not in receiver.paths():
-            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
-            assert time.monotonic() < deadline, receiver.paths()
-            time.sleep(0.1)
+        daemon.wait(lambda: "/ping/uuid" in receiver.paths(), 60, lambda: repr(receiver.paths()))
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
+        assert daemon.stop() == 0
     assert receiver.paths()[:2] == ["/ping/uuid/start", "/ping/uuid"]

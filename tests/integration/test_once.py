@@ -7,10 +7,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,30 +16,10 @@ from etcd_backupd.config import ENV_ETCD_PASSWORD, load_config
 from etcd_backupd.cycle import run_cycle
 from etcd_backupd.manifest import parse_snapshot_name
 from etcd_backupd.spool import SpoolWriter
+from tests.harness.cli import run_cli, start_cli, write_config
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys, load_large_values
+from tests.harness.polling import wait_until
 from tests.harness.tls import make_other_ca
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
-
-
-def write_config(tmp_path: Path, cluster: EtcdCluster, **etcd: Any) -> Path:
-    settings = {"endpoints": cluster.endpoints, **etcd}
-    lines = [f"state_dir = {str(tmp_path / 'state')!r}", "[etcd]"]
-    lines += [f"{key} = {json.dumps(value, default=str)}" for key, value in settings.items()]
-    lines += ["[[destination]]", 'name = "local"', 'type = "local"']
-    lines.append(f"path = {str(tmp_path / 'backups')!r}")
-    config = tmp_path / "config.toml"
-    config.write_text("\n".join(lines) + "\n")
-    return config
 
 
 def stored_files(tmp_path: Path) -> list[str]:
@@ -66,9 +44,9 @@ def test_once_stores_a_verified_snapshot_with_manifest(
     etcd_any: EtcdCluster, tmp_path: Path
 ) -> None:
     load_kubernetes_like_keys(etcd_any, count=120)
-    config = write_config(tmp_path, etcd_any, cluster_name="prod")
+    config = write_config(tmp_path, etcd_any, etcd={"cluster_name": "prod"})
 
-    result = cli("once", "--config", str(config))
+    result = run_cli("once", "--config", str(config))
     assert result.returncode == 0, result.stderr
 
     snapshots = [n for n in stored_files(tmp_path) if n.endswith(".db")]
@@ -94,11 +72,11 @@ def test_once_stores_a_verified_snapshot_with_manifest(
         assert key in manifest
     assert "streaming snapshot from" in result.stderr
 
-    listed = cli("list", "--config", str(config), "--output", "json")
+    listed = run_cli("list", "--config", str(config), "--output", "json")
     assert listed.returncode == 0, listed.stderr
     assert [m["snapshot"] for m in json.loads(listed.stdout)["local"]] == snapshots
 
-    verified = cli("verify", str(snapshot), "--output", "json")
+    verified = run_cli("verify", str(snapshot), "--output", "json")
     assert verified.returncode == 0, verified.stderr
     report = json.loads(verified.stdout)
     assert report["valid"] is True
@@ -109,7 +87,7 @@ def test_once_stores_a_verified_snapshot_with_manifest(
 def test_etcd_restore_accepts_the_stored_file(etcd35: EtcdCluster, tmp_path: Path) -> None:
     load_kubernetes_like_keys(etcd35, count=50)
     config = write_config(tmp_path, etcd35)
-    assert cli("once", "--config", str(config)).returncode == 0
+    assert run_cli("once", "--config", str(config)).returncode == 0
     snapshot = next((tmp_path / "backups").glob("*.db"))
     assert etcd35.binaries.etcdutl is not None
     restored = subprocess.run(
@@ -132,7 +110,7 @@ def test_etcd_restore_accepts_the_stored_file(etcd35: EtcdCluster, tmp_path: Pat
 
 def test_json_logs_are_one_object_per_line(etcd35: EtcdCluster, tmp_path: Path) -> None:
     config = write_config(tmp_path, etcd35)
-    result = cli("--log-format", "json", "once", "--config", str(config))
+    result = run_cli("--log-format", "json", "once", "--config", str(config))
     assert result.returncode == 0, result.stderr
     entries = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
     assert any("streaming snapshot from" in e["message"] for e in entries)
@@ -143,9 +121,9 @@ def test_mutual_tls(etcd_tls: EtcdCluster, tmp_path: Path) -> None:
     tls = etcd_tls.tls
     assert tls is not None
     config = write_config(
-        tmp_path, etcd_tls, cacert=tls.ca, cert=tls.client_cert, key=tls.client_key
+        tmp_path, etcd_tls, etcd={"cacert": tls.ca, "cert": tls.client_cert, "key": tls.client_key}
     )
-    result = cli("once", "--config", str(config))
+    result = run_cli("once", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert len(stored_files(tmp_path)) == 2
 
@@ -155,9 +133,11 @@ def test_wrong_ca_fails_clearly_and_stores_nothing(etcd_tls: EtcdCluster, tmp_pa
     assert tls is not None
     other_ca = make_other_ca(tmp_path / "other-ca")
     config = write_config(
-        tmp_path, etcd_tls, cacert=other_ca, cert=tls.client_cert, key=tls.client_key
+        tmp_path,
+        etcd_tls,
+        etcd={"cacert": other_ca, "cert": tls.client_cert, "key": tls.client_key},
     )
-    result = cli("once", "--config", str(config))
+    result = run_cli("once", "--config", str(config))
     assert result.returncode == 3
     assert "no etcd member answered" in result.stderr
     assert "etcd.cacert" in result.stderr
@@ -166,9 +146,9 @@ def test_wrong_ca_fails_clearly_and_stores_nothing(etcd_tls: EtcdCluster, tmp_pa
 
 
 def test_auth_with_password_from_environment(etcd_auth: EtcdCluster, tmp_path: Path) -> None:
-    config = write_config(tmp_path, etcd_auth, username="root")
+    config = write_config(tmp_path, etcd_auth, etcd={"username": "root"})
     assert etcd_auth.password is not None
-    result = cli("once", "--config", str(config), env={ENV_ETCD_PASSWORD: etcd_auth.password})
+    result = run_cli("once", "--config", str(config), env={ENV_ETCD_PASSWORD: etcd_auth.password})
     assert result.returncode == 0, result.stderr
     assert len(stored_files(tmp_path)) == 2
 
@@ -176,8 +156,8 @@ def test_auth_with_password_from_environment(etcd_auth: EtcdCluster, tmp_path: P
 def test_wrong_password_fails_clearly(etcd_auth: EtcdCluster, tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("not-the-password\n")
-    config = write_config(tmp_path, etcd_auth, username="root", password_file=secret)
-    result = cli("once", "--config", str(config))
+    config = write_config(tmp_path, etcd_auth, etcd={"username": "root", "password_file": secret})
+    result = run_cli("once", "--config", str(config))
     assert result.returncode == 3
     assert "password" in result.stderr
     assert "not-the-password" not in result.stderr
@@ -185,8 +165,10 @@ def test_wrong_password_fails_clearly(etcd_auth: EtcdCluster, tmp_path: Path) ->
 
 
 def test_unreachable_etcd(tmp_path: Path, etcd35: EtcdCluster) -> None:
-    config = write_config(tmp_path, etcd35, endpoints=["http://127.0.0.1:1"], dial_timeout=2)
-    result = cli("once", "--config", str(config))
+    config = write_config(
+        tmp_path, etcd35, etcd={"endpoints": ["http://127.0.0.1:1"], "dial_timeout": 2}
+    )
+    result = run_cli("once", "--config", str(config))
     assert result.returncode == 3
     assert "no etcd member answered" in result.stderr
     assert "127.0.0.1:1" in result.stderr
@@ -196,7 +178,7 @@ def test_unreachable_etcd(tmp_path: Path, etcd35: EtcdCluster) -> None:
 def test_destination_path_that_is_a_file(etcd35: EtcdCluster, tmp_path: Path) -> None:
     config = write_config(tmp_path, etcd35)
     (tmp_path / "backups").write_text("not a directory")
-    result = cli("once", "--config", str(config))
+    result = run_cli("once", "--config", str(config))
     assert result.returncode == 5
     assert "is not a directory" in result.stderr
     assert (tmp_path / "backups").read_text() == "not a directory"
@@ -222,7 +204,7 @@ def test_full_disk_leaves_nothing(etcd35: EtcdCluster, tmp_path: Path) -> None:
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.strip()}")
     try:
-        result = cli("once", "--config", str(write_config(tmp_path, etcd35)))
+        result = run_cli("once", "--config", str(write_config(tmp_path, etcd35)))
         assert result.returncode != 0
         assert "No space left on device" in result.stderr
         assert stored_files(tmp_path) == []
@@ -235,8 +217,8 @@ def test_three_members_one_down_still_backed_up(etcd_cluster3: EtcdCluster, tmp_
     leader = etcd_cluster3.leader()
     down = next(m for m in etcd_cluster3.members if m is not leader)
     down.stop()
-    config = write_config(tmp_path, etcd_cluster3, dial_timeout=2)
-    result = cli("once", "--config", str(config))
+    config = write_config(tmp_path, etcd_cluster3, etcd={"dial_timeout": 2})
+    result = run_cli("once", "--config", str(config))
     assert result.returncode == 0, result.stderr
     manifest_file = next((tmp_path / "backups").glob("*.manifest.json"))
     manifest = json.loads(manifest_file.read_text())
@@ -253,13 +235,8 @@ def test_kill_mid_stream_leaves_no_backup_and_next_run_cleans_up(
     load_large_values(etcd35, 150)
     config = write_config(tmp_path, etcd35)
     backups = tmp_path / "backups"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config)],
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list(backups.glob("*.part")):
-        time.sleep(0.005)
+    process = start_cli("once", "--config", str(config), stderr=subprocess.DEVNULL)
+    wait_until(lambda: list(backups.glob("*.part")), 60, interval=0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
     leftovers = stored_files(tmp_path)
@@ -269,7 +246,7 @@ def test_kill_mid_stream_leaves_no_backup_and_next_run_cleans_up(
     for part in backups.glob("*.part"):
         stale = time.time() - 7200
         os.utime(part, (stale, stale))
-    result = cli("once", "--config", str(config))
+    result = run_cli("once", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "left by an interrupted run" in result.stderr
     assert not list(backups.glob("*.part"))
@@ -278,12 +255,12 @@ def test_kill_mid_stream_leaves_no_backup_and_next_run_cleans_up(
 
 def test_check_config(tmp_path: Path, etcd35: EtcdCluster) -> None:
     good = write_config(tmp_path, etcd35)
-    result = cli("check-config", "--config", str(good))
+    result = run_cli("check-config", "--config", str(good))
     assert result.returncode == 0
     assert "valid" in result.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text('[etcd]\nendpoints = "http://x:2379"\n[[destination]]\nname="l"\ntype="local"\n')
-    result = cli("check-config", "--config", str(bad))
+    result = run_cli("check-config", "--config", str(bad))
     assert result.returncode == 2
     assert "At 'etcd.endpoints'" in result.stderr
     assert "At 'destination[0].path': required key is missing" in result.stderr
@@ -294,7 +271,7 @@ def test_a_member_that_stops_sending_is_cut_off_and_nothing_is_left(
     etcd35: EtcdCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     load_large_values(etcd35, 40)
-    config = load_config(write_config(tmp_path, etcd35, stall_timeout=1))
+    config = load_config(write_config(tmp_path, etcd35, etcd={"stall_timeout": 1}))
     member = etcd35.members[0]
     assert member.pid is not None
     stream_chunk = SpoolWriter.write

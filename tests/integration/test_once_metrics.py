@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -24,7 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from etcd_backupd import __version__
 from etcd_backupd.manifest import Manifest
 from etcd_backupd.metrics import BackupMetrics, push
+from tests.harness.cli import run_cli, write_config
 from tests.harness.etcd import EtcdCluster, free_port, load_kubernetes_like_keys
+from tests.harness.polling import wait_until
 
 PUSHGATEWAY = shutil.which("prometheus-pushgateway")
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
@@ -64,16 +64,16 @@ def pushgateway(tmp_path: Path) -> Iterator[str]:
         stderr=log,
     )
     url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            urllib.request.urlopen(url + "/-/ready", timeout=1).close()
+        except OSError:
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(url + "/-/ready", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_until(ready, 20, message="the pushgateway never became ready")
         yield url
     finally:
         process.terminate()
@@ -85,23 +85,12 @@ def test_textfile_and_pushgateway_carry_the_same_series(
     etcd35: EtcdCluster, pushgateway: str, tmp_path: Path
 ) -> None:
     load_kubernetes_like_keys(etcd35, count=50)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"state_dir = {str(tmp_path / 'state')!r}\n"
-        f"[etcd]\nendpoints = [{etcd35.endpoints[0]!r}]\n"
-        "[[destination]]\nname = 'local'\ntype = 'local'\n"
-        f"path = {str(tmp_path / 'backups')!r}\n"
-    )
+    config = write_config(tmp_path, etcd35.endpoints[:1])
     textfile = tmp_path / "textfile" / "etcd_backup.prom"
     textfile.parent.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "once", "-c", str(config),
-         "--textfile", str(textfile), "--pushgateway", pushgateway],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ},
-    )  # fmt: skip
+    result = run_cli(
+        "once", "-c", str(config), "--textfile", str(textfile), "--pushgateway", pushgateway
+    )
     assert result.returncode == 0, result.stderr
     written = series(textfile.read_text())
     pushed = series(urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode())
@@ -121,24 +110,14 @@ def test_textfile_and_pushgateway_carry_the_same_series(
 
 
 def run_once(config: Path, textfile: Path, pushgateway: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "once", "-c", str(config),
-         "--textfile", str(textfile), "--pushgateway", pushgateway],
-        capture_output=True,
-        text=True,
-        check=False,
-    )  # fmt: skip
-
-
-def write_config(tmp_path: Path, endpoint: str) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"state_dir = {str(tmp_path / 'state')!r}\n"
-        f"[etcd]\nendpoints = [{endpoint!r}]\ndial_timeout = 1.0\n"
-        "[[destination]]\nname = 'local'\ntype = 'local'\n"
-        f"path = {str(tmp_path / 'backups')!r}\n"
+    return run_cli(
+        "once", "-c", str(config), "--textfile", str(textfile), "--pushgateway", pushgateway
     )
-    return config
+
+
+def endpoint_config(directory: Path, endpoint: str) -> Path:
+    """A host reading one endpoint, that gives up on it within a second."""
+    return write_config(directory, [endpoint], etcd={"dial_timeout": 1.0})
 
 
 def labelled(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -154,7 +133,7 @@ def test_a_host_that_never_backed_up_pages_until_its_first_backup(
 ) -> None:
     textfile = tmp_path / "etcd_backup.prom"
     # day one: a wrong endpoint; etcd-backupd knows neither its cluster nor any backup
-    wrong = write_config(tmp_path, f"http://127.0.0.1:{free_port()}")
+    wrong = endpoint_config(tmp_path, f"http://127.0.0.1:{free_port()}")
     assert run_once(wrong, textfile, pushgateway).returncode != 0
     written = labelled(textfile.read_text())
     assert all(dict(labels)["cluster_id"] == "unknown" for _, labels in written)
@@ -168,7 +147,7 @@ def test_a_host_that_never_backed_up_pages_until_its_first_backup(
         pushed
     )
     # fixed: the host reports its cluster, and its report from before is gone
-    fixed = write_config(tmp_path, etcd35.endpoints[0])
+    fixed = endpoint_config(tmp_path, etcd35.endpoints[0])
     assert run_once(fixed, textfile, pushgateway).returncode == 0
     cluster_id = next((tmp_path / "backups").glob("*.manifest.json")).read_text()
     cluster_id = cluster_id.split('"cluster_id": "')[1].split('"')[0]
@@ -186,7 +165,8 @@ def test_the_alert_rule_tests_feed_series_as_once_writes_them(
     load_kubernetes_like_keys(etcd35, count=20)
     textfile = tmp_path / "etcd_backup.prom"
     assert (
-        run_once(write_config(tmp_path, etcd35.endpoints[0]), textfile, pushgateway).returncode == 0
+        run_once(endpoint_config(tmp_path, etcd35.endpoints[0]), textfile, pushgateway).returncode
+        == 0
     )
     written = labelled(textfile.read_text())
     pushed = labelled(urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode())
@@ -239,7 +219,7 @@ def test_prometheus_evaluates_every_rule_on_two_clusters_pushed_from_one_host(
         ("wrong", f"http://127.0.0.1:{free_port()}"),
     ):
         (tmp_path / name).mkdir()
-        run_once(write_config(tmp_path / name, endpoint), textfile, pushgateway)
+        run_once(endpoint_config(tmp_path / name, endpoint), textfile, pushgateway)
     web = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -267,21 +247,24 @@ def test_prometheus_evaluates_every_rule_on_two_clusters_pushed_from_one_host(
         found = get("query?query=" + urllib.parse.quote(expr))["result"]
         return {tuple(sorted(r["metric"].items())): float(r["value"][1]) for r in found}
 
+    def evaluated() -> bool:
+        try:
+            rules = [r for g in get("rules")["groups"] for r in g["rules"]]
+            return bool(query("etcd_backup_info")) and rules[0].get(
+                "lastEvaluation", ""
+            ).startswith("20")
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                rules = [r for g in get("rules")["groups"] for r in g["rules"]]
-                if query("etcd_backup_info") and rules[0].get("lastEvaluation", "").startswith(
-                    "20"
-                ):
-                    time.sleep(2)  # one more evaluation, on the scraped series
-                    rules = [r for g in get("rules")["groups"] for r in g["rules"]]
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
-            time.sleep(0.5)
+        wait_until(
+            evaluated,
+            60,
+            interval=0.5,
+            message=lambda: (tmp_path / "prometheus.log").read_text(),
+        )
+        time.sleep(2)  # one more evaluation, on the scraped series
+        rules = [r for g in get("rules")["groups"] for r in g["rules"]]
         shipped = yaml.safe_load((RULES / "etcd-backupd.rules.yml").read_text())["groups"]
         assert [r["name"] for r in rules] == [r["alert"] for g in shipped for r in g["rules"]]
         assert all(r["health"] == "ok" for r in rules), [

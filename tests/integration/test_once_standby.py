@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from etcd_backupd.config import EtcdConfig
 from etcd_backupd.etcd import EtcdSource
+from tests.harness.cli import run_cli
 from tests.harness.etcd import EtcdCluster
 from tests.integration.test_standby_order import host_config
 
 
 def once(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ),
-    )
+    return run_cli("once", "--config", str(config), *args, timeout=60)
 
 
 def test_once_on_a_standby_prints_json_when_asked(

@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import pytest
 from etcd_backupd import etcd
 from etcd_backupd.config import parse_config
 from etcd_backupd.cycle import run_cycle
+from tests.harness.cli import run_cli
 from tests.harness.etcd import EtcdCluster, load_large_values
 
 
@@ -68,21 +67,13 @@ def test_a_snapshot_stream_logs_its_progress(
 def test_restore_says_which_step_it_is_in(etcd35: EtcdCluster, tmp_path: Path) -> None:
     snapshot = tmp_path / "s.db"
     etcd35.etcdctl("snapshot", "save", str(snapshot))
-    restored = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "etcd_backupd.cli",
-            "restore",
-            str(snapshot),
-            "--data-dir",
-            str(tmp_path / "restored"),
-            "--etcd-bin-dir",
-            str(etcd35.binaries.etcd.parent),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    restored = run_cli(
+        "restore",
+        str(snapshot),
+        "--data-dir",
+        str(tmp_path / "restored"),
+        "--etcd-bin-dir",
+        str(etcd35.binaries.etcd.parent),
         timeout=120,
     )
     assert restored.returncode == 0, restored.stderr

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests.harness.backups import plant_local
+from tests.harness.cli import local_destination, run_cli, write_config
 
 
 def test_prune_dry_run_then_for_real(tmp_path: Path) -> None:
@@ -16,23 +16,15 @@ def test_prune_dry_run_then_for_real(tmp_path: Path) -> None:
     backups.mkdir()
     newest = datetime.now(UTC).replace(microsecond=0)
     names = [plant_local(backups, "prod", newest - timedelta(hours=12 * i)) for i in range(8)]
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"state_dir = {str(tmp_path / 'state')!r}\n"
-        "[etcd]\ncluster_name = 'prod'\n"
-        "[[destination]]\nname = 'local'\ntype = 'local'\n"
-        f"path = {str(backups)!r}\n"
-        "[destination.retention]\nkeep_last = 2\nkeep_daily = 3\n"
-        "[retention]\nkeep_last = 100\n"
+    config = write_config(
+        tmp_path,
+        etcd={"cluster_name": "prod"},
+        destinations=[local_destination(backups, retention={"keep_last": 2, "keep_daily": 3})],
+        retention={"keep_last": 100},
     )
 
     def prune(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "etcd_backupd.cli", "prune", "-c", str(config), *extra],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        return run_cli("prune", "-c", str(config), *extra)
 
     dry = prune("--dry-run")
     assert dry.returncode == 0, dry.stderr

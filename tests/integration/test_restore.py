@@ -16,6 +16,7 @@ import pytest
 
 from etcd_backupd.config import parse_config
 from etcd_backupd.daemon import Daemon
+from tests.harness.cli import local_destination, run_cli, write_config
 from tests.harness.etcd import (
     EtcdBinaries,
     EtcdCluster,
@@ -27,16 +28,6 @@ from tests.harness.etcd import (
 from tests.harness.tls import make_tls
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
 
 
 def dump(binaries: EtcdBinaries, endpoint: str) -> dict[str, str]:
@@ -79,16 +70,15 @@ def start_restored(
 
 
 def backup_config(tmp: Path, cluster: EtcdCluster, compression: str = "none") -> Path:
-    config = tmp / "config.toml"
-    config.write_text(
-        f"state_dir = {str(tmp / 'state')!r}\n"
-        f"[etcd]\nendpoints = {cluster.endpoints!r}\n"
-        "[[destination]]\nname = 'local'\ntype = 'local'\n"
-        f"path = {str(tmp / 'backups')!r}\ncompression = {compression!r}\n"
-        f"[drill]\nbin_dir = {str(cluster.binaries.etcd.parent)!r}\n"
-        "expect_prefixes = ['/registry/pods/', '/calico/']\n"
+    return write_config(
+        tmp,
+        cluster,
+        destinations=[local_destination(tmp / "backups", compression=compression)],
+        drill={
+            "bin_dir": str(cluster.binaries.etcd.parent),
+            "expect_prefixes": ["/registry/pods/", "/calico/"],
+        },
     )
-    return config
 
 
 def test_restored_member_serves_exactly_the_original_keys(
@@ -97,10 +87,10 @@ def test_restored_member_serves_exactly_the_original_keys(
     load_kubernetes_like_keys(etcd_any, count=120)
     original = dump(etcd_any.binaries, etcd_any.endpoints[0])
     config = backup_config(tmp_path, etcd_any, compression="zstd")
-    assert cli("once", "--config", str(config)).returncode == 0
+    assert run_cli("once", "--config", str(config)).returncode == 0
     data = tmp_path / "restored"
     peer = f"http://127.0.0.1:{free_port()}"
-    result = cli(
+    result = run_cli(
         "restore", "--config", str(config), "--destination", "local", "--snapshot", "latest",
         "--data-dir", str(data), "--name", "r1", "--initial-advertise-peer-urls", peer,
     )  # fmt: skip
@@ -118,18 +108,18 @@ def test_restore_takes_a_compressed_snapshot_by_its_base_name(
     etcd35: EtcdCluster, tmp_path: Path
 ) -> None:
     config = backup_config(tmp_path, etcd35, compression="zstd")
-    assert cli("once", "--config", str(config)).returncode == 0
+    assert run_cli("once", "--config", str(config)).returncode == 0
     stored = next((tmp_path / "backups").glob("*.db.zst")).name
     base = stored.removesuffix(".zst")
     common = ["--config", str(config), "--destination", "local"]
 
-    typo = cli("restore", *common, "--snapshot", base.replace("Z.db", "X.db"),
+    typo = run_cli("restore", *common, "--snapshot", base.replace("Z.db", "X.db"),
                "--data-dir", str(tmp_path / "typo"))  # fmt: skip
     assert typo.returncode != 0
     assert f"did you mean {stored!r}?" in typo.stderr
     assert not (tmp_path / "typo").exists()
 
-    restored = cli("restore", *common, "--snapshot", base, "--data-dir", str(tmp_path / "data"))
+    restored = run_cli("restore", *common, "--snapshot", base, "--data-dir", str(tmp_path / "data"))
     assert restored.returncode == 0, restored.stderr
     # the token comes from the snapshot, so a member restored separately gets the same one
     stamp = base.removeprefix("etcd-snapshot-").removesuffix(".db")
@@ -139,14 +129,14 @@ def test_restore_takes_a_compressed_snapshot_by_its_base_name(
 
 def test_refusals_touch_nothing(etcd35: EtcdCluster, tmp_path: Path) -> None:
     config = backup_config(tmp_path, etcd35)
-    assert cli("once", "--config", str(config)).returncode == 0
+    assert run_cli("once", "--config", str(config)).returncode == 0
     snapshot = next((tmp_path / "backups").glob("*.db"))
     bins = str(etcd35.binaries.etcd.parent)
 
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "member").mkdir()
-    refused = cli("restore", str(snapshot), "--data-dir", str(busy), "--etcd-bin-dir", bins)
+    refused = run_cli("restore", str(snapshot), "--data-dir", str(busy), "--etcd-bin-dir", bins)
     assert refused.returncode != 0
     assert "is not empty: refusing to overwrite it" in refused.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("busy")) == ["busy"]
@@ -155,14 +145,14 @@ def test_refusals_touch_nothing(etcd35: EtcdCluster, tmp_path: Path) -> None:
     data = bytearray(snapshot.read_bytes())
     data[len(data) // 3] ^= 1
     damaged.write_bytes(bytes(data))
-    refused = cli("restore", str(damaged), "--data-dir", str(tmp_path / "fresh"), "--force",
+    refused = run_cli("restore", str(damaged), "--data-dir", str(tmp_path / "fresh"), "--force",
                   "--etcd-bin-dir", bins)  # fmt: skip
     assert refused.returncode == 4
     assert not (tmp_path / "fresh").exists()
 
     empty_bin = tmp_path / "no-tools"
     empty_bin.mkdir()
-    refused = cli("restore", str(snapshot), "--data-dir", str(tmp_path / "fresh"),
+    refused = run_cli("restore", str(snapshot), "--data-dir", str(tmp_path / "fresh"),
                   "--etcd-bin-dir", str(empty_bin))  # fmt: skip
     assert refused.returncode != 0
     assert "no etcdutl or etcdctl found" in refused.stderr
@@ -173,7 +163,7 @@ def test_refusals_touch_nothing(etcd35: EtcdCluster, tmp_path: Path) -> None:
     manifest_path = next((tmp_path / "backups").glob("*.manifest.json"))
     manifest = json.loads(manifest_path.read_text())
     manifest_path.write_text(json.dumps({**manifest, "sha256": "ab" * 32}))
-    refused = cli("restore", "--config", str(config), "--destination", "local",
+    refused = run_cli("restore", "--config", str(config), "--destination", "local",
                   "--snapshot", "latest", "--data-dir", str(busy), "--force",
                   "--etcd-bin-dir", bins)  # fmt: skip
     assert refused.returncode == 4
@@ -181,7 +171,7 @@ def test_refusals_touch_nothing(etcd35: EtcdCluster, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("busy")) == ["busy"]
     manifest_path.write_text(json.dumps(manifest))
 
-    forced = cli(
+    forced = run_cli(
         "restore", str(snapshot), "--data-dir", str(busy), "--force", "--etcd-bin-dir", bins
     )
     assert forced.returncode == 0, forced.stderr
@@ -248,24 +238,28 @@ def test_restore_plan_scripts_restore_a_three_member_tls_cluster_from_zstd(
         original = load_kubernetes_like_keys(cluster, count=80)
         assert cluster.tls is not None
         (tmp_path / "password").write_text("s3cret-root\n")
-        config = tmp_path / "config.toml"
-        members = ", ".join(f"{m.name} = {m.peer_url!r}" for m in cluster.members)
-        clients = ", ".join(f"{m.name} = {m.client_url!r}" for m in cluster.members)
-        config.write_text(
-            f"state_dir = {str(tmp_path / 'state')!r}\n"
-            f"[etcd]\nendpoints = {cluster.endpoints!r}\ncacert = {str(cluster.tls.ca)!r}\n"
-            f"cert = {str(cluster.tls.client_cert)!r}\nkey = {str(cluster.tls.client_key)!r}\n"
-            f"username = 'root'\npassword_file = {str(tmp_path / 'password')!r}\n"
-            "[[destination]]\nname = 'local'\ntype = 'local'\ncompression = 'zstd'\n"
-            f"path = {str(tmp_path / 'backups')!r}\n"
-            f"[restore]\nmembers = {{ {members} }}\nclient_urls = {{ {clients} }}\n"
+        config = write_config(
+            tmp_path,
+            cluster,
+            etcd={
+                "cacert": cluster.tls.ca,
+                "cert": cluster.tls.client_cert,
+                "key": cluster.tls.client_key,
+                "username": "root",
+                "password_file": tmp_path / "password",
+            },
+            destinations=[local_destination(tmp_path / "backups", compression="zstd")],
+            restore={
+                "members": {m.name: m.peer_url for m in cluster.members},
+                "client_urls": {m.name: m.client_url for m in cluster.members},
+            },
         )
-        backup = cli("once", "--config", str(config))
+        backup = run_cli("once", "--config", str(config))
         assert backup.returncode == 0, backup.stderr
         cluster.etcdctl("put", "/registry/written-after-the-backup", "gone after the restore")
 
         scripts = tmp_path / "scripts"
-        plan = cli("restore-plan", "--config", str(config), "--destination", "local",
+        plan = run_cli("restore-plan", "--config", str(config), "--destination", "local",
                    "--snapshot", "latest", "--layout", "systemd", "--data-dir", "data",
                    "--etcd-bin-dir", str(etcd_binaries_35.etcd.parent),
                    "--etcdctl", str(etcd_binaries_35.etcdctl), "--health-timeout", "60",
@@ -325,7 +319,7 @@ def test_restore_plan_scripts_restore_a_three_member_tls_cluster_from_zstd(
 
 def test_restore_plan_kubeadm_steps_move_the_static_pods_and_back(tmp_path: Path) -> None:
     scripts = tmp_path / "scripts"
-    plan = cli("restore-plan", "--member", "etcd1=https://10.0.0.1:2380", "--snapshot",
+    plan = run_cli("restore-plan", "--member", "etcd1=https://10.0.0.1:2380", "--snapshot",
                "/s.db", "--layout", "kubeadm", "--output", "script",
                "--script-dir", str(scripts))  # fmt: skip
     assert plan.returncode == 0, plan.stderr
@@ -382,7 +376,7 @@ def test_swap_gives_the_restored_data_dir_to_etcds_user(given: str | None, tmp_p
     if os.geteuid() != 0:
         pytest.skip("handing files to another user needs root")
     owner = ["--data-dir-owner", given] if given else []
-    plan = cli("restore-plan", "--member", "etcd1=https://10.0.0.1:2380", "--snapshot", "/s.db",
+    plan = run_cli("restore-plan", "--member", "etcd1=https://10.0.0.1:2380", "--snapshot", "/s.db",
                "--layout", "systemd", "--data-dir", "data", *owner, "--output", "script",
                "--script-dir", str(tmp_path))  # fmt: skip
     assert plan.returncode == 0, plan.stderr
@@ -411,8 +405,8 @@ def test_swap_gives_the_restored_data_dir_to_etcds_user(given: str | None, tmp_p
 def test_drills_pass_and_fail_with_metrics(etcd35: EtcdCluster, tmp_path: Path) -> None:
     load_kubernetes_like_keys(etcd35, count=60)
     config_path = backup_config(tmp_path, etcd35)
-    assert cli("once", "--config", str(config_path)).returncode == 0
-    passed = cli("drill", "--config", str(config_path))
+    assert run_cli("once", "--config", str(config_path)).returncode == 0
+    passed = run_cli("drill", "--config", str(config_path))
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert "drill of etcd-snapshot-" in passed.stdout and "passed" in passed.stdout
 
@@ -431,7 +425,7 @@ def test_drills_pass_and_fail_with_metrics(etcd35: EtcdCluster, tmp_path: Path) 
     manifest = json.loads(manifest_path.read_text())
     manifest["revision"] += 1
     manifest_path.write_text(json.dumps(manifest))
-    failed = cli("drill", "--config", str(config_path))
+    failed = run_cli("drill", "--config", str(config_path))
     assert failed.returncode == 6
     assert "FAILED" in failed.stdout and "manifest says revision" in failed.stdout
     daemon._drill()
@@ -442,32 +436,31 @@ def test_drills_pass_and_fail_with_metrics(etcd35: EtcdCluster, tmp_path: Path) 
 @pytest.mark.parametrize("flag", ["--member", "--client-url"])
 def test_restore_plan_rejects_bad_members(flag: str) -> None:
     args = ["restore-plan", "--snapshot", "/s.db", "--member", "etcd1=https://10.0.0.1:2380"]
-    result = cli(*args, flag, "etcd2")
+    result = run_cli(*args, flag, "etcd2")
     assert result.returncode != 0
     assert "is not NAME=URL" in result.stderr
 
 
 def test_restore_plan_takes_the_members_from_the_config(tmp_path: Path) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        "[[destination]]\nname = 'local'\ntype = 'local'\n"
-        f"path = {str(tmp_path / 'backups')!r}\n"
-        "[restore]\n"
-        "members = { etcd1 = 'https://10.0.0.1:2380', etcd2 = 'https://10.0.0.2:2380' }\n"
-        "client_urls = { etcd2 = 'https://10.0.0.2:12379' }\n"
+    config = write_config(
+        tmp_path,
+        restore={
+            "members": {"etcd1": "https://10.0.0.1:2380", "etcd2": "https://10.0.0.2:2380"},
+            "client_urls": {"etcd2": "https://10.0.0.2:12379"},
+        },
     )
-    plan = cli("restore-plan", "--config", str(config), "--snapshot", "/s.db")
+    plan = run_cli("restore-plan", "--config", str(config), "--snapshot", "/s.db")
     assert plan.returncode == 0, plan.stderr
     for name, peer in [("etcd1", "https://10.0.0.1:2380"), ("etcd2", "https://10.0.0.2:2380")]:
         assert f"MEMBER_NAME={name}" in plan.stdout
         assert peer in plan.stdout
     assert "https://10.0.0.1:2379" in plan.stdout and "https://10.0.0.2:12379" in plan.stdout
 
-    given = cli("restore-plan", "--config", str(config), "--snapshot", "/s.db",
+    given = run_cli("restore-plan", "--config", str(config), "--snapshot", "/s.db",
                 "--member", "etcd7=https://10.0.0.7:2380")  # fmt: skip
     assert given.returncode == 0, given.stderr
     assert "10.0.0.7:2380" in given.stdout and "10.0.0.1" not in given.stdout
 
-    nobody = cli("restore-plan", "--snapshot", "/s.db")
+    nobody = run_cli("restore-plan", "--snapshot", "/s.db")
     assert nobody.returncode != 0
     assert "no members: give --member NAME=PEER_URL" in nobody.stderr

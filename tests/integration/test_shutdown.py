@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,23 +15,22 @@ from typing import Any
 
 import pytest
 
+from tests.harness.cli import Running, start_cli, write_toml
 from tests.harness.etcd import EtcdCluster, free_port, load_large_values
 from tests.harness.faultproxy import FaultProxy
+from tests.harness.polling import wait_until
 from tests.harness.s3 import MotoServer, make_bucket, s3_environment
-from tests.integration.test_daemon import Running
-from tests.integration.test_s3 import BUCKET, config_data, uploads_in_progress, write_toml
+from tests.integration.test_s3 import BUCKET, config_data, uploads_in_progress
 
 SHUTDOWN_TIMEOUT = 1.0
 
 
 def daemon_config(tmp_path: Path, data: dict[str, Any], **schedule: Any) -> Path:
-    config = write_toml(tmp_path / "config.toml", data)
     settings = {"cron": "0 0 1 1 *", "shutdown_timeout": SHUTDOWN_TIMEOUT, **schedule}
-    lines = ["[schedule]"] + [f"{k} = {v!r}" for k, v in settings.items()]
-    lines += ["[metrics]", f"listen = '127.0.0.1:{free_port()}'"]
-    with config.open("a") as out:
-        out.write("\n".join(lines) + "\n")
-    return config
+    return write_toml(
+        tmp_path / "config.toml",
+        {**data, "schedule": settings, "metrics": {"listen": f"127.0.0.1:{free_port()}"}},
+    )
 
 
 @pytest.fixture
@@ -48,9 +46,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Running]]:
 
     yield run
     for running in started:
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait()
+        running.kill()
 
 
 def stop_timed(running: Running) -> float:
@@ -69,10 +65,9 @@ def test_sigterm_cancels_a_stalled_etcd_stream(
     running = start(daemon_config(tmp_path, data))  # the catch-up starts a backup at once
     member = etcd35.members[0]
     assert member.pid is not None
-    deadline = time.monotonic() + 60
-    while not list((tmp_path / "local").glob("*.part")):
-        assert time.monotonic() < deadline, running.text()
-        time.sleep(0.005)
+    wait_until(
+        lambda: list((tmp_path / "local").glob("*.part")), 60, interval=0.005, message=running.text
+    )
     os.kill(member.pid, signal.SIGSTOP)
     try:
         took = stop_timed(running)
@@ -97,10 +92,7 @@ def test_sigterm_cancels_a_hung_s3_upload(
     fault_proxy.hang("UploadPart")
     data = config_data(tmp_path, etcd35, fault_proxy.endpoint_url, local=False)
     running = start(daemon_config(tmp_path, data))
-    deadline = time.monotonic() + 60
-    while fault_proxy.counts["UploadPart"] == 0:
-        assert time.monotonic() < deadline, running.text()
-        time.sleep(0.05)
+    wait_until(lambda: fault_proxy.counts["UploadPart"], 60, interval=0.05, message=running.text)
     took = stop_timed(running)
     assert took < SHUTDOWN_TIMEOUT + 5, running.text()
     assert uploads_in_progress(client) == []
@@ -119,8 +111,13 @@ def test_ready_comes_before_reading_a_hung_destination(
         began = time.monotonic()
         running = start(daemon_config(tmp_path, data), {"NOTIFY_SOCKET": str(path)})
         messages: list[str] = []
-        while not any("READY=1" in m for m in messages):
+
+        def ready() -> bool:
             messages.append(sock.recv(4096).decode())
+            return "READY=1" in messages[-1]
+
+        # each receive waits for the next message, up to the socket's timeout
+        wait_until(ready, 10, interval=0, message=lambda: repr(messages))
         assert time.monotonic() - began < 10
     assert stop_timed(running) < SHUTDOWN_TIMEOUT + 5
 
@@ -136,16 +133,10 @@ def test_sigterm_ends_once_with_a_hung_s3_upload(
         tmp_path / "config.toml",
         config_data(tmp_path, etcd35, fault_proxy.endpoint_url, local=False),
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **s3_environment()},
+    process = start_cli(
+        "once", "--config", str(config), stderr=subprocess.PIPE, env=s3_environment()
     )
-    deadline = time.monotonic() + 60
-    while fault_proxy.counts["UploadPart"] == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: fault_proxy.counts["UploadPart"], 60, interval=0.05)
     began = time.monotonic()
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
@@ -165,8 +156,7 @@ def test_a_store_that_never_answers_at_start_holds_up_no_backup(
     data = config_data(tmp_path, etcd35, fault_proxy.endpoint_url, **bounds)
     began = time.monotonic()
     running = start(daemon_config(tmp_path, data))  # the catch-up starts a backup at once
-    while not list((tmp_path / "local").glob("*.manifest.json")):
-        assert time.monotonic() - began < 20, running.text()
-        time.sleep(0.1)
+    wait_until(lambda: list((tmp_path / "local").glob("*.manifest.json")), 20, message=running.text)
+    assert time.monotonic() - began < 20, running.text()
     assert "listing got no answer within 1 s" in running.text()
     assert stop_timed(running) < SHUTDOWN_TIMEOUT + 5

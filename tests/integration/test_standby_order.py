@@ -3,28 +3,27 @@ member ID backs the fire time up after one grace period; the next one finds it d
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from etcd_backupd.config import EtcdConfig
 from etcd_backupd.etcd import EtcdSource
+from tests.harness.cli import local_destination, start_cli, write_config
 from tests.harness.etcd import EtcdCluster, EtcdMember
 
 
 def host_config(tmp_path: Path, cluster: EtcdCluster, member: EtcdMember) -> Path:
-    config = tmp_path / f"{member.name}.toml"
-    config.write_text(
-        f"state_dir = {str(tmp_path / member.name)!r}\n"
-        f"[etcd]\nendpoints = {cluster.endpoints!r}\n"
-        f"local_endpoint = {member.client_url!r}\ndial_timeout = 2.0\n"
-        "[schedule]\nstandby_grace = 2.0\n"
-        f"[[destination]]\nname = 'shared'\ntype = 'local'\npath = {str(tmp_path / 'shared')!r}\n"
+    return write_config(
+        tmp_path,
+        cluster,
+        name=f"{member.name}.toml",
+        state_dir=str(tmp_path / member.name),
+        etcd={"local_endpoint": member.client_url, "dial_timeout": 2.0},
+        schedule={"standby_grace": 2.0},
+        destinations=[local_destination(tmp_path / "shared", name="shared")],
     )
-    return config
 
 
 def test_standbys_take_over_in_member_id_order(etcd_cluster3: EtcdCluster, tmp_path: Path) -> None:
@@ -38,12 +37,8 @@ def test_standbys_take_over_in_member_id_order(etcd_cluster3: EtcdCluster, tmp_p
     # the leader's host runs no daemon: only the two standbys try, at the same instant
     configs = {m.name: host_config(tmp_path, etcd_cluster3, m) for m in (first, second)}
     runs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(configs[name])],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(os.environ),
+        name: start_cli(
+            "once", "--config", str(configs[name]), stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         for name in (second.name, first.name)
     }

@@ -4,67 +4,44 @@ S3 bucket (moto's server) holding backups a real `once` took from real etcd."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from etcd_backupd.manifest import manifest_name, snapshot_name
+from tests.harness.cli import local_destination, run_cli
+from tests.harness.cli import write_config as config_file
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys
 from tests.harness.s3 import MotoServer, make_bucket
 
 BUCKET = "etcd-status"
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ),
-        check=False,
+def write_config(tmp_path: Path, cluster: EtcdCluster, s3: MotoServer) -> Path:
+    return config_file(
+        tmp_path,
+        cluster,
+        etcd={"cluster_name": "prod"},
+        schedule={"cron": "0 */6 * * *"},
+        drill={"bin_dir": str(cluster.binaries.etcd.parent)},
+        destinations=[
+            local_destination(tmp_path / "backups"),
+            {
+                "name": "s3",
+                "type": "s3",
+                "bucket": BUCKET,
+                "prefix": "prod/",
+                "endpoint_url": s3.endpoint_url,
+                "region": "us-east-1",
+                "cron": "0 3 * * *",
+            },
+        ],
     )
-
-
-def write_config(tmp_path: Path, cluster: EtcdCluster, s3: MotoServer, *extra: str) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        "\n".join(
-            [
-                f"state_dir = {json.dumps(str(tmp_path / 'state'))}",
-                "[etcd]",
-                f"endpoints = {json.dumps(cluster.endpoints)}",
-                'cluster_name = "prod"',
-                "[schedule]",
-                'cron = "0 */6 * * *"',
-                "[drill]",
-                f"bin_dir = {json.dumps(str(cluster.binaries.etcd.parent))}",
-                "[[destination]]",
-                'name = "local"',
-                'type = "local"',
-                f"path = {json.dumps(str(tmp_path / 'backups'))}",
-                "[[destination]]",
-                'name = "s3"',
-                'type = "s3"',
-                f'bucket = "{BUCKET}"',
-                'prefix = "prod/"',
-                f'endpoint_url = "{s3.endpoint_url}"',
-                'region = "us-east-1"',
-                'cron = "0 3 * * *"',
-                *extra,
-            ]
-        )
-        + "\n"
-    )
-    return config
 
 
 def status(config: Path, *flags: str) -> tuple[int, dict[str, Any]]:
-    result = cli("status", "--config", str(config), "-o", "json", *flags)
+    result = run_cli("status", "--config", str(config), "-o", "json", *flags)
     assert "Traceback" not in result.stderr
     return result.returncode, json.loads(result.stdout)
 
@@ -85,7 +62,7 @@ def test_status_reports_each_destination_and_checks_the_age(
     assert code == 7
     assert report["ok"] is False
     assert by_name(report)["local"]["newest"] is None
-    text = cli("status", "--config", str(config))
+    text = run_cli("status", "--config", str(config))
     assert text.returncode == 7
     assert "local: STALE: no backup" in text.stdout
 
@@ -93,7 +70,7 @@ def test_status_reports_each_destination_and_checks_the_age(
     for _ in range(2):
         # names carry the second: a second backup in the same second is refused, by design
         started = int(time.time())
-        taken.append(cli("once", "--config", str(config), "-o", "json"))
+        taken.append(run_cli("once", "--config", str(config), "-o", "json"))
         while int(time.time()) == started:
             time.sleep(0.05)
     assert all(t.returncode == 0 for t in taken), taken[-1].stderr
@@ -135,7 +112,7 @@ def test_status_reports_each_destination_and_checks_the_age(
     assert code == 7
     assert by_name(report)["local"]["fresh"] is False
     assert by_name(report)["s3"]["fresh"] is True
-    text = cli("status", "--config", str(config)).stdout
+    text = run_cli("status", "--config", str(config)).stdout
     assert "local: STALE: newest 1d 0h" in text
     assert "(max age 12h 0m)" in text
     assert "s3: OK: newest" in text
@@ -143,7 +120,7 @@ def test_status_reports_each_destination_and_checks_the_age(
     assert status(config, "--destination", "s3")[0] == 0
 
     # a drill's verdict is kept in state_dir and shown
-    drilled = cli("drill", "--config", str(config), "--destination", "s3")
+    drilled = run_cli("drill", "--config", str(config), "--destination", "s3")
     assert drilled.returncode == 0, drilled.stderr
     steps = [f"step {n} of 3" for n in (1, 2, 3)]
     assert [drilled.stderr.index(step) for step in steps] == sorted(
@@ -153,7 +130,7 @@ def test_status_reports_each_destination_and_checks_the_age(
     assert by_name(report)["s3"]["last_drill"]["ok"] is True
     assert by_name(report)["s3"]["last_drill"]["snapshot"] == manifest["snapshot"]
     assert by_name(report)["local"]["last_drill"] is None
-    text = cli("status", "--config", str(config)).stdout
+    text = run_cli("status", "--config", str(config)).stdout
     assert "last drill: unknown" in text
     assert f"last drill: passed at {datetime.now(UTC):%Y-%m-%d}" in text
 
@@ -167,9 +144,9 @@ def test_status_of_an_unreadable_destination_and_bad_flags(
     assert "NoSuchBucket" in by_name(report)["s3"]["error"] or "bucket" in (
         by_name(report)["s3"]["error"].lower()
     )
-    bad = cli("status", "--config", str(config), "--max-age", "soon")
+    bad = run_cli("status", "--config", str(config), "--max-age", "soon")
     assert bad.returncode == 1
     assert bad.stderr.startswith("etcd-backupd: --max-age: 'soon' is not a duration")
-    unknown = cli("status", "--config", str(config), "--destination", "nas")
+    unknown = run_cli("status", "--config", str(config), "--destination", "nas")
     assert unknown.returncode == 1
     assert "no destination named 'nas'; configured: local, s3" in unknown.stderr

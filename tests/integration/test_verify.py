@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from etcd_backupd.errors import SnapshotInvalid
 from etcd_backupd.snapshot.bbolt import BoltReader
 from etcd_backupd.snapshot.status import verify_snapshot
+from tests.harness.cli import run_cli
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys
 
 
@@ -198,21 +198,11 @@ def test_cli_verify_on_damage_is_one_line(good_snapshot: bytes, tmp_path: Path) 
     path = tmp_path / "cut.db"
     path.write_bytes(good_snapshot[:-100])
     for output in ("text", "json"):
-        result = subprocess.run(
-            [sys.executable, "-m", "etcd_backupd.cli", "verify", str(path), "--output", output],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = run_cli("verify", str(path), "--output", output)
         assert result.returncode == 4
         assert "Traceback" not in result.stderr
     assert json.loads(result.stdout)["valid"] is False
-    missing = subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "verify", str(tmp_path / "nope.db")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    missing = run_cli("verify", str(tmp_path / "nope.db"))
     assert missing.returncode == 4
     assert "No such file" in missing.stderr
 
@@ -228,27 +218,9 @@ def test_cli_verify_reads_compressed_files(good_snapshot: bytes, tmp_path: Path)
         ("s.db.gz", gzip.compress(good_snapshot)),
     ]:
         (tmp_path / name).write_bytes(packed)
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "etcd_backupd.cli",
-                "verify",
-                str(tmp_path / name),
-                "-o",
-                "json",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = run_cli("verify", str(tmp_path / name), "-o", "json")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["hash"] == expected.hash
         (tmp_path / name).write_bytes(packed[: len(packed) // 2])
-        cut = subprocess.run(
-            [sys.executable, "-m", "etcd_backupd.cli", "verify", str(tmp_path / name)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        cut = run_cli("verify", str(tmp_path / name))
         assert cut.returncode == 4

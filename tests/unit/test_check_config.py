@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from etcd_backupd.commands.check_config import describe_config
 from etcd_backupd.config import parse_config
+from tests.harness.cli import run_cli
 
 
 def test_next_three_fire_times_of_every_schedule() -> None:
@@ -42,12 +41,7 @@ def test_check_config_prints_fire_times_with_their_offset(tmp_path: Path) -> Non
         "[schedule]\ncron = '@daily'\ntimezone = 'Asia/Kolkata'\n"
         "[[destination]]\nname = 'local'\ntype = 'local'\npath = '/x'\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "etcd_backupd.cli", "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_cli("check-config", "--config", str(config))
     assert result.returncode == 0, result.stderr
     midnight = r"\d{4}-\d\d-\d\dT00:00:00\+05:30"
     assert re.search(rf"^    next: {midnight}, {midnight}, {midnight}$", result.stdout, re.M)

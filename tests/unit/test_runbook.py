@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,37 +16,64 @@ from etcd_backupd.config import parse_config
 from etcd_backupd.errors import ConfigError, ExitCode
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "restore-plan"
-MEMBERS = [
-    "--member", "etcd1=https://192.168.7.101:2380",
-    "--member", "etcd2=https://192.168.7.102:2380",
-    "--member", "etcd3=https://192.168.7.103:2380",
-]  # fmt: skip
+
+
+def members(scheme: str) -> list[str]:
+    return [
+        arg for n in (1, 2, 3) for arg in ("--member", f"etcd{n}={scheme}://192.168.7.10{n}:2380")
+    ]
+
+
+@dataclass(frozen=True)
+class Case:
+    layout: str
+    config: str
+    options: list[str]
+    members: list[str]
+
+
 DESTINATION = "[[destination]]\nname = 'local'\ntype = 'local'\npath = '/var/backups/etcd'\n"
-CONFIGS = {
+SYSTEMD_OPTIONS = ["--data-dir-owner", "etcd:etcd", "--etcd-bin-dir", "/opt/etcd/bin"]
+# each case's golden files are in the folder of its name
+CASES = {
     # kubeadm's own client certificate, root-only like every key kubeadm writes
-    "kubeadm": "[etcd]\nendpoints = ['https://192.168.7.101:2379']\n"
-    "cacert = '/etc/kubernetes/pki/etcd/ca.crt'\n"
-    "cert = '/etc/kubernetes/pki/etcd/healthcheck-client.crt'\n"
-    "key = '/etc/kubernetes/pki/etcd/healthcheck-client.key'\n",
+    "kubeadm": Case(
+        "kubeadm",
+        "[etcd]\nendpoints = ['https://192.168.7.101:2379']\n"
+        "cacert = '/etc/kubernetes/pki/etcd/ca.crt'\n"
+        "cert = '/etc/kubernetes/pki/etcd/healthcheck-client.crt'\n"
+        "key = '/etc/kubernetes/pki/etcd/healthcheck-client.key'\n",
+        [],
+        members("https"),
+    ),
     # an etcd of its own user, with auth on
-    "systemd": "[etcd]\nendpoints = ['https://192.168.7.101:2379']\n"
-    "cacert = '/etc/etcd/pki/ca.pem'\ncert = '/etc/etcd/pki/backup.pem'\n"
-    "key = '/etc/etcd/pki/backup-key.pem'\nusername = 'root'\n"
-    "password_file = '/etc/etcd-backupd/etcd-password'\n",
-}
-OPTIONS = {
-    "kubeadm": [],
-    "systemd": ["--data-dir-owner", "etcd:etcd", "--etcd-bin-dir", "/opt/etcd/bin"],
+    "systemd": Case(
+        "systemd",
+        "[etcd]\nendpoints = ['https://192.168.7.101:2379']\n"
+        "cacert = '/etc/etcd/pki/ca.pem'\ncert = '/etc/etcd/pki/backup.pem'\n"
+        "key = '/etc/etcd/pki/backup-key.pem'\nusername = 'root'\n"
+        "password_file = '/etc/etcd-backupd/etcd-password'\n",
+        SYSTEMD_OPTIONS,
+        members("https"),
+    ),
+    # no TLS and no auth anywhere: plain HTTP between clients and members and among members
+    "systemd-plain": Case(
+        "systemd",
+        "[etcd]\nendpoints = ['http://192.168.7.101:2379']\n",
+        SYSTEMD_OPTIONS,
+        members("http"),
+    ),
 }
 
 
-def plan(layout: str, tmp: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, str]:
+def plan(name: str, tmp: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, str]:
+    case = CASES[name]
     tmp.mkdir(exist_ok=True)
     config = tmp / "config.toml"
-    config.write_text(CONFIGS[layout] + DESTINATION)
-    args = ["restore-plan", "--config", str(config), *MEMBERS, *OPTIONS[layout],
+    config.write_text(case.config + DESTINATION)
+    args = ["restore-plan", "--config", str(config), *case.members, *case.options,
             "--snapshot", "/var/backups/etcd/etcd-snapshot-prod-20261123T224500Z.db.zst",
-            "--layout", layout, *extra]  # fmt: skip
+            "--layout", case.layout, *extra]  # fmt: skip
     assert main(args) == 0
     files = {"runbook.md": capsys.readouterr().out}
     assert main([*args, "--output", "script", "--script-dir", str(tmp / "scripts")]) == 0
@@ -55,27 +83,28 @@ def plan(layout: str, tmp: Path, capsys: pytest.CaptureFixture[str], *extra: str
     return files
 
 
-@pytest.mark.parametrize("layout", ["kubeadm", "systemd"])
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_restore_plan_matches_its_golden_files(
-    layout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    files = plan(layout, tmp_path, capsys)
+    files = plan(case, tmp_path, capsys)
     assert sorted(files) == ["restore-etcd1.sh", "restore-etcd2.sh", "restore-etcd3.sh",
                              "runbook.md"]  # fmt: skip
-    folder = GOLDEN / layout
+    folder = GOLDEN / case
     if os.environ.get("UPDATE_GOLDEN"):
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
             (folder / name).write_text(text)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files), f"golden files of {case}"
     for name, text in files.items():
-        assert text == (folder / name).read_text(), f"{layout}/{name} differs from its golden file"
+        assert text == (folder / name).read_text(), f"{case}/{name} differs from its golden file"
 
 
-@pytest.mark.parametrize("layout", ["kubeadm", "systemd"])
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_every_script_parses_and_names_no_secret(
-    layout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for name, text in plan(layout, tmp_path, capsys).items():
+    for name, text in plan(case, tmp_path, capsys).items():
         if name.endswith(".sh"):
             path = tmp_path / name
             path.write_text(text)
