@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import os
 import sys
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from ..manifest import Cluster
     from ..snapshot.keyspace import KeyValue
 
+log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(os.environ.get("ETCD_BACKUPD_CONFIG", "/etc/etcd-backupd/config.toml"))
 
 
@@ -47,6 +49,18 @@ def cluster_option(parser: argparse.ArgumentParser) -> None:
         help="act on this cluster's backups (the cluster part of snapshot names; default: "
         "etcd.cluster_name, else the cluster ID etcd reports)",
     )
+
+
+def load_service_config(path: Path) -> Config:
+    """The config a backing-up command runs on, with a warning for each file it names that
+    others can read or change (the config itself, keys, passwords)."""
+    from ..config import load_config
+    from ..config_files import loose_permissions
+
+    config = load_config(path)
+    for warning in loose_permissions(config, path):
+        log.warning("%s", warning)
+    return config
 
 
 def print_error(args: argparse.Namespace, text: str) -> None:
