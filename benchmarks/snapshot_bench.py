@@ -5,10 +5,11 @@ values, Kubernetes-shaped objects, lease-like keys), then alternates the two com
 first, then once, so neither always gets the warmer cache) and prints each run with its ratio,
 the medians, the median of the per-round ratios and once's peak RSS. Each command runs in its
 own process, started by a small launcher that times it and reads its peak RSS with os.wait4, so
-the figures are the commands' own. With --baseline, each round also runs `once` from another
-source tree of etcd-backupd (a checkout of the commit before a change, its walker built in
-place), right after this tree's, alternating which of the two goes first: a before and after
-against the same database, machine and load.
+the figures are the commands' own; once's stage seconds come from its JSON output, with the time
+outside them (interpreter start, imports, exit). With --baseline, each round also runs `once`
+from another source tree of etcd-backupd (a checkout of the commit before a change, its walker
+built in place), right after this tree's, alternating which of the two goes first: a before and
+after against the same database, machine and load.
 
     python benchmarks/snapshot_bench.py [--shape 1mb|k8s|lease] [--size-mib N] [--rounds 5]
         [--baseline DIR]
@@ -17,6 +18,7 @@ against the same database, machine and load.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -133,7 +135,11 @@ def main() -> None:
                 f"path = {str(backups)!r}\n"
             )
             etcdctl = [str(binaries.etcdctl), "--endpoints", cluster.endpoints[0]]
-            once = [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config)]
+            once = [
+                sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config),
+                "--output", "json",
+            ]  # fmt: skip
+            result = work / "once.json"
             # `python -m` looks in its working directory first: each tree runs from its own
             trees = {"once": REPO}
             if args.baseline is not None:
@@ -141,6 +147,7 @@ def main() -> None:
             save_times: list[float] = []
             times: dict[str, list[float]] = {name: [] for name in trees}
             peaks: dict[str, list[int]] = {name: [] for name in trees}
+            stages: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
             for round_no in range(1, args.rounds + 1):
                 target = work / "etcdctl.db"
                 seconds, _ = timed([*etcdctl, "snapshot", "save", str(target)])
@@ -149,7 +156,11 @@ def main() -> None:
                 report = [f"round {round_no}: etcdctl save {seconds:.2f} s"]
                 order = list(trees) if round_no % 2 else list(reversed(trees))
                 for name in order:
-                    seconds, rss = timed(once, cwd=trees[name])
+                    seconds, rss = timed(once, cwd=trees[name], stdout=result)
+                    spent = json.loads(result.read_text())["stage_seconds"]
+                    spent["outside stages"] = seconds - sum(spent.values())
+                    for stage, stage_seconds in spent.items():
+                        stages[name].setdefault(stage, []).append(stage_seconds)
                     for stored in backups.iterdir():
                         stored.unlink()
                     times[name].append(seconds)
@@ -167,6 +178,8 @@ def main() -> None:
             f"{name} peak RSS: median {statistics.median(peaks[name]) / 1024:.1f} MiB, "
             f"max {max(peaks[name]) / 1024:.1f} MiB  (target <= 64 MiB)"
         )
+        medians = [f"{stage} {statistics.median(v):.2f}" for stage, v in stages[name].items()]
+        print(f"{name} stages, median s: {', '.join(medians)}")
 
 
 if __name__ == "__main__":
