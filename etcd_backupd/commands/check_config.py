@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
+from ..clock import SYSTEM_CLOCK
 from ..errors import BackupError, ExitCode
 from .common import config_option, print_error
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in loose_permissions(config, args.config):
         print_error(args, f"warning: {warning}")
     print(f"{args.config}: valid")
-    for line in describe_config(config, datetime.now(UTC)):
+    for line in describe_config(config, SYSTEM_CLOCK.now()):
         print(f"  {line}")
     for line in _deletion_notes(config):
         print(f"  {line}")

@@ -9,10 +9,10 @@ import json
 import logging
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..clock import SYSTEM_CLOCK
 from ..errors import BackupError
 from ..logs import error_line
 
@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from ..snapshot.keyspace import KeyValue
 
 log = logging.getLogger(__name__)
-DEFAULT_CONFIG = Path(os.environ.get("ETCD_BACKUPD_CONFIG", "/etc/etcd-backupd/config.toml"))
+# an empty ETCD_BACKUPD_CONFIG is unset, not the working directory
+DEFAULT_CONFIG = Path(os.environ.get("ETCD_BACKUPD_CONFIG") or "/etc/etcd-backupd/config.toml")
 
 
 def config_option(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +65,7 @@ def load_service_config(path: Path) -> Config:
 
 
 def print_error(args: argparse.Namespace, text: str) -> None:
-    print(error_line(args.log_format, text, datetime.now(UTC)), file=sys.stderr)
+    print(error_line(args.log_format, text, SYSTEM_CLOCK.now()), file=sys.stderr)
 
 
 def print_json(data: Any) -> None:

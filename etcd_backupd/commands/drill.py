@@ -4,8 +4,8 @@ restore."""
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 
+from ..clock import SYSTEM_CLOCK
 from ..errors import ExitCode
 from .common import chosen, cluster_option, config_option, our_cluster
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     tools = find_tools(config.drill.bin_dir)
     cluster = our_cluster(config, args.cluster)
-    now = datetime.now(UTC)
+    now = SYSTEM_CLOCK.now()
     notifications = Notifications(config.notify, cluster=config.etcd.cluster_name)
     results = []
     for settings in chosen(config, args.destination):
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                 credentials=config.etcd.credentials,
             )
         )
-        record_result(config.state_dir, results[-1], datetime.now(UTC))
+        record_result(config.state_dir, results[-1], SYSTEM_CLOCK.now())
         notifications.drill_finished(results[-1])
     notifications.close()
     for result in results:

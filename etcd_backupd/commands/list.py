@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from ..clock import SYSTEM_CLOCK
 from ..errors import ExitCode
 from .common import chosen, config_option, output_option, print_json
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..retention import is_future
 
     config = load_config(args.config)
-    now = datetime.now(UTC)
+    now = SYSTEM_CLOCK.now()
     listing: dict[str, list[dict[str, Any]]] = {}
     for settings in chosen(config, args.destination):
         destination = build(settings)

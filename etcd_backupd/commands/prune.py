@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 
+from ..clock import SYSTEM_CLOCK
 from ..errors import ExitCode
 from .common import (
     chosen,
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..prune import lock_period, policy_for, prune
 
     config = load_config(args.config)
-    now = datetime.now(UTC)
+    now = SYSTEM_CLOCK.now()
     cluster = our_cluster(config, args.cluster)
     results = [
         prune(

@@ -4,9 +4,9 @@ data directory with etcd's own tools."""
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 from pathlib import Path
 
+from ..clock import SYSTEM_CLOCK
 from ..errors import BackupError, ExitCode
 from .common import chosen
 
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     tools = find_tools(bin_dir)
     member = Member(args.name, args.initial_advertise_peer_urls, args.data_dir)
     cluster = args.initial_cluster or f"{args.name}={args.initial_advertise_peer_urls}"
-    now = datetime.now(UTC)
+    now = SYSTEM_CLOCK.now()
     if args.file is not None:
         token = args.initial_cluster_token or restore_token(args.file.name)
         status, tool = restore(

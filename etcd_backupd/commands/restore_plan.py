@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..clock import SYSTEM_CLOCK
 from ..errors import BackupError, ExitCode
 from ..runbook import (
     DEFAULT_BUMP_REVISION,
@@ -214,6 +214,6 @@ def _runbook_source(args: argparse.Namespace, config: Config | None) -> Snapshot
         args.snapshot,
         settings.name,
         cluster=config.etcd.cluster_name,
-        now=datetime.now(UTC),
+        now=SYSTEM_CLOCK.now(),
     )
     return SnapshotSource(wanted.snapshot, str(args.config.absolute()), settings.name)
