@@ -35,12 +35,17 @@ def parse_urls(items: list[str], option: str) -> dict[str, str]:
     checked as the config's [restore] tables check theirs."""
     # config brings pydantic; every command's parser imports this module (restore-plan's defaults)
     from .config import restore_url_problem
+    from .config_base import NAME_RE, NAME_RULE
 
     found = {}
     for item in items:
         name, sep, url = item.partition("=")
         if not sep or not name or not url.startswith(("http://", "https://")):
             raise BackupError(f"{option} {item!r} is not NAME=URL")
+        # a member's script is restore-NAME.sh: a name with '/' or a leading '.' would be
+        # written outside --script-dir or hidden in it
+        if not NAME_RE.match(name):
+            raise ConfigError(f"{option} member name {name!r} {NAME_RULE}")
         problem = restore_url_problem(name, url)
         if problem:
             raise ConfigError(f"{option} {problem}")

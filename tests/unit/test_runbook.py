@@ -176,3 +176,24 @@ def test_member_urls_are_refused_as_the_configs_restore_table_refuses_them(
     assert captured.out == ""
     assert captured.err.splitlines() == [f"etcd-backupd: {option} {name}: {reason}"]
     assert "secret" not in captured.err
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "sp ace"])
+def test_member_names_that_would_leave_the_script_dir_are_refused(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the [restore] table refuses the same name, and a script is named after its member
+    with pytest.raises(ConfigError):
+        parse_config({"restore": {"members": {name: "https://10.0.0.1:2380"}}})
+    scripts = tmp_path / "scripts"
+    args = ["restore-plan", "--snapshot", "/s.db", "--layout", "systemd"]
+    args += ["--member", f"{name}=https://10.0.0.1:2380", "--member", "ok=https://10.0.0.2:2380"]
+    args += ["--output", "script", "--script-dir", str(scripts)]
+    assert main(args) == ExitCode.CONFIG
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"etcd-backupd: --member member name {name!r} may hold only letters, digits, '.', '_' "
+        "and '-'"
+    ]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []
