@@ -5,14 +5,20 @@ values, Kubernetes-shaped objects, lease-like keys), then alternates the two com
 first, then once, so neither always gets the warmer cache) and prints each run with its ratio,
 the medians, the median of the per-round ratios and once's peak RSS. Each command runs in its
 own process, started by a small launcher that times it and reads its peak RSS with os.wait4, so
-the figures are the commands' own.
+the figures are the commands' own; once's stage seconds come from its JSON output, with the time
+outside them (interpreter start, imports, exit). With --baseline, each round also runs `once`
+from another source tree of etcd-backupd (a checkout of the commit before a change, its walker
+built in place), right after this tree's, alternating which of the two goes first: a before and
+after against the same database, machine and load.
 
     python benchmarks/snapshot_bench.py [--shape 1mb|k8s|lease] [--size-mib N] [--rounds 5]
+        [--baseline DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -45,7 +51,10 @@ os._exit(os.waitstatus_to_exitcode(status))
 
 
 def timed(
-    command: list[str], env: dict[str, str] | None = None, stdout: Path | None = None
+    command: list[str],
+    env: dict[str, str] | None = None,
+    stdout: Path | None = None,
+    cwd: Path | None = None,
 ) -> tuple[float, int]:
     """Run a command, its output into `stdout` if given; return its wall seconds and peak RSS
     in KiB."""
@@ -54,7 +63,7 @@ def timed(
         with open(stdout or os.devnull, "wb") as sink:
             process = subprocess.Popen(
                 [sys.executable, "-S", "-c", _LAUNCHER, str(write_end), *command],
-                stdout=sink, stderr=subprocess.PIPE, env=env, pass_fds=(write_end,),
+                stdout=sink, stderr=subprocess.PIPE, env=env, pass_fds=(write_end,), cwd=cwd,
             )  # fmt: skip
     finally:
         os.close(write_end)
@@ -95,6 +104,9 @@ def main() -> None:
     add_shape_arguments(parser)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary dir")
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="a source tree to run `once` from too"
+    )
     args = parser.parse_args()
 
     binaries = find_binaries("3.5")
@@ -123,33 +135,51 @@ def main() -> None:
                 f"path = {str(backups)!r}\n"
             )
             etcdctl = [str(binaries.etcdctl), "--endpoints", cluster.endpoints[0]]
-            once = [sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config)]
+            once = [
+                sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config),
+                "--output", "json",
+            ]  # fmt: skip
+            result = work / "once.json"
+            # `python -m` looks in its working directory first: each tree runs from its own
+            trees = {"once": REPO}
+            if args.baseline is not None:
+                trees["baseline once"] = args.baseline.resolve()
             save_times: list[float] = []
-            once_times: list[float] = []
-            once_rss: list[int] = []
+            times: dict[str, list[float]] = {name: [] for name in trees}
+            peaks: dict[str, list[int]] = {name: [] for name in trees}
+            stages: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
             for round_no in range(1, args.rounds + 1):
                 target = work / "etcdctl.db"
                 seconds, _ = timed([*etcdctl, "snapshot", "save", str(target)])
                 target.unlink()
                 save_times.append(seconds)
-                seconds, rss = timed(once)
-                for stored in backups.iterdir():
-                    stored.unlink()
-                once_times.append(seconds)
-                once_rss.append(rss)
-                print(
-                    f"round {round_no}: etcdctl save {save_times[-1]:.2f} s, "
-                    f"once {once_times[-1]:.2f} s ({once_rss[-1] / 1024:.1f} MiB peak RSS), "
-                    f"ratio {once_times[-1] / save_times[-1]:.2f}",
-                    flush=True,
-                )
+                report = [f"round {round_no}: etcdctl save {seconds:.2f} s"]
+                order = list(trees) if round_no % 2 else list(reversed(trees))
+                for name in order:
+                    seconds, rss = timed(once, cwd=trees[name], stdout=result)
+                    spent = json.loads(result.read_text())["stage_seconds"]
+                    spent["outside stages"] = seconds - sum(spent.values())
+                    for stage, stage_seconds in spent.items():
+                        stages[name].setdefault(stage, []).append(stage_seconds)
+                    for stored in backups.iterdir():
+                        stored.unlink()
+                    times[name].append(seconds)
+                    peaks[name].append(rss)
+                    report.append(
+                        f"{name} {seconds:.2f} s ({rss / 1024:.1f} MiB peak RSS), "
+                        f"ratio {seconds / save_times[-1]:.2f}"
+                    )
+                print(", ".join(report), flush=True)
         finally:
             cluster.stop()
-    summary("once / etcdctl snapshot save", once_times, save_times, 1.05)
-    print(
-        f"once peak RSS: median {statistics.median(once_rss) / 1024:.1f} MiB, "
-        f"max {max(once_rss) / 1024:.1f} MiB  (target <= 64 MiB)"
-    )
+    for name in trees:
+        summary(f"{name} / etcdctl snapshot save", times[name], save_times, 1.05)
+        print(
+            f"{name} peak RSS: median {statistics.median(peaks[name]) / 1024:.1f} MiB, "
+            f"max {max(peaks[name]) / 1024:.1f} MiB  (target <= 64 MiB)"
+        )
+        medians = [f"{stage} {statistics.median(v):.2f}" for stage, v in stages[name].items()]
+        print(f"{name} stages, median s: {', '.join(medians)}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,13 @@ ENV_ETCD_PASSWORD = "ETCD_BACKUPD_ETCD_PASSWORD"
 ENV_ETCD_USERNAME = "ETCD_BACKUPD_ETCD_USERNAME"
 
 
+def restore_url_problem(name: str, url: str) -> str | None:
+    """Why the [restore] tables, and restore-plan's --member and --client-url, refuse member
+    `name`'s URL, or None: it must be an http(s)://host:port URL without credentials."""
+    problem = url_problem(url)
+    return f"{name}: {shown(url)} {problem}" if problem else None
+
+
 class EtcdConfig(Strict):
     endpoints: list[str] = Field(
         default=["http://127.0.0.1:2379"],
@@ -270,9 +277,9 @@ class RestoreConfig(Strict):
         for name, url in urls.items():
             if not NAME_RE.match(name):
                 raise ValueError(f"member name {name!r} {NAME_RULE}")
-            problem = url_problem(url)
+            problem = restore_url_problem(name, url)
             if problem:
-                raise ValueError(f"{name}: {shown(url)} {problem}")
+                raise ValueError(problem)
         return urls
 
     @model_validator(mode="after")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .restore import DrillResult
+    from .drill import DrillResult
 
 log = logging.getLogger(__name__)
 

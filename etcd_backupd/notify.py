@@ -25,7 +25,7 @@ from .clock import SYSTEM_CLOCK, Clock
 if TYPE_CHECKING:
     from .config import NotifyConfig
     from .cycle import CycleResult
-    from .restore import DrillResult
+    from .drill import DrillResult
 
 log = logging.getLogger(__name__)
 

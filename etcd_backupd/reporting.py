@@ -16,12 +16,12 @@ from .coordination import Role
 from .cycle import CycleResult
 from .destinations import build
 from .destinations.held import Listing, list_held
+from .drill import DrillResult
 from .errors import BackupError, DestinationBusy
 from .etcd import identify_cluster
 from .manifest import Cluster, Manifest
 from .metrics import BackupMetrics, push, write_textfile
 from .notify import Notifications
-from .restore import DrillResult
 from .sdnotify import Notifier
 from .stall import within_stall_timeout
 

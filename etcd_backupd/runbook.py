@@ -10,6 +10,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
+from .errors import BackupError, ConfigError
+
 Layout = Literal["kubeadm", "systemd"]
 LAYOUTS: tuple[Layout, ...] = ("kubeadm", "systemd")
 KUBEADM_MANIFESTS = "/etc/kubernetes/manifests"
@@ -26,6 +28,40 @@ class RunbookMember:
     name: str
     peer_url: str
     client_url: str
+
+
+def parse_urls(items: list[str], option: str) -> dict[str, str]:
+    """The NAME=URL values of a repeated option (--member, --client-url), by name; each URL is
+    checked as the config's [restore] tables check theirs."""
+    # config brings pydantic; every command's parser imports this module (restore-plan's defaults)
+    from .config import restore_url_problem
+    from .config_base import NAME_RE, NAME_RULE
+
+    found = {}
+    for item in items:
+        name, sep, url = item.partition("=")
+        if not sep or not name or not url.startswith(("http://", "https://")):
+            raise BackupError(f"{option} {item!r} is not NAME=URL")
+        # a member's script is restore-NAME.sh: a name with '/' or a leading '.' would be
+        # written outside --script-dir or hidden in it
+        if not NAME_RE.match(name):
+            raise ConfigError(f"{option} member name {name!r} {NAME_RULE}")
+        problem = restore_url_problem(name, url)
+        if problem:
+            raise ConfigError(f"{option} {problem}")
+        found[name] = url
+    return found
+
+
+def runbook_members(peers: dict[str, str], clients: dict[str, str]) -> list[RunbookMember]:
+    """The members by their peer URLs; one without a client URL is checked at its peer host,
+    port 2379."""
+    members = []
+    for name, peer in peers.items():
+        host = peer.split("://", 1)[1].rsplit(":", 1)[0]
+        scheme = peer.split("://", 1)[0]
+        members.append(RunbookMember(name, peer, clients.get(name, f"{scheme}://{host}:2379")))
+    return members
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,13 @@ from .cron import CronSchedule
 from .cycle import CycleResult, run_cycle
 from .destinations import build
 from .destinations.held import UNKNOWN_CLUSTER
+from .drill import DrillResult, drill
 from .drill_record import record_result
 from .encryption import load_identities
 from .errors import BackupError, DestinationBusy
 from .overlap import OneAtATime
 from .reporting import Reporting
-from .restore import DrillResult, drill, find_tools
+from .restore import find_tools
 from .retention import is_future
 
 log = logging.getLogger(__name__)

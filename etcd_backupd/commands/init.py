@@ -6,9 +6,9 @@ import argparse
 import os
 import socket
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
+from ..clock import SYSTEM_CLOCK
 from ..errors import BackupError, ExitCode
 
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             + (f" (this host's member: {found.local_endpoint})" if found.local_endpoint else ""),
             file=sys.stderr,
         )
-    text = render(found, host=socket.gethostname(), now=datetime.now(UTC))
+    text = render(found, host=socket.gethostname(), now=SYSTEM_CLOCK.now())
     if args.output is None:
         sys.stdout.write(text)
         return ExitCode.OK

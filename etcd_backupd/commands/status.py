@@ -4,15 +4,13 @@ of their age."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..clock import SYSTEM_CLOCK
 from ..errors import BackupError, ExitCode
+from .common import chosen, config_option, output_option, print_json
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -30,14 +28,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"{ExitCode.DESTINATION.value} when a destination cannot be listed: usable as a cron or "
         "Nagios-style check.",
     )
-    parser.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=Path(os.environ.get("ETCD_BACKUPD_CONFIG", "/etc/etcd-backupd/config.toml")),
-        help="TOML config file (default: /etc/etcd-backupd/config.toml; or set "
-        "ETCD_BACKUPD_CONFIG)",
-    )
+    config_option(parser)
     parser.add_argument(
         "--max-age",
         metavar="DURATION",
@@ -45,9 +36,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "gap between the destination's fire times)",
     )
     parser.add_argument("--destination", "-d", help="only this destination")
-    parser.add_argument(
-        "--output", "-o", choices=("text", "json"), default="text", help="output format"
-    )
+    output_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -62,15 +51,10 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise BackupError(f"--max-age: {exc}") from None
     config = load_config(args.config)
-    if args.destination is not None and args.destination not in {
-        d.name for d in config.destination
-    }:
-        names = ", ".join(d.name for d in config.destination)
-        raise BackupError(f"no destination named {args.destination!r}; configured: {names}")
-    statuses = collect(config, datetime.now(UTC), max_age, args.destination)
+    chosen(config, args.destination)
+    statuses = collect(config, SYSTEM_CLOCK.now(), max_age, args.destination)
     if args.output == "json":
-        json.dump(to_json(statuses), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(to_json(statuses))
     else:
         for status in statuses:
             print("\n".join(describe(status)))

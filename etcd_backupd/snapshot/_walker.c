@@ -37,7 +37,7 @@ enum { WALK_OK = 0, WALK_STOP, WALK_UNUSUAL, WALK_ERROR };
  * 96-bit fingerprint per key instead of the key, 12 bytes in an open-addressed table instead of a
  * bytes object and a dict entry, an eighth of the memory or less on a Kubernetes-shaped database.
  * 64 bits of it are Python's own hash of bytes, SipHash keyed at random per process, so no file
- * can be made to collide; the other 32 are FNV-1a. The table is split in PARTS that grow one at a
+ * can be made to collide; the other 32 are CRC-32C. The table is split in PARTS that grow one at a
  * time, by half, so that growing never holds two copies of the whole table. The empty key, a
  * revision bump's marker, is tracked apart: etcdutl 3.6 counts it, the live-key figure does not.
  */
@@ -145,14 +145,6 @@ static void keyset_free(KeySet *set)
 {
     for (int i = 0; i < PARTS; i++)
         free(set->parts[i].slots);
-}
-
-static uint32_t fnv1a(const uint8_t *p, size_t n)
-{
-    uint32_t value = 0x811C9DC5u;
-    while (n--)
-        value = (value ^ *p++) * 0x01000193u;
-    return value;
 }
 
 typedef struct {
@@ -297,18 +289,19 @@ static uint64_t main_revision(const uint8_t *key, size_t len)
     return value;
 }
 
-/* status.replay for one record; WALK_STOP past the revision asked for */
-static int replay(Walk *w, const uint8_t *page, uint64_t key_start, uint32_t key_size,
-                  uint64_t start, uint64_t end)
+/* The user key of one record of bucket `key` (status.user_key) and whether the record is a put;
+ * WALK_STOP past the revision asked for. */
+static int record(const Walk *w, const uint8_t *page, uint64_t key_start, uint32_t key_size,
+                  uint64_t start, uint64_t end, const uint8_t **name, uint64_t *length, int *put)
 {
     const uint8_t *key = page + key_start;
-    int put = key_size == REVISION_KEY_SIZE;
-    if (!put && !(key_size == REVISION_KEY_SIZE + 1 && key[REVISION_KEY_SIZE] == TOMBSTONE))
+    *put = key_size == REVISION_KEY_SIZE;
+    if (!*put && !(key_size == REVISION_KEY_SIZE + 1 && key[REVISION_KEY_SIZE] == TOMBSTONE))
         return WALK_UNUSUAL;
     if (w->max_revision >= 0 && main_revision(key, key_size) > (uint64_t)w->max_revision)
         return WALK_STOP;
-    const uint8_t *name = page + start;
-    uint64_t length = 0;
+    *name = page + start;
+    *length = 0;
     if (end > start) {
         if (end - start < 2 || page[start] != KEY_TAG)
             return WALK_UNUSUAL;
@@ -319,33 +312,24 @@ static int replay(Walk *w, const uint8_t *page, uint64_t key_start, uint32_t key
             uint8_t byte = page[index++];
             if ((byte & 0x7F) && shift >= 32)
                 return WALK_UNUSUAL; /* longer than any record: the pure reader says so */
-            length |= (uint64_t)(byte & 0x7F) << shift;
+            *length |= (uint64_t)(byte & 0x7F) << shift;
             if (byte < 0x80)
                 break;
         }
-        if (index + length > end)
+        if (index + *length > end)
             return WALK_UNUSUAL;
-        name = page + index;
+        *name = page + index;
     }
+    return WALK_OK;
+}
+
+/* status.replay for one record into the dict of live keys */
+static int replay_into_dict(Walk *w, const uint8_t *name, uint64_t length, int put)
+{
     PyObject *user_key = PyBytes_FromStringAndSize((const char *)name, (Py_ssize_t)length);
     if (user_key == NULL)
         return WALK_ERROR;
-    int failed = 0;
-    if (w->live == NULL) {
-        Py_hash_t hash = PyObject_Hash(user_key);
-        Py_DECREF(user_key);
-        if (hash == -1 && PyErr_Occurred())
-            return WALK_ERROR;
-        uint64_t bits = (uint64_t)hash;
-        Print print = {(uint32_t)bits, (uint32_t)(bits >> 32), fnv1a(name, (size_t)length) | 1};
-        if (length == 0)
-            w->keys.bump = put;
-        else if (put)
-            failed = keyset_put(&w->keys, print) < 0;
-        else
-            keyset_drop(&w->keys, print);
-        return failed ? WALK_ERROR : WALK_OK;
-    }
+    int failed;
     if (put) {
         failed = PyDict_SetItem(w->live, user_key, Py_None) < 0;
     } else {
@@ -357,6 +341,69 @@ static int replay(Walk *w, const uint8_t *page, uint64_t key_start, uint32_t key
     }
     Py_DECREF(user_key);
     return failed ? WALK_ERROR : WALK_OK;
+}
+
+/* what hash() of a bytes object of these bytes gives, without making the object */
+static Py_hash_t hash_bytes(const uint8_t *p, uint64_t n)
+{
+#if PY_VERSION_HEX >= 0x030E0000
+    return Py_HashBuffer(p, (Py_ssize_t)n);
+#else
+    return _Py_HashBytes(p, (Py_ssize_t)n);
+#endif
+}
+
+/* Records fingerprinted ahead of their turn, so that the table slots they land in are fetched
+ * from memory together rather than one miss after the other: the table of a large key space is
+ * megabytes, and waiting on its slots was most of the walk. */
+#define AHEAD 32
+
+typedef struct {
+    Print print;
+    int put;
+    int empty;
+} Step;
+
+/* status.replay for records `first` to `first + n - 1` of a leaf into the fingerprint table */
+static int replay_prints(Walk *w, const uint8_t *page, uint32_t first, uint32_t n)
+{
+    Step steps[AHEAD];
+    int outcome = WALK_OK;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *element = page + HEADER + (uint64_t)(first + i) * ELEMENT;
+        uint64_t key_start = HEADER + (uint64_t)(first + i) * ELEMENT + le32(element + 4);
+        uint32_t key_size = le32(element + 8);
+        uint64_t key_end = key_start + key_size;
+        const uint8_t *name;
+        uint64_t length;
+        int status = record(w, page, key_start, key_size, key_end, key_end + le32(element + 12),
+                            &name, &length, &steps[i].put);
+        if (status == WALK_STOP) {
+            /* the records before this one still count */
+            outcome = status;
+            n = i;
+            break;
+        }
+        if (status != WALK_OK)
+            return status;
+        uint64_t bits = (uint64_t)hash_bytes(name, length);
+        uint32_t check = crc32c(0, name, (size_t)length) | 1;
+        steps[i].print = (Print){(uint32_t)bits, (uint32_t)(bits >> 32), check};
+        steps[i].empty = length == 0;
+        Part *part = part_of(&w->keys, steps[i].print);
+        if (part->capacity)
+            __builtin_prefetch(&part->slots[home_of(part, steps[i].print)]);
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        if (steps[i].empty)
+            w->keys.bump = steps[i].put;
+        else if (steps[i].put) {
+            if (keyset_put(&w->keys, steps[i].print) < 0)
+                return WALK_ERROR;
+        } else
+            keyset_drop(&w->keys, steps[i].print);
+    }
+    return outcome;
 }
 
 static int leaf(Walk *w, const uint8_t *page, uint64_t size, uint32_t count, const uint8_t *low,
@@ -393,15 +440,30 @@ static int leaf(Walk *w, const uint8_t *page, uint64_t size, uint32_t count, con
         return WALK_UNUSUAL;
     if (w->previous_len && compare(first_key, first_len, w->previous, w->previous_len) <= 0)
         return WALK_UNUSUAL;
+    if (w->live == NULL) {
+        for (uint32_t i = 0; i < count; i += AHEAD) {
+            int status = replay_prints(w, page, i, count - i < AHEAD ? count - i : AHEAD);
+            if (status != WALK_OK)
+                return status;
+        }
+    }
     for (uint32_t i = 0; i < count; i++) {
         const uint8_t *element = page + HEADER + (uint64_t)i * ELEMENT;
         uint64_t key_start = HEADER + (uint64_t)i * ELEMENT + le32(element + 4);
         uint32_t key_size = le32(element + 8);
         uint64_t key_end = key_start + key_size;
         uint64_t value_end = key_end + le32(element + 12);
-        int status = replay(w, page, key_start, key_size, key_end, value_end);
-        if (status != WALK_OK)
-            return status;
+        if (w->live != NULL) {
+            const uint8_t *name;
+            uint64_t length;
+            int put;
+            int status = record(w, page, key_start, key_size, key_end, value_end, &name, &length,
+                                &put);
+            if (status == WALK_OK)
+                status = replay_into_dict(w, name, length, put);
+            if (status != WALK_OK)
+                return status;
+        }
         if (w->with_crc) {
             w->crc = crc32c(w->crc, page + key_start, key_size);
             w->crc = crc32c(w->crc, page + key_end, (size_t)(value_end - key_end));

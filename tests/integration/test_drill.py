@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from etcd_backupd import restore
+from etcd_backupd import drill as drilling
 from etcd_backupd.config import ENV_ETCD_PASSWORD, load_config
 from etcd_backupd.destinations import build
+from etcd_backupd.drill import drill
 from etcd_backupd.etcd import identify_cluster
-from etcd_backupd.restore import drill, find_tools
+from etcd_backupd.restore import find_tools
 from tests.harness.cli import run_cli, write_config
 from tests.harness.etcd import EtcdCluster, enable_auth, load_kubernetes_like_keys
 
@@ -54,7 +55,7 @@ def test_a_drill_serves_the_keyspace_on_unix_sockets_only(
     backed_up = run_cli("once", "--config", str(config_path))
     assert backed_up.returncode == 0, backed_up.stderr
     seen: dict[str, Any] = {}
-    check = restore._check_drill_member
+    check = drilling._check_drill_member
 
     def observed(*args: Any) -> None:
         check(*args)  # the member is up and answered
@@ -65,7 +66,7 @@ def test_a_drill_serves_the_keyspace_on_unix_sockets_only(
         seen["scratch mode"] = stat.S_IMODE(work.stat().st_mode)
         seen["sockets"] = sorted(p.name for p in work.iterdir() if stat.S_ISSOCK(p.lstat().st_mode))
 
-    monkeypatch.setattr(restore, "_check_drill_member", observed)
+    monkeypatch.setattr(drilling, "_check_drill_member", observed)
     config = load_config(config_path)
     result = drill(
         build(config.destination[0]),

@@ -15,8 +15,8 @@ import pytest
 
 from etcd_backupd.config import parse_config
 from etcd_backupd.cycle import CycleResult, DestinationResult
+from etcd_backupd.drill import DrillResult
 from etcd_backupd.notify import Notifications
-from etcd_backupd.restore import DrillResult
 from tests.harness.cli import Running, run_cli
 from tests.harness.cli import write_config as config_file
 from tests.harness.etcd import EtcdCluster, free_port

@@ -18,9 +18,10 @@ import pytest
 from etcd_backupd.config import load_config
 from etcd_backupd.cycle import _manifest
 from etcd_backupd.destinations import build
+from etcd_backupd.drill import drill
 from etcd_backupd.etcd import MemberStatus
 from etcd_backupd.manifest import Cluster
-from etcd_backupd.restore import drill, find_tools
+from etcd_backupd.restore import find_tools
 from etcd_backupd.snapshot.status import verify_snapshot
 from tests.harness.cli import local_destination, run_cli, write_config
 from tests.harness.etcd import EtcdBinaries, EtcdCluster, start_cluster

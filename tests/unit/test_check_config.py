@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from etcd_backupd.cli import _describe_config
+from etcd_backupd.commands.check_config import describe_config
 from etcd_backupd.config import parse_config
 from tests.harness.cli import run_cli
 
@@ -22,7 +22,7 @@ def test_next_three_fire_times_of_every_schedule() -> None:
             "drill": {"enabled": True},
         }
     )
-    lines = _describe_config(config, datetime(2026, 11, 28, 12, tzinfo=UTC))
+    lines = describe_config(config, datetime(2026, 11, 28, 12, tzinfo=UTC))
     assert lines[1:] == [
         "schedule: 0 3 * * 1, @monthly (Europe/Berlin)",
         "  next: 2026-11-30T03:00:00+01:00, 2026-12-01T00:00:00+01:00, 2026-12-07T03:00:00+01:00",

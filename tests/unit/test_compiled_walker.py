@@ -204,3 +204,38 @@ def test_many_keys_put_and_deleted_count_the_same(
             expected.pop(name, None)
     assert isinstance(figures, DatabaseFigures) and figures.live_keys == len(expected)
     assert spy.walked > 0 and spy.handed_over == 0
+
+
+@pytest.mark.parametrize("records", [31, 32, 33, 64, 65, 200])
+def test_a_key_put_deleted_and_put_again_within_one_page_counts_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy, records: int
+) -> None:
+    """The compiled walker fingerprints a page's records some at a time before applying them:
+    one key written, deleted and written again on each side of every such boundary, the bump
+    marker among them, and a tombstone last, leave the same keys alive as record by record."""
+    history: list[Entry] = []
+    for main in range(2, 2 + records):
+        step = main - 2
+        name = f"/registry/leases/holder-{step % 3}".encode()
+        if step == records // 2:
+            history.append((revision(main), b"", 0))
+            continue
+        gone = step % 5 == 4 or step == records - 1
+        history.append(
+            (revision(main, tombstone=gone), record(name, b"" if gone else b"v" * 30, main), 0)
+        )
+    db = Database(4096)
+    leaf = db.add(leaf_image(history))
+    path = tmp_path / "db"
+    path.write_bytes(db.build(db.add(leaf_image([(b"key", bucket(leaf), BUCKET_FLAG)]))))
+    figures = same_both_ways(monkeypatch, path, (None, records // 2 + 1, records))
+    expected: dict[bytes, None] = {}
+    for key, value, _ in history:
+        name = user_key(value, 0, len(value))
+        if len(key) == 17:
+            expected[name] = None
+        else:
+            expected.pop(name, None)
+    assert isinstance(figures, DatabaseFigures)
+    assert figures.live_keys == len(expected) - (b"" in expected)
+    assert spy.walked > 0 and spy.handed_over == 0

@@ -11,6 +11,7 @@ import pytest
 
 import etcd_backupd
 from etcd_backupd import cli
+from etcd_backupd.commands import verify
 from etcd_backupd.errors import BackupError, DestinationBusy, ExitCode
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -75,5 +76,5 @@ def test_main_exits_with_the_code_of_what_ended_the_command(
         raise raised
 
     # a bug or a Ctrl-C cannot be produced on demand by a real command
-    monkeypatch.setitem(cli.COMMANDS, "verify", command)
+    monkeypatch.setattr(verify, "run", command)
     assert cli.main(["verify", str(tmp_path / "db")]) == code

@@ -15,8 +15,8 @@ import pytest
 from etcd_backupd import __version__
 from etcd_backupd.config import NotifyConfig, parse_config
 from etcd_backupd.cycle import CycleResult, DestinationResult
+from etcd_backupd.drill import DrillResult
 from etcd_backupd.notify import Notifications
-from etcd_backupd.restore import DrillResult
 from tests.harness.backups import make_manifest
 from tests.harness.etcd import free_port
 from tests.harness.receiver import DROP, HANG, Receiver

@@ -12,11 +12,11 @@ from prometheus_client import CollectorRegistry
 from etcd_backupd.config import Config, parse_config
 from etcd_backupd.coordination import Role
 from etcd_backupd.cycle import CycleResult
+from etcd_backupd.drill import DrillResult
 from etcd_backupd.errors import DestinationBusy
 from etcd_backupd.manifest import Cluster, Manifest
 from etcd_backupd.metrics import BackupMetrics
 from etcd_backupd.reporting import ExportObserver, MetricsObserver, Observer, Reporting
-from etcd_backupd.restore import DrillResult
 from tests.harness.backups import plant_local
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from etcd_backupd.cli import main
+from etcd_backupd.config import parse_config
+from etcd_backupd.errors import ConfigError, ExitCode
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "restore-plan"
 
@@ -145,3 +147,53 @@ def test_no_bump_changes_only_the_bump_setting_and_its_explanation(
             "node and every controller outside the control plane, so that none keeps watching "
             "revisions from before the restore."
         )
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        ["--member", "etcd1=http://"],
+        ["--member", "etcd1=https://:2380"],
+        ["--member", "etcd1=https://root:secret@10.0.0.1:2380"],
+        ["--member", "etcd1=https://10.0.0.1:2380", "--client-url", "etcd1=http://"],
+    ],
+    ids=["no-host", "port-only", "credentials", "client-url"],
+)
+def test_member_urls_are_refused_as_the_configs_restore_table_refuses_them(
+    given: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    option, value = given[-2:]
+    name, _, url = value.partition("=")
+    table = "client_urls" if option == "--client-url" else "members"
+    members = {"members": {name: "https://10.0.0.1:2380"}} if table == "client_urls" else {}
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"restore": {**members, table: {name: url}}})
+    reason = str(refused.value).rpartition(f"{name}: ")[2]
+
+    args = ["restore-plan", "--snapshot", "/s.db", "--layout", "systemd", *given]
+    assert main(args) == ExitCode.CONFIG
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [f"etcd-backupd: {option} {name}: {reason}"]
+    assert "secret" not in captured.err
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "sp ace"])
+def test_member_names_that_would_leave_the_script_dir_are_refused(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the [restore] table refuses the same name, and a script is named after its member
+    with pytest.raises(ConfigError):
+        parse_config({"restore": {"members": {name: "https://10.0.0.1:2380"}}})
+    scripts = tmp_path / "scripts"
+    args = ["restore-plan", "--snapshot", "/s.db", "--layout", "systemd"]
+    args += ["--member", f"{name}=https://10.0.0.1:2380", "--member", "ok=https://10.0.0.2:2380"]
+    args += ["--output", "script", "--script-dir", str(scripts)]
+    assert main(args) == ExitCode.CONFIG
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"etcd-backupd: --member member name {name!r} may hold only letters, digits, '.', '_' "
+        "and '-'"
+    ]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []
