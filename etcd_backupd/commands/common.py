@@ -1,5 +1,5 @@
-"""What several commands share: the --config, --output and --cluster options, the destinations a
-command acts on, and how errors and JSON are printed."""
+"""What several commands share: the --config, --output, --cluster and --identity options, the
+destinations a command acts on, and how errors and JSON are printed."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ..logs import error_line
 if TYPE_CHECKING:
     from ..config import Config
     from ..config_destinations import DestinationConfig
+    from ..encryption import Identity
     from ..manifest import Cluster
     from ..snapshot.keyspace import KeyValue
 
@@ -50,6 +51,29 @@ def cluster_option(parser: argparse.ArgumentParser) -> None:
         help="act on this cluster's backups (the cluster part of snapshot names; default: "
         "etcd.cluster_name, else the cluster ID etcd reports)",
     )
+
+
+def identity_option(parser: argparse.ArgumentParser, fallback: str = "") -> None:
+    parser.add_argument(
+        "--identity",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="age identity file to decrypt an encrypted backup with (repeatable); default: the "
+        f"files ETCD_BACKUPD_AGE_IDENTITY_FILE names (':'-separated){fallback}",
+    )
+
+
+def identities(args: argparse.Namespace, fallback: Path | None = None) -> list[Identity]:
+    """The identities of --identity, else of the files ETCD_BACKUPD_AGE_IDENTITY_FILE names,
+    else of `fallback` (a config's [drill] identity_file); a file that holds none, or cannot be
+    read, is an IdentityError."""
+    from ..encryption import identity_files, load_identities
+
+    paths = identity_files(args.identity, os.environ)
+    if not paths and fallback is not None:
+        paths = [fallback]
+    return load_identities(paths)
 
 
 def load_service_config(path: Path) -> Config:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ExitCode
-from .common import kv_json, output_option, print_json
+from .common import identities, identity_option, kv_json, output_option, print_json
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,6 +19,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("old", type=Path, help="the older snapshot")
     parser.add_argument("new", type=Path, help="the newer snapshot")
     parser.add_argument("--prefix", default="", help="only keys starting with this")
+    identity_option(parser)
     output_option(parser)
     parser.set_defaults(handler=run)
 
@@ -28,7 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from ..snapshot.keyspace import diff
     from ..snapshot.status import verify_snapshot
 
-    with plain_snapshot(args.old) as old, plain_snapshot(args.new) as new:
+    keys = identities(args)
+    with (
+        plain_snapshot(args.old, identities=keys) as old,
+        plain_snapshot(args.new, identities=keys) as new,
+    ):
         verify_snapshot(old)
         verify_snapshot(new)
         changes = diff(old, new, prefix=args.prefix.encode())

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackupError, ExitCode, SnapshotInvalid
-from .common import kv_json, output_option, print_json
+from .common import identities, identity_option, kv_json, output_option, print_json
 
 if TYPE_CHECKING:
     from ..snapshot.keyspace import KeyValue
@@ -20,7 +20,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = commands.add_parser(
         "inspect",
         help="list the keys a snapshot holds, without restoring it",
-        description="Print the live keys of a snapshot file (plain or compressed) as "
+        description="Print the live keys of a snapshot file (plain, compressed or encrypted) as "
         "'etcdctl get --prefix' would on the restored cluster, in pure Python; --output json "
         "as 'etcdctl get -w json' (base64 keys and values).",
     )
@@ -36,6 +36,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--revision", type=int, help="the keyspace as of this revision (default: the newest)"
     )
+    identity_option(parser)
     output_option(parser)
     parser.set_defaults(handler=run)
 
@@ -58,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
         raise BackupError("give a KEY or --prefix, not both")
     prefix = (args.key if args.key is not None else args.prefix).encode()
     names_only = args.keys_only and args.output == "text" and args.key is None
-    with plain_snapshot(args.file) as plain, ThreadPoolExecutor(max_workers=1) as pool:
+    with (
+        plain_snapshot(args.file, identities=identities(args)) as plain,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
         # the SHA-256 proves the file is what etcd sent; the walk checks every page it reads
         trailer = pool.submit(check_trailer, plain)
         try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..clock import SYSTEM_CLOCK
 from ..errors import BackupError, ExitCode
-from .common import chosen
+from .common import chosen, identities, identity_option
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,6 +65,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="mark the bumped revision compacted, so that old watches are told to re-list",
     )
+    identity_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -95,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             now=now,
             bump_revision=args.bump_revision,
+            identities=identities(args),
         )
     else:
         if config is None or args.destination is None:
@@ -111,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             now=now,
             bump_revision=args.bump_revision,
+            identities=identities(args),
         )
         status, tool, token = restored.status, restored.tool, restored.token
     bumped = (

@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ExitCode, SnapshotInvalid
-from .common import output_option, print_error, print_json
+from .common import identities, identity_option, output_option, print_error, print_json
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..encryption import Identity
     from ..snapshot.status import SnapshotStatus
 
 
@@ -17,28 +20,30 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = commands.add_parser(
         "verify",
         help="check a snapshot file without etcd",
-        description="Check a snapshot file (plain, or compressed with zstd or gzip): its SHA-256 "
+        description="Check a snapshot file (plain, compressed with zstd or gzip, encrypted with "
+        "age, or both): its SHA-256 "
         "trailer and its bbolt structure, and print the revision, total keys, size, hash and "
         "(etcd 3.6) version 'etcdutl snapshot status' of the snapshot's etcd line would print, "
         "and the live keys a restore would hold. Exits 0 only for a sound snapshot.",
     )
     parser.add_argument("file", type=Path, help="snapshot file")
+    identity_option(parser)
     output_option(parser)
     parser.set_defaults(handler=run)
 
 
-def verify_file(path: Path) -> SnapshotStatus:
-    """Verify a snapshot file as stored, compressed or not."""
+def verify_file(path: Path, keys: Sequence[Identity] = ()) -> SnapshotStatus:
+    """Verify a snapshot file as stored, compressed, encrypted (with `keys`) or not."""
     from ..compression import plain_snapshot
     from ..snapshot.status import verify_snapshot
 
-    with plain_snapshot(path) as plain:
+    with plain_snapshot(path, identities=keys) as plain:
         return verify_snapshot(plain)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        status = verify_file(args.file)
+        status = verify_file(args.file, identities(args))
     except SnapshotInvalid as exc:
         if args.output == "json":
             print_json({"valid": False, "file": str(args.file), "error": str(exc)})

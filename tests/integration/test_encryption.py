@@ -201,3 +201,112 @@ def test_kill_9_mid_upload_leaves_no_plaintext_in_the_destinations(
     assert objects(client) == {}
     for what, content in files(tmp_path / "sealed").items():
         assert b"topsecret" not in content and BBOLT_MAGIC not in content, what
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    """The command failed with `code` and one line of error, its last (restore logs its steps
+    before it), naming `needles`; no traceback."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("etcd-backupd:")]
+    assert errors == result.stderr.splitlines()[-1:], result.stderr
+    for needle in needles:
+        assert needle in errors[0], result.stderr
+
+
+def test_encrypted_backups_read_back_restore_and_drill_with_an_identity_only(
+    etcd35: EtcdCluster, s3: MotoServer, tmp_path: Path
+) -> None:
+    fill(etcd35, 1)
+    identity, recipient = age_key(tmp_path)
+    other, _ = age_key(tmp_path, "other.txt")
+    client = s3.client()
+    make_bucket(client, BUCKET)
+    bins = str(etcd35.binaries.etcd.parent)
+    config = write_config(
+        tmp_path,
+        etcd35,
+        mode=0o600,
+        etcd={"cluster_name": "prod"},
+        drill={"bin_dir": bins, "expect_prefixes": ["/registry/pods/"]},
+        destinations=[
+            local_destination(tmp_path / "sealed", name="local", **sealed(recipient)),
+            s3_destination(s3.endpoint_url, **sealed(recipient)),
+        ],
+    )
+    env = s3_environment()
+    assert run_cli("once", "--config", str(config), env=env).returncode == 0
+    (stored,) = (tmp_path / "sealed").glob("*.db.zst.age")
+    manifest = json.loads(stored.with_name(stored.name + ".manifest.json").read_text())
+
+    # names and manifests are in the clear: listing and pruning need no identity
+    listed = run_cli("list", "--config", str(config), env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count(stored.name) == 2
+    pruned = run_cli("prune", "--config", str(config), "--dry-run", env=env)
+    assert pruned.returncode == 0, pruned.stderr
+
+    # reading one back takes the identity, from --identity or the environment
+    one_line_error(run_cli("verify", str(stored)), 8, "takes an identity file")
+    one_line_error(
+        run_cli("verify", str(stored), "--identity", str(other)),
+        8,
+        "no identity given can decrypt it",
+    )
+    verified = run_cli("verify", str(stored), env={"ETCD_BACKUPD_AGE_IDENTITY_FILE": str(identity)})
+    assert verified.returncode == 0, verified.stderr
+    assert f"revision    {manifest['revision']}" in verified.stdout
+    value = run_cli(
+        "inspect", str(stored), SECRET_KEY, "--print-value-only", "--identity", str(identity)
+    )
+    assert (value.returncode, value.stdout) == (0, "hunter2")
+
+    drilled = run_cli("drill", "--config", str(config), env=env)
+    assert drilled.returncode == 8, drilled.stdout + drilled.stderr
+    assert drilled.stdout.count("FAILED") == 2 and "takes an identity file" in drilled.stdout
+    drilled = run_cli("drill", "--config", str(config), "--identity", str(identity), env=env)
+    assert drilled.returncode == 0, drilled.stdout + drilled.stderr
+    assert drilled.stdout.count("passed") == 2
+    # the daemon's drills, and `drill` without --identity, use [drill] identity_file
+    identity.chmod(0o600)
+    with_identity = write_config(
+        tmp_path,
+        etcd35,
+        name="with-identity.toml",
+        mode=0o600,
+        etcd={"cluster_name": "prod"},
+        drill={
+            "bin_dir": bins,
+            "expect_prefixes": ["/registry/pods/"],
+            "identity_file": str(identity),
+        },
+        destinations=[
+            local_destination(tmp_path / "sealed", name="local", **sealed(recipient)),
+            s3_destination(s3.endpoint_url, **sealed(recipient)),
+        ],
+    )
+    drilled = run_cli("drill", "--config", str(with_identity), "--destination", "s3", env=env)
+    assert drilled.returncode == 0, drilled.stdout + drilled.stderr
+
+    for destination in ("local", "s3"):
+        restore = [
+            "restore", "--config", str(config), "--destination", destination,
+            "--snapshot", "latest", "--etcd-bin-dir", bins,
+        ]  # fmt: skip
+        refused = tmp_path / f"refused-{destination}"
+        one_line_error(
+            run_cli(*restore, "--data-dir", str(refused), "--identity", str(other), env=env),
+            8,
+            "no identity given can decrypt it",
+        )
+        assert not refused.exists()
+        data = tmp_path / f"restored-{destination}"
+        restored = run_cli(
+            *restore,
+            "--data-dir",
+            str(data),
+            env={**env, "ETCD_BACKUPD_AGE_IDENTITY_FILE": str(identity)},
+        )
+        assert restored.returncode == 0, restored.stderr
+        assert restored.stdout.startswith(f"restored revision {manifest['revision']} ")
+        assert (data / "member" / "snap" / "db").is_file()
