@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -9,6 +10,7 @@ import stat
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from ..compression import writing
 from ..config_destinations import LocalDestination as LocalConfig
@@ -99,7 +101,12 @@ class LocalDirectory:
         for taken in (stored, manifest_name(stored)):
             if (self.path / taken).exists():
                 raise self.taken(self.path / taken)
-        return _LocalUpload(self, self.path / stored)
+        try:
+            return _LocalUpload(self, self.path / stored)
+        except FileExistsError as exc:
+            raise self.taken(part_path(self.path / stored)) from exc
+        except OSError as exc:
+            raise self.error(f"start writing {stored}", exc) from exc
 
     def manifests(self, inventory: Sequence[StoredItem] | None = None) -> list[Manifest]:
         manifests: list[Manifest] = []
@@ -248,18 +255,28 @@ def _read_regular(path: Path) -> bytes:
 
 
 class _LocalUpload:
-    """Stores from the spooled file at commit: a hard link when it shares the filesystem."""
-
-    streams = False
+    """Stores a snapshot kept as etcd wrote it from the spooled file at commit, by a hard link
+    when it shares the filesystem; a compressed or encrypted one through the format's stages into
+    a part file while the snapshot streams, so that their cost hides behind the stream, linked
+    into place at commit."""
 
     def __init__(self, destination: LocalDirectory, final: Path) -> None:
         self._destination = destination
         self._final = final
         # only a file this upload put in place is ever removed: never another run's backup
         self._placed = False
+        self.streams = bool(destination.format.layers)
+        self._part = part_path(final)
+        self._out: BinaryIO | None = None
+        self._pipeline: Pipeline | None = None
+        if self.streams:
+            self._out = os.fdopen(create_new(self._part), "wb")
+            self._pipeline = Pipeline(destination.stages, self._out)
 
     def write(self, chunk: bytes) -> None:
-        """The spooled file is complete at commit; nothing to do while it streams."""
+        """Through the stages into the part file; a snapshot stored as it is waits for commit."""
+        if self._pipeline is not None:
+            self._pipeline.write(chunk)
 
     def commit(self, spooled: SpooledSnapshot, manifest: Manifest) -> Manifest:
         destination = self._destination
@@ -301,6 +318,7 @@ class _LocalUpload:
         return stored
 
     def abort(self) -> None:
+        self._discard_part()
         if not self._placed:
             return
         self._placed = False
@@ -318,6 +336,8 @@ class _LocalUpload:
         """Put the stored file in place, an existing file of that name never replaced: the
         spool file itself, linked, when stored as it is; else written through the format's
         stages. Return the stored file's SHA-256."""
+        if self._pipeline is not None:
+            return self._seal_part(self._pipeline)
         source = spooled.path
         if not self._destination.format.layers:
             try:
@@ -351,3 +371,29 @@ class _LocalUpload:
                 part.unlink(missing_ok=True)
         fsync_dir(self._final.parent)
         return pipeline.stored_sha256
+
+    def _seal_part(self, pipeline: Pipeline) -> str:
+        """Flush the stages into the part file, make it durable and link it into place."""
+        assert self._out is not None
+        try:
+            pipeline.close()
+            self._out.flush()
+            os.fsync(self._out.fileno())
+            os.link(self._part, self._final)
+            self._placed = True
+        finally:
+            self._discard_part()
+        fsync_dir(self._final.parent)
+        return pipeline.stored_sha256
+
+    def _discard_part(self) -> None:
+        """Stop the stages (age's worker) if still running, close and remove the part file."""
+        pipeline, out = self._pipeline, self._out
+        self._pipeline = self._out = None
+        if pipeline is not None:
+            pipeline.abort()
+        if out is not None:
+            # its bytes are being discarded: a close that fails loses nothing
+            with contextlib.suppress(OSError, ValueError):
+                out.close()
+            self._part.unlink(missing_ok=True)
