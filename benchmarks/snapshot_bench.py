@@ -9,10 +9,13 @@ the figures are the commands' own; once's stage seconds come from its JSON outpu
 outside them (interpreter start, imports, exit). With --baseline, each round also runs `once`
 from another source tree of etcd-backupd (a checkout of the commit before a change, its walker
 built in place), right after this tree's, alternating which of the two goes first: a before and
-after against the same database, machine and load.
+after against the same database, machine and load. With --encrypt, each round also runs this
+tree's `once` into a local destination with compression = "zstd" and age encryption (to a new
+recipient), and its median ratio to the plain `once` is the cost of compressing and encrypting
+behind the stream (target <= 1.15).
 
     python benchmarks/snapshot_bench.py [--shape 1mb|k8s|lease] [--size-mib N] [--rounds 5]
-        [--baseline DIR]
+        [--baseline DIR] [--encrypt]
 """
 
 from __future__ import annotations
@@ -99,6 +102,13 @@ def summary(name: str, ours: list[float], theirs: list[float], target: float) ->
     )
 
 
+def _recipient() -> str:
+    """A recipient no one holds the identity of: the benchmark never reads its output back."""
+    import pyrage
+
+    return str(pyrage.x25519.Identity.generate().to_public())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_shape_arguments(parser)
@@ -106,6 +116,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary dir")
     parser.add_argument(
         "--baseline", type=Path, default=None, help="a source tree to run `once` from too"
+    )
+    parser.add_argument(
+        "--encrypt", action="store_true", help="also time once with zstd + age, against plain"
     )
     args = parser.parse_args()
 
@@ -135,15 +148,22 @@ def main() -> None:
                 f"path = {str(backups)!r}\n"
             )
             etcdctl = [str(binaries.etcdctl), "--endpoints", cluster.endpoints[0]]
-            once = [
-                sys.executable, "-m", "etcd_backupd.cli", "once", "--config", str(config),
-                "--output", "json",
-            ]  # fmt: skip
+            once = [sys.executable, "-m", "etcd_backupd.cli", "once", "--output", "json"]
             result = work / "once.json"
             # `python -m` looks in its working directory first: each tree runs from its own
             trees = {"once": REPO}
+            configs = {"once": config}
             if args.baseline is not None:
                 trees["baseline once"] = args.baseline.resolve()
+                configs["baseline once"] = config
+            if args.encrypt:
+                sealed = work / "sealed.toml"
+                sealed.write_text(
+                    config.read_text()
+                    + f"compression = 'zstd'\nencryption = {{ recipients = ['{_recipient()}'] }}\n"
+                )
+                trees["once zstd+age"] = REPO
+                configs["once zstd+age"] = sealed
             save_times: list[float] = []
             times: dict[str, list[float]] = {name: [] for name in trees}
             peaks: dict[str, list[int]] = {name: [] for name in trees}
@@ -156,7 +176,8 @@ def main() -> None:
                 report = [f"round {round_no}: etcdctl save {seconds:.2f} s"]
                 order = list(trees) if round_no % 2 else list(reversed(trees))
                 for name in order:
-                    seconds, rss = timed(once, cwd=trees[name], stdout=result)
+                    command = [*once, "--config", str(configs[name])]
+                    seconds, rss = timed(command, cwd=trees[name], stdout=result)
                     spent = json.loads(result.read_text())["stage_seconds"]
                     spent["outside stages"] = seconds - sum(spent.values())
                     for stage, stage_seconds in spent.items():
@@ -180,6 +201,8 @@ def main() -> None:
         )
         medians = [f"{stage} {statistics.median(v):.2f}" for stage, v in stages[name].items()]
         print(f"{name} stages, median s: {', '.join(medians)}")
+    if args.encrypt:
+        summary("once zstd+age / once", times["once zstd+age"], times["once"], 1.15)
 
 
 if __name__ == "__main__":
