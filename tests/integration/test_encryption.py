@@ -310,3 +310,24 @@ def test_encrypted_backups_read_back_restore_and_drill_with_an_identity_only(
         assert restored.returncode == 0, restored.stderr
         assert restored.stdout.startswith(f"restored revision {manifest['revision']} ")
         assert (data / "member" / "snap" / "db").is_file()
+
+
+def test_a_snapshot_zstd_and_age_wrote_verifies_and_restores_with_an_identity(
+    etcd35: EtcdCluster, tmp_path: Path
+) -> None:
+    fill(etcd35, 1)
+    identity, recipient = age_key(tmp_path)
+    config = write_config(tmp_path, etcd35)
+    assert run_cli("once", "--config", str(config)).returncode == 0
+    (plain,) = (tmp_path / "backups").glob("*.db")
+    packed = subprocess.run(["zstd", "-c", str(plain)], capture_output=True, check=True).stdout
+    sealed_file = tmp_path / (plain.name + ".zst.age")
+    subprocess.run(["age", "-r", recipient, "-o", str(sealed_file)], input=packed, check=True)
+    verified = run_cli("verify", str(sealed_file), "--identity", str(identity))
+    assert verified.returncode == 0, verified.stderr
+    restored = run_cli(
+        "restore", str(sealed_file), "--identity", str(identity),
+        "--data-dir", str(tmp_path / "data"), "--etcd-bin-dir", str(etcd35.binaries.etcd.parent),
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert (tmp_path / "data" / "member" / "snap" / "db").is_file()
