@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from etcd_backupd.config import load_config
+from etcd_backupd.daemon import Daemon
 from etcd_backupd.formats import AGE
 from tests.harness.cli import local_destination, run_cli, start_cli, write_config
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys
@@ -287,6 +289,16 @@ def test_encrypted_backups_read_back_restore_and_drill_with_an_identity_only(
     )
     drilled = run_cli("drill", "--config", str(with_identity), "--destination", "s3", env=env)
     assert drilled.returncode == 0, drilled.stdout + drilled.stderr
+    # the daemon's drills: without an identity each fails, with [drill] identity_file each passes
+    for path, metric in (
+        (config, "etcd_backup_drill_failures_total"),
+        (with_identity, "etcd_backup_drill_last_success_timestamp_seconds"),
+    ):
+        daemon = Daemon(path, load_config(path))
+        daemon.scheduler.drill_now()
+        for destination in ("local", "s3"):
+            sample = daemon.metrics.registry.get_sample_value(metric, {"destination": destination})
+            assert sample, (path.name, destination, metric)
 
     for destination in ("local", "s3"):
         restore = [
