@@ -3,21 +3,19 @@ and age's keys: recipients to encrypt to, identities (from files) to decrypt wit
 
 pyrage streams only from a reader to a writer (encrypt_io, decrypt_io: rage pulls 8 KiB reads and
 writes 64 KiB chunks), so a stage runs it in a thread of its own: `write` hands bytes over through
-a pipe that holds at most IN_FLIGHT of them, and passes on whatever ciphertext (or plaintext)
+a mailbox that holds at most IN_FLIGHT of them, and passes on whatever ciphertext (or plaintext)
 is ready. Memory stays bounded by IN_FLIGHT and one chunk, whatever the snapshot's size, and every
 exception reaches the caller's thread on its next `write` or `close`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from .errors import BackupError, IdentityError, SnapshotInvalid
 from .formats import AGE
@@ -147,7 +145,7 @@ def encrypting(recipients: Sequence[Recipient]) -> StageFactory:
     if not recipients:
         raise ValueError("encryption needs at least one recipient")
 
-    def run(source: BinaryIO, target: _Outbox) -> None:
+    def run(source: _Mailbox, target: _Outbox) -> None:
         import pyrage
 
         pyrage.encrypt_io(source, target, list(recipients))
@@ -163,7 +161,7 @@ def decrypting(identities: Sequence[Identity], label: str) -> StageFactory:
             "FILE, or ETCD_BACKUPD_AGE_IDENTITY_FILE)"
         )
 
-    def run(source: BinaryIO, target: _Outbox) -> None:
+    def run(source: _Mailbox, target: _Outbox) -> None:
         import pyrage
 
         pyrage.decrypt_io(source, target, list(identities))
@@ -190,45 +188,72 @@ def _decryption_failure(exc: Exception, label: str) -> BaseException:
     return SnapshotInvalid(f"{label}: damaged or truncated age stream: {exc}")
 
 
+class _Aborted(Exception):
+    """Raised into rage's read when the stage is aborted, so that its thread ends."""
+
+
 class _Mailbox:
-    """Bytes the caller hands to rage's thread, through an OS pipe. rage reads 8 KiB at a time
-    (std::io::copy's buffer), each read a call back into Python: reading the pipe's FileIO is
-    one C call that waits without the GIL, where a Python reader taking a lock for each read
-    cost more than the encryption. The pipe holds at most IN_FLIGHT bytes."""
+    """Bytes the caller hands to rage's thread, read by rage as a file (`read(n)`)."""
 
     def __init__(self) -> None:
-        read_end, self._write_end = os.pipe2(os.O_CLOEXEC)
-        with contextlib.suppress(OSError):
-            # Linux: the default 64 KiB pipe would make the caller wait on rage every 64 KiB
-            fcntl.fcntl(self._write_end, fcntl.F_SETPIPE_SZ, IN_FLIGHT)
-        self.reader = open(read_end, "rb", buffering=0)  # noqa: SIM115 - closed by stop()
-        self._lock = threading.Lock()
-        self._writing = True
+        self._ready = threading.Condition()
+        self._chunks: list[memoryview] = []
+        self._waiting = 0
+        self._eof = False
+        self._aborted = False
+        self._stopped = False
 
     def put(self, data: bytes) -> bool:
-        """Hand over `data`, waiting for room; False when the reader has stopped."""
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(self._write_end, view) :]
-        except BrokenPipeError:
-            return False
-        return True
+        """Hand over `data` once there is room; False when the reader has stopped."""
+        if not data:
+            # rage would read an empty chunk as the end of the stream
+            return True
+        with self._ready:
+            self._ready.wait_for(
+                lambda: (
+                    self._stopped or self._waiting == 0 or self._waiting + len(data) <= IN_FLIGHT
+                )
+            )
+            if self._stopped:
+                return False
+            self._chunks.append(memoryview(data))
+            self._waiting += len(data)
+            self._ready.notify_all()
+            return True
 
     def end(self) -> None:
-        """The stream is complete: rage reads its end."""
-        with self._lock:
-            if self._writing:
-                self._writing = False
-                os.close(self._write_end)
+        with self._ready:
+            self._eof = True
+            self._ready.notify_all()
 
     def abort(self) -> None:
-        """rage reads the end early; whatever it makes of that is dropped."""
-        self.end()
+        with self._ready:
+            self._aborted = self._stopped = True
+            self._chunks.clear()
+            self._ready.notify_all()
 
     def stop(self) -> None:
-        """The reader is gone: a caller waiting for room gets EPIPE instead of waiting forever."""
-        self.reader.close()
+        """The reader is gone: a caller waiting for room must not wait forever."""
+        with self._ready:
+            self._stopped = True
+            self._ready.notify_all()
+
+    def read(self, size: int = -1) -> bytes:
+        with self._ready:
+            self._ready.wait_for(lambda: self._chunks or self._eof or self._aborted)
+            if self._aborted:
+                raise _Aborted
+            if not self._chunks:
+                return b""
+            head = self._chunks[0]
+            taken = head if size < 0 or size >= len(head) else head[:size]
+            if len(taken) == len(head):
+                self._chunks.pop(0)
+            else:
+                self._chunks[0] = head[len(taken) :]
+            self._waiting -= len(taken)
+            self._ready.notify_all()
+            return bytes(taken)
 
 
 class _Outbox:
@@ -252,7 +277,7 @@ class _Outbox:
 class _AgeStage:
     def __init__(
         self,
-        run: Callable[[BinaryIO, _Outbox], None],
+        run: Callable[[_Mailbox, _Outbox], None],
         downstream: Sink,
         what: str,
         failure: Callable[[Exception], BaseException],
@@ -267,9 +292,9 @@ class _AgeStage:
         )
         self._thread.start()
 
-    def _work(self, run: Callable[[BinaryIO, _Outbox], None]) -> None:
+    def _work(self, run: Callable[[_Mailbox, _Outbox], None]) -> None:
         try:
-            run(self._mailbox.reader, self._outbox)
+            run(self._mailbox, self._outbox)
         except Exception as exc:
             self._error = exc
         finally:
