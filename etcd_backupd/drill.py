@@ -166,7 +166,9 @@ def _drill_one(
         work = Path(scratch)
         step = f"drill of {manifest.snapshot} from {destination.name}: step"
         log.info("%s 1 of 3: fetching it", step)
-        fetched = destination.fetch(manifest.snapshot, inside(work, manifest.snapshot))
+        fetched = destination.fetch(
+            manifest.snapshot, inside(work, manifest.snapshot), stored_sha256=manifest.stored_sha256
+        )
         log.info("%s 2 of 3: verifying and restoring it", step)
         member = Member("drill", DRILL_PEER_URL, work / "data")
         with (

@@ -380,7 +380,11 @@ def restore_from_destination(
         etcd_version=manifest.etcd_version,
     )
     with tempfile.TemporaryDirectory(prefix="etcd-backupd-restore-") as scratch:
-        fetched = destination.fetch(manifest.snapshot, inside(Path(scratch), manifest.snapshot))
+        fetched = destination.fetch(
+            manifest.snapshot,
+            inside(Path(scratch), manifest.snapshot),
+            stored_sha256=manifest.stored_sha256,
+        )
         status, tool = restore(
             fetched,
             member,

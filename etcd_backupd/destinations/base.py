@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
+from ..errors import SnapshotInvalid
 from ..manifest import Manifest, parse_snapshot_name
 from ..snapshot.status import SnapshotStatus
 
@@ -39,6 +41,34 @@ def pair(snapshots: set[str], manifests: set[str]) -> list[StoredItem]:
         assert parsed is not None
         items.append(StoredItem(name, parsed[1], name in manifests, name in snapshots))
     return sorted(items, key=lambda item: (item.created, item.snapshot))
+
+
+class HashingWriter:
+    """Writes to `out` in order, hashing what it writes when `hashed`. It has no `seek`, so an
+    S3 download into it writes its ranges in order instead of where each lands."""
+
+    def __init__(self, out: BinaryIO, *, hashed: bool) -> None:
+        self._out = out
+        self._digest = hashlib.sha256() if hashed else None
+
+    def write(self, data: bytes) -> int:
+        if self._digest is not None:
+            self._digest.update(data)
+        return self._out.write(data)
+
+    def hexdigest(self) -> str | None:
+        return self._digest.hexdigest() if self._digest is not None else None
+
+
+def check_stored(destination: str, snapshot: str, found: str, stored_sha256: str) -> None:
+    """The fetched object is the one its manifest recorded, before anything decrypts or
+    decompresses it: another backup's object put in its place decrypts just as well."""
+    if found != stored_sha256:
+        raise SnapshotInvalid(
+            f"backup {snapshot} in destination {destination!r}: the stored object does not match "
+            f"its manifest (damaged or replaced): its SHA-256 is {found}, the manifest's "
+            f"stored_sha256 {stored_sha256}"
+        )
 
 
 class Upload(Protocol):
@@ -91,8 +121,9 @@ class Destination(Protocol):
         """Every snapshot and every manifest, paired by name, to find orphans."""
         ...
 
-    def fetch(self, snapshot: str, target: Path) -> Path:
-        """Copy a stored snapshot to a local file and return its path."""
+    def fetch(self, snapshot: str, target: Path, *, stored_sha256: str | None = None) -> Path:
+        """Copy a stored snapshot to a local file and return its path; with `stored_sha256`
+        (its manifest's), raise SnapshotInvalid, leaving no file, unless the copy hashes to it."""
         ...
 
     def delete(self, snapshots: list[str]) -> None:

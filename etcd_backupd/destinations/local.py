@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -14,7 +15,7 @@ from typing import BinaryIO
 
 from ..compression import writing
 from ..config_destinations import LocalDestination as LocalConfig
-from ..errors import DestinationBusy, DestinationError
+from ..errors import DestinationBusy, DestinationError, SnapshotInvalid
 from ..formats import stored_name
 from ..fsutil import (
     atomic_write_bytes,
@@ -36,7 +37,7 @@ from ..manifest import (
     snapshot_of_manifest,
 )
 from ..stages import Pipeline
-from .base import SpooledSnapshot, StoredItem, pair
+from .base import HashingWriter, SpooledSnapshot, StoredItem, check_stored, pair
 
 log = logging.getLogger(__name__)
 _COPY_BLOCK = 8 * 1024 * 1024
@@ -150,11 +151,22 @@ class LocalDirectory:
                 manifests.add(owner)
         return pair(snapshots, manifests)
 
-    def fetch(self, snapshot: str, target: Path) -> Path:
+    def fetch(self, snapshot: str, target: Path, *, stored_sha256: str | None = None) -> Path:
         if parse_snapshot_name(snapshot) is None:
             raise DestinationError(
                 f"destination {self.name!r}: {snapshot!r} is not a snapshot name"
             )
+        found = self._link_or_copy(snapshot, target, hashed=stored_sha256 is not None)
+        if found is not None and stored_sha256 is not None:
+            try:
+                check_stored(self.name, snapshot, found, stored_sha256)
+            except SnapshotInvalid:
+                target.unlink()
+                raise
+        return target
+
+    def _link_or_copy(self, snapshot: str, target: Path, *, hashed: bool) -> str | None:
+        """Put the stored file at `target`; its SHA-256, read once, when `hashed`."""
         source = self.path / snapshot
         try:
             # stored files are never rewritten, so a link is as good as a copy, and instant; a
@@ -165,7 +177,7 @@ class LocalDirectory:
                 raise self.error(f"fetch {snapshot} to {target}", exc) from exc
         else:
             if _is_regular(target):
-                return target
+                return self._hash_linked(snapshot, target) if hashed else None
             target.unlink()
             raise DestinationError(
                 f"destination {self.name!r}: {snapshot} is not a regular file; not fetching it"
@@ -183,13 +195,22 @@ class LocalDirectory:
                 os.fdopen(os.dup(src), "rb") as reader,
                 os.fdopen(create_new(target), "wb") as writer,
             ):
+                copy = HashingWriter(writer, hashed=hashed)
                 while block := reader.read(_COPY_BLOCK):
-                    writer.write(block)
+                    copy.write(block)
         except OSError as exc:
             raise self.error(f"fetch {snapshot} to {target}", exc) from exc
         finally:
             os.close(src)
-        return target
+        return copy.hexdigest()
+
+    def _hash_linked(self, snapshot: str, target: Path) -> str:
+        try:
+            with target.open("rb") as linked:
+                return hashlib.file_digest(linked, "sha256").hexdigest()
+        except OSError as exc:
+            target.unlink(missing_ok=True)
+            raise self.error(f"read {snapshot}", exc) from exc
 
     def delete(self, snapshots: list[str]) -> None:
         for snapshot in snapshots:

@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..clock import SYSTEM_CLOCK, Clock
 from ..compression import writing
 from ..config_destinations import S3Destination as S3Config
-from ..errors import DestinationError
+from ..errors import DestinationError, SnapshotInvalid
 from ..formats import stored_name
 from ..fsutil import create_new
 from ..manifest import (
@@ -36,7 +36,7 @@ from ..manifest import (
     read_manifest,
     snapshot_of_manifest,
 )
-from .base import StoredItem, pair
+from .base import HashingWriter, StoredItem, check_stored, pair
 from .s3_upload import S3Upload, describe
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class S3Bucket:
         except ManifestRejected as exc:
             return exc
 
-    def fetch(self, snapshot: str, target: Path) -> Path:
+    def fetch(self, snapshot: str, target: Path, *, stored_sha256: str | None = None) -> Path:
         if parse_snapshot_name(snapshot) is None:
             raise DestinationError(
                 f"destination {self.name!r}: {snapshot!r} is not a snapshot name"
@@ -191,10 +191,17 @@ class S3Bucket:
             ) from exc
         try:
             with os.fdopen(fd, "wb") as out:
-                self.client.download_fileobj(self.bucket, self.key(snapshot), out)
+                copy = HashingWriter(out, hashed=stored_sha256 is not None)
+                self.client.download_fileobj(self.bucket, self.key(snapshot), copy)
+            found = copy.hexdigest()
+            if found is not None and stored_sha256 is not None:
+                check_stored(self.name, snapshot, found, stored_sha256)
         except (ClientError, BotoCoreError) as exc:
             target.unlink(missing_ok=True)
             raise self.error(f"download {snapshot}", exc) from exc
+        except SnapshotInvalid:
+            target.unlink(missing_ok=True)
+            raise
         return target
 
     def delete(self, snapshots: list[str]) -> None:

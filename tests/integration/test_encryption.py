@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -343,3 +344,55 @@ def test_a_snapshot_zstd_and_age_wrote_verifies_and_restores_with_an_identity(
     )  # fmt: skip
     assert restored.returncode == 0, restored.stderr
     assert (tmp_path / "data" / "member" / "snap" / "db").is_file()
+
+
+def test_a_stored_object_replaced_by_another_backup_is_refused_before_it_is_decrypted(
+    etcd35: EtcdCluster, tmp_path: Path
+) -> None:
+    """Another backup's stored file, decryptable with the same identity, put in place of the
+    newest: restore and drill refuse it on the stored SHA-256 its manifest recorded."""
+    identity, recipient = age_key(tmp_path)
+    bins = str(etcd35.binaries.etcd.parent)
+    config = write_config(
+        tmp_path,
+        etcd35,
+        etcd={"cluster_name": "prod"},
+        drill={"bin_dir": bins, "expect_prefixes": ["/registry/"]},
+        destinations=[local_destination(tmp_path / "sealed", name="local", **sealed(recipient))],
+    )
+    fill(etcd35, 0)
+    assert run_cli("once", "--config", str(config)).returncode == 0
+    # snapshot names carry the second they were taken in
+    first = int(time.time())
+    wait_until(lambda: int(time.time()) > first, timeout=3)
+    client = etcd35.client()
+    client.put("/registry/configmaps/default/later", "more")
+    client.close()
+    assert run_cli("once", "--config", str(config)).returncode == 0
+    older, newest = sorted((tmp_path / "sealed").glob("*.db.zst.age"))
+    replacement = tmp_path / "replacement"
+    replacement.write_bytes(older.read_bytes())
+    os.replace(replacement, newest)
+
+    refused = tmp_path / "refused"
+    restore = [
+        "restore", "--config", str(config), "--destination", "local",
+        "--snapshot", newest.name, "--etcd-bin-dir", bins, "--data-dir", str(refused),
+        "--identity", str(identity),
+    ]  # fmt: skip
+    one_line_error(
+        run_cli(*restore),
+        4,
+        newest.name,
+        "'local'",
+        "the stored object does not match its manifest (damaged or replaced)",
+    )
+    assert not refused.exists()
+    drilled = run_cli(
+        "drill", "--config", str(config), "--destination", "local", "--identity", str(identity)
+    )
+    assert drilled.returncode == 6, drilled.stdout + drilled.stderr
+    assert "FAILED" in drilled.stdout, drilled.stdout
+    assert "the stored object does not match its manifest (damaged or replaced)" in (
+        drilled.stdout
+    ), drilled.stdout

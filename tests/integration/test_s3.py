@@ -146,6 +146,33 @@ def test_zstd_compression_round_trip(etcd35: EtcdCluster, s3: MotoServer, tmp_pa
         assert json.loads(verified.stdout)["sha256"] == result.manifest.sha256
 
 
+def test_a_fetch_is_checked_against_the_stored_sha256_of_its_manifest(
+    etcd35: EtcdCluster, s3: MotoServer, tmp_path: Path
+) -> None:
+    # past boto3's multipart threshold: the download's ranges arrive concurrently, in any order
+    bulk(etcd35, 12)
+    client = s3.client()
+    make_bucket(client, BUCKET)
+    data = config_data(tmp_path, etcd35, s3.endpoint_url, local=False, compression="zstd")
+    result = run_cycle(parse_config(data))
+    assert result.ok, result.error
+    (stored,) = result.destinations
+    assert stored.manifest is not None and stored.manifest.stored_sha256 is not None
+    settings = parse_config(data).destination[0]
+    assert isinstance(settings, S3Destination)
+    bucket = S3Bucket(settings)
+    name, recorded = stored.manifest.snapshot, stored.manifest.stored_sha256
+
+    fetched = bucket.fetch(name, tmp_path / name, stored_sha256=recorded)
+    key = f"prod/{name}"
+    assert fetched.read_bytes() == client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    fetched.unlink()
+    client.put_object(Bucket=BUCKET, Key=key, Body=b"\x28\xb5\x2f\xfd replaced")
+    with pytest.raises(SnapshotInvalid, match="'s3': the stored object does not match"):
+        bucket.fetch(name, tmp_path / name, stored_sha256=recorded)
+    assert not (tmp_path / name).exists()
+
+
 def test_failed_verification_leaves_no_object(
     etcd35: EtcdCluster, s3: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

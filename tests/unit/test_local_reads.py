@@ -3,6 +3,9 @@ nothing is written outside the directory the caller named, nothing existing is o
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 
 from etcd_backupd.config_destinations import LocalDestination
 from etcd_backupd.destinations.local import LocalDirectory
-from etcd_backupd.errors import DestinationError
+from etcd_backupd.errors import DestinationError, SnapshotInvalid
 from etcd_backupd.fsutil import inside
 from etcd_backupd.manifest import snapshot_name
 
@@ -62,3 +65,27 @@ def test_a_link_inside_that_leads_out_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DestinationError, match="leads out"):
         inside(tmp_path, "out")
     assert inside(tmp_path, NAME) == tmp_path / NAME
+
+
+@pytest.mark.parametrize("linked", [True, False], ids=["linked", "copied"])
+def test_a_fetch_checks_the_stored_sha256_and_leaves_no_file_on_a_mismatch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linked: bool
+) -> None:
+    store = destination(tmp_path / "backups")
+    (store.path / NAME).write_bytes(b"stored bytes")
+    if not linked:
+
+        def cross_device(*args: object, **kwargs: object) -> None:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "link", cross_device)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    recorded = hashlib.sha256(b"stored bytes").hexdigest()
+
+    fetched = store.fetch(NAME, scratch / NAME, stored_sha256=recorded)
+    assert fetched.read_bytes() == b"stored bytes"
+    fetched.unlink()
+    with pytest.raises(SnapshotInvalid, match="does not match its manifest"):
+        store.fetch(NAME, scratch / NAME, stored_sha256=hashlib.sha256(b"other").hexdigest())
+    assert list(scratch.iterdir()) == []
