@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from ..errors import SnapshotInvalid
 from ..manifest import Manifest, parse_snapshot_name
@@ -43,21 +43,9 @@ def pair(snapshots: set[str], manifests: set[str]) -> list[StoredItem]:
     return sorted(items, key=lambda item: (item.created, item.snapshot))
 
 
-class HashingWriter:
-    """Writes to `out` in order, hashing what it writes when `hashed`. It has no `seek`, so an
-    S3 download into it writes its ranges in order instead of where each lands."""
-
-    def __init__(self, out: BinaryIO, *, hashed: bool) -> None:
-        self._out = out
-        self._digest = hashlib.sha256() if hashed else None
-
-    def write(self, data: bytes) -> int:
-        if self._digest is not None:
-            self._digest.update(data)
-        return self._out.write(data)
-
-    def hexdigest(self) -> str | None:
-        return self._digest.hexdigest() if self._digest is not None else None
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as source:
+        return hashlib.file_digest(source, "sha256").hexdigest()
 
 
 def check_stored(destination: str, snapshot: str, found: str, stored_sha256: str) -> None:

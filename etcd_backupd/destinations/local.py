@@ -37,7 +37,7 @@ from ..manifest import (
     snapshot_of_manifest,
 )
 from ..stages import Pipeline
-from .base import HashingWriter, SpooledSnapshot, StoredItem, check_stored, pair
+from .base import SpooledSnapshot, StoredItem, check_stored, file_sha256, pair
 
 log = logging.getLogger(__name__)
 _COPY_BLOCK = 8 * 1024 * 1024
@@ -191,23 +191,24 @@ class LocalDirectory:
                 raise DestinationError(
                     f"destination {self.name!r}: {snapshot} is not a regular file; not fetching it"
                 )
+            digest = hashlib.sha256() if hashed else None
             with (
                 os.fdopen(os.dup(src), "rb") as reader,
                 os.fdopen(create_new(target), "wb") as writer,
             ):
-                copy = HashingWriter(writer, hashed=hashed)
                 while block := reader.read(_COPY_BLOCK):
-                    copy.write(block)
+                    if digest is not None:
+                        digest.update(block)
+                    writer.write(block)
         except OSError as exc:
             raise self.error(f"fetch {snapshot} to {target}", exc) from exc
         finally:
             os.close(src)
-        return copy.hexdigest()
+        return digest.hexdigest() if digest is not None else None
 
     def _hash_linked(self, snapshot: str, target: Path) -> str:
         try:
-            with target.open("rb") as linked:
-                return hashlib.file_digest(linked, "sha256").hexdigest()
+            return file_sha256(target)
         except OSError as exc:
             target.unlink(missing_ok=True)
             raise self.error(f"read {snapshot}", exc) from exc

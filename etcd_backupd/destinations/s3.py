@@ -36,7 +36,7 @@ from ..manifest import (
     read_manifest,
     snapshot_of_manifest,
 )
-from .base import HashingWriter, StoredItem, check_stored, pair
+from .base import StoredItem, check_stored, file_sha256, pair
 from .s3_upload import S3Upload, describe
 
 log = logging.getLogger(__name__)
@@ -191,11 +191,11 @@ class S3Bucket:
             ) from exc
         try:
             with os.fdopen(fd, "wb") as out:
-                copy = HashingWriter(out, hashed=stored_sha256 is not None)
-                self.client.download_fileobj(self.bucket, self.key(snapshot), copy)
-            found = copy.hexdigest()
-            if found is not None and stored_sha256 is not None:
-                check_stored(self.name, snapshot, found, stored_sha256)
+                self.client.download_fileobj(self.bucket, self.key(snapshot), out)
+            # hashed in one read afterwards: ranges land out of order, and hashing them as they
+            # arrive would hold the early ones in memory (up to s3transfer's in-memory limit)
+            if stored_sha256 is not None:
+                check_stored(self.name, snapshot, file_sha256(target), stored_sha256)
         except (ClientError, BotoCoreError) as exc:
             target.unlink(missing_ok=True)
             raise self.error(f"download {snapshot}", exc) from exc
