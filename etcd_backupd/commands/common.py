@@ -88,6 +88,19 @@ def load_service_config(path: Path) -> Config:
     return config
 
 
+def write_new_private(path: Path, text: str) -> None:
+    """Write `text` to a new file only its owner reads (0600), never over an existing file or
+    through a symlink planted under its name."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise BackupError(f"{path} exists: remove it or choose another --output") from None
+    except OSError as exc:
+        raise BackupError(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
 def print_error(args: argparse.Namespace, text: str) -> None:
     print(error_line(args.log_format, text, SYSTEM_CLOCK.now()), file=sys.stderr)
 

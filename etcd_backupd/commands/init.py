@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..clock import SYSTEM_CLOCK
 from ..errors import BackupError, ExitCode
+from .common import write_new_private
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,14 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
         return ExitCode.OK
-    try:
-        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        raise BackupError(f"{args.output} exists: remove it or choose another --output") from None
-    except OSError as exc:
-        raise BackupError(f"cannot write {args.output}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+    write_new_private(args.output, text)
     print(
         f"init: wrote {args.output}; check it with: etcd-backupd check-config --config "
         f"{args.output}",

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import BackupError, ExitCode
+from ..clock import SYSTEM_CLOCK
+from ..errors import ExitCode
+from .common import write_new_private
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,18 +33,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     from ..encryption import new_identity
 
-    text, recipient = new_identity(datetime.now(UTC))
+    text, recipient = new_identity(SYSTEM_CLOCK.now())
     if args.output is None:
         sys.stdout.write(text)
         print(f"Public key: {recipient}", file=sys.stderr)
         return ExitCode.OK
-    try:
-        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        raise BackupError(f"{args.output} exists: remove it or choose another --output") from None
-    except OSError as exc:
-        raise BackupError(f"cannot write {args.output}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+    write_new_private(args.output, text)
     print(recipient)
     return ExitCode.OK
