@@ -4,7 +4,8 @@ Starts a throwaway etcd and `etcd-backupd run` with one backup at start (catch-u
 fire far away, then idles for --seconds (default 600), reading the daemon's CPU time and peak
 RSS (VmHWM) from /proc, and finally times --scrapes GETs of /metrics.
 
-With --s3, the daemon instead backs up a --size-mib database every minute to a local and an S3
+With --s3, the daemon instead backs up a --size-mib database of --shape (benchmarks/shapes.py)
+every minute to a local and an S3
 (zstd) destination on moto's standalone server, for --cycles cycles (one a minute: cron fires
 no more often), and prints the resident set between cycles (read --settle seconds after each
 S3 upload is stored), each cycle's peak, and the growth per cycle (least-squares slope).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -28,12 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.shapes import SHAPES, fill  # noqa: E402
 from tests.harness.etcd import (  # noqa: E402
     EtcdCluster,
     find_binaries,
     free_port,
     load_kubernetes_like_keys,
-    load_large_values,
     start_cluster,
 )
 from tests.harness.s3 import make_bucket, s3_environment, start_moto  # noqa: E402
@@ -67,14 +69,14 @@ def slope(values: list[float]) -> float:
     return cov / sum((x - mean_x) ** 2 for x in range(n))
 
 
-def s3_config(work: Path, cluster: EtcdCluster, endpoint_url: str) -> Path:
+def s3_config(work: Path, cluster: EtcdCluster, endpoint_url: str, port: int) -> Path:
     config = work / "config.toml"
     config.write_text(
         f"state_dir = {str(work / 'state')!r}\n"
         f"[etcd]\nendpoints = [{cluster.endpoints[0]!r}]\n"
         "[schedule]\ncron = '* * * * *'\nretry_attempts = 0\n"
         "[retention]\nkeep_last = 3\n"
-        f"[metrics]\nlisten = '127.0.0.1:{free_port()}'\n"
+        f"[metrics]\nlisten = '127.0.0.1:{port}'\n"
         "[[destination]]\nname = 'local'\ntype = 'local'\n"
         f"path = {str(work / 'backups')!r}\n"
         "[[destination]]\nname = 's3'\ntype = 's3'\ncompression = 'zstd'\n"
@@ -116,6 +118,19 @@ def watch_cycles(
     return between, peaks
 
 
+def stage_seconds(port: int) -> dict[str, float]:
+    """Mean seconds per cycle stage, from the daemon's own histogram."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        for suffix, into in (("_sum", sums), ("_count", counts)):
+            if line.startswith(f"etcd_backup_duration_seconds{suffix}{{"):
+                stage = line.split('stage="', 1)[1].split('"', 1)[0]
+                into[stage] = float(line.rsplit(" ", 1)[1])
+    return {stage: sums[stage] / counts[stage] for stage in sums if counts.get(stage)}
+
+
 def s3_cycles(args: argparse.Namespace) -> None:
     binaries = find_binaries("3.5")
     if binaries is None:
@@ -125,10 +140,10 @@ def s3_cycles(args: argparse.Namespace) -> None:
         moto = start_moto(work / "moto")
         cluster = start_cluster(binaries, work / "etcd")
         try:
-            load_kubernetes_like_keys(cluster, count=500)
-            load_large_values(cluster, count=max(1, args.size_mib - 1))
+            fill(cluster.endpoints[0], args.shape, args.size_mib)
             make_bucket(moto.client(), "idle-bench")
-            config = s3_config(work, cluster, moto.endpoint_url)
+            port = free_port()
+            config = s3_config(work, cluster, moto.endpoint_url, port)
             log_path = work / "daemon.log"
             with log_path.open("wb") as log:
                 daemon = subprocess.Popen(
@@ -139,18 +154,17 @@ def s3_cycles(args: argparse.Namespace) -> None:
                 )
                 try:
                     between, peaks = watch_cycles(daemon, log_path, args.cycles, args.settle)
+                    stages = stage_seconds(port)
                 finally:
                     daemon.terminate()
                     daemon.wait(timeout=120)
-            sizes = [
-                line.split(": ")[-1]
-                for line in log_path.read_text().splitlines()
-                if "snapshot from" in line
-            ]
+            lines = log_path.read_text().splitlines()
+            size = next((ln.split(": ")[-1] for ln in lines if ln.endswith(" bytes")), "?")
+            stored = next((ln.rsplit("(", 1)[-1] for ln in lines if "s3: stored" in ln), "?)")
         finally:
             cluster.stop()
             moto.stop()
-    print(f"database: {sizes[0] if sizes else 'unknown size'}")
+    print(f"database: {size}, {args.shape} shape; in S3 (zstd): {stored[:-1]}")
     print(
         f"between cycles over {len(between)} cycles: min {min(between):.1f} MiB, "
         f"median {statistics.median(between):.1f} MiB, max {max(between):.1f} MiB "
@@ -159,6 +173,11 @@ def s3_cycles(args: argparse.Namespace) -> None:
     print(
         f"growth: {slope(between) * 1024:+.1f} KiB per cycle (least squares); "
         f"last 10 cycles median {statistics.median(between[-10:]):.1f} MiB"
+    )
+    print(
+        "mean seconds per cycle: "
+        + ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in stages.items())
+        + f"; total {sum(stages.values()):.2f}"
     )
     print(
         f"peak during a cycle: median {statistics.median(peaks):.1f} MiB, max {max(peaks):.1f} MiB"
@@ -172,8 +191,11 @@ def main() -> None:
     parser.add_argument("--s3", action="store_true", help="cycles to local + S3 (zstd)")
     parser.add_argument("--cycles", type=int, default=30)
     parser.add_argument("--size-mib", type=int, default=33)
+    parser.add_argument("--shape", choices=SHAPES, default="k8s")
     parser.add_argument("--settle", type=float, default=15.0)
     args = parser.parse_args()
+    # killed, it still stops the daemon, etcd and moto
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.s3:
         s3_cycles(args)
         return
