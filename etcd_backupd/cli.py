@@ -4,7 +4,6 @@ Every command is a module of commands/."""
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import sys
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from .commands import add_parsers
 from .commands.common import print_error
 from .errors import BackupError, ExitCode
 from .logs import setup_logging
+from .memory import configure_malloc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,21 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_M_ARENA_MAX = -8
-
-
-def _limit_malloc_arenas() -> None:
-    """glibc gives each of gRPC's threads its own malloc arena; two keep peak RSS down with no
-    measurable cost to the stream."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_ARENA_MAX, 2)
-    except (OSError, AttributeError):
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    _limit_malloc_arenas()
+    configure_malloc()
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, "debug" if args.debug else args.log_level)
     try:

@@ -28,6 +28,7 @@ from .drill import DrillResult, drill
 from .drill_record import record_result
 from .encryption import load_identities
 from .errors import BackupError, DestinationBusy
+from .memory import release_freed_memory
 from .overlap import OneAtATime
 from .reporting import Reporting
 from .restore import find_tools
@@ -278,6 +279,7 @@ class Scheduler:
                     )
                 record_result(self.config.state_dir, result, self.clock.now())
                 self.reporting.drilled(result)
+            release_freed_memory()
 
     def _update_next_run(self) -> None:
         next_run = self.next_run()
@@ -343,6 +345,9 @@ class Scheduler:
                 return result
             finally:
                 self._update_next_run()
+                # the daemon idles far longer than it works: between cycles it holds only
+                # what it keeps
+                release_freed_memory()
 
     def catch_up(self) -> None:
         """Back up at once when the newest backup predates the last fire time (the host was

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.loaders import Loader
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..compression import writing
@@ -47,6 +49,19 @@ DELETE_BATCH = 1_000
 MANIFEST_FOLDER = "manifests/"
 # An upload this old is no live stream of ours: a killed run left it.
 STALE_UPLOAD_AGE = timedelta(days=1)
+# botocore's service models (S3's API, endpoint rules, every region), read once per process: a
+# session of its own per client would parse them anew each cycle, and glibc would keep the
+# fragments. Sessions stay per client, so credentials are still read afresh.
+_models: list[Loader] = []
+
+
+def _session() -> boto3.session.Session:
+    session = botocore.session.get_session()
+    if _models:
+        session.register_component("data_loader", _models[0])
+    else:
+        _models.append(session.get_component("data_loader"))
+    return boto3.session.Session(botocore_session=session)
 
 
 class S3Bucket:
@@ -83,8 +98,7 @@ class S3Bucket:
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             )
-            session = boto3.session.Session()
-            self._client = session.client(
+            self._client = _session().client(
                 "s3",
                 region_name=config.region,
                 endpoint_url=config.endpoint_url,
