@@ -113,6 +113,21 @@ def local_destination(path: Path, name: str = "local", **settings: Any) -> dict[
     return {"name": name, "type": "local", "path": str(path), **settings}
 
 
+def s3_destination(
+    endpoint: str, bucket: str, *, prefix: str = "prod/", name: str = "s3", **settings: Any
+) -> dict[str, Any]:
+    """An S3 destination on a test server (moto, or a fault proxy in front of it)."""
+    return {
+        "name": name,
+        "type": "s3",
+        "bucket": bucket,
+        "prefix": prefix,
+        "endpoint_url": endpoint,
+        "region": "us-east-1",
+        **settings,
+    }
+
+
 def config_data(
     directory: Path,
     cluster: EtcdCluster | Sequence[str] | None = None,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from etcd_backupd.manifest import parse_snapshot_name
-from tests.harness.cli import Running, local_destination, write_config
+from tests.harness.cli import Running, local_destination, s3_destination, write_config
 from tests.harness.etcd import EtcdCluster, EtcdMember, free_port, load_kubernetes_like_keys
 from tests.harness.polling import wait_until
 from tests.harness.s3 import MotoServer, make_bucket
@@ -40,14 +40,7 @@ class Host(Running):
             metrics={"listen": f"127.0.0.1:{self.port}"},
             destinations=[
                 local_destination(tmp / "shared", name="shared"),
-                {
-                    "name": "s3",
-                    "type": "s3",
-                    "bucket": BUCKET,
-                    "prefix": "cluster/",
-                    "endpoint_url": s3.endpoint_url,
-                    "region": "us-east-1",
-                },
+                s3_destination(s3.endpoint_url, BUCKET, prefix="cluster/"),
             ],
         )
         super().__init__(config, tmp / f"{member.name}.log")

@@ -19,6 +19,7 @@ from etcd_backupd.config import load_config
 from etcd_backupd.daemon import Daemon
 from etcd_backupd.formats import AGE
 from tests.harness.cli import local_destination, run_cli, start_cli, write_config
+from tests.harness.cli import s3_destination as moto_destination
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.polling import wait_until
@@ -65,16 +66,7 @@ def fill(cluster: EtcdCluster, megabytes: int) -> None:
 
 
 def s3_destination(endpoint: str, **settings: Any) -> dict[str, Any]:
-    return {
-        "name": "s3",
-        "type": "s3",
-        "bucket": BUCKET,
-        "prefix": "prod/",
-        "endpoint_url": endpoint,
-        "region": "us-east-1",
-        "part_size": 5 * 1024 * 1024,
-        **settings,
-    }
+    return moto_destination(endpoint, BUCKET, part_size=5 * 1024 * 1024, **settings)
 
 
 def sealed(recipient: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from etcd_backupd.destinations.s3 import MANIFEST_FOLDER
 from etcd_backupd.etcd import EtcdSource
 from etcd_backupd.manifest import manifest_name, snapshot_name
 from tests.harness.backups import make_manifest
-from tests.harness.cli import local_destination, run_cli
+from tests.harness.cli import local_destination, run_cli, s3_destination
 from tests.harness.cli import write_config as config_file
 from tests.harness.etcd import EtcdBinaries, EtcdCluster, load_kubernetes_like_keys
 from tests.harness.s3 import MotoServer, make_bucket, s3_environment
@@ -79,15 +79,7 @@ class Store:
     def destination(self, **extra: Any) -> dict[str, Any]:
         if self.kind == "local":
             return local_destination(self.root, **extra)
-        return {
-            "name": "s3",
-            "type": "s3",
-            "bucket": BUCKET,
-            "prefix": PREFIX,
-            "endpoint_url": self.endpoint,
-            "region": "us-east-1",
-            **extra,
-        }
+        return s3_destination(self.endpoint, BUCKET, prefix=PREFIX, **extra)
 
 
 @pytest.fixture(params=["local", "s3"])

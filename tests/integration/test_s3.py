@@ -25,7 +25,7 @@ from etcd_backupd.prune import prune
 from etcd_backupd.retention import RetentionPolicy
 from tests.harness.backups import plant_s3
 from tests.harness.cli import config_data as harness_config
-from tests.harness.cli import local_destination, run_cli, start_cli, write_toml
+from tests.harness.cli import local_destination, run_cli, s3_destination, start_cli, write_toml
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.polling import wait_until
@@ -39,18 +39,7 @@ def config_data(
     tmp_path: Path, cluster: EtcdCluster, endpoint: str, *, local: bool = True, **s3: Any
 ) -> dict[str, Any]:
     destinations = [local_destination(tmp_path / "local")] if local else []
-    destinations.append(
-        {
-            "name": "s3",
-            "type": "s3",
-            "bucket": BUCKET,
-            "prefix": "prod/",
-            "endpoint_url": endpoint,
-            "region": "us-east-1",
-            "part_size": 5 * 1024 * 1024,
-            **s3,
-        }
-    )
+    destinations.append(s3_destination(endpoint, BUCKET, part_size=5 * 1024 * 1024, **s3))
     return harness_config(
         tmp_path, cluster, etcd={"cluster_name": "prod"}, destinations=destinations
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from etcd_backupd.manifest import manifest_name, snapshot_name
-from tests.harness.cli import local_destination, run_cli
+from tests.harness.cli import local_destination, run_cli, s3_destination
 from tests.harness.cli import write_config as config_file
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys
 from tests.harness.s3 import MotoServer, make_bucket
@@ -27,15 +27,7 @@ def write_config(tmp_path: Path, cluster: EtcdCluster, s3: MotoServer) -> Path:
         drill={"bin_dir": str(cluster.binaries.etcd.parent)},
         destinations=[
             local_destination(tmp_path / "backups"),
-            {
-                "name": "s3",
-                "type": "s3",
-                "bucket": BUCKET,
-                "prefix": "prod/",
-                "endpoint_url": s3.endpoint_url,
-                "region": "us-east-1",
-                "cron": "0 3 * * *",
-            },
+            s3_destination(s3.endpoint_url, BUCKET, cron="0 3 * * *"),
         ],
     )
 
