@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.shapes import SHAPES, fill  # noqa: E402
+from benchmarks.snapshot_bench import compile_like_an_install  # noqa: E402
 from tests.harness.etcd import (  # noqa: E402
     EtcdCluster,
     find_binaries,
@@ -194,6 +195,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=SHAPES, default="k8s")
     parser.add_argument("--settle", type=float, default=15.0)
     args = parser.parse_args()
+    compile_like_an_install(REPO)
     # killed, it still stops the daemon, etcd and moto
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.s3:

