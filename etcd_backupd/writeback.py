@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import threading
 from collections.abc import Callable
@@ -90,7 +91,9 @@ class WriteBack:
             raise self._failure
         if size - self._wanted >= STEP:
             with self._wake:
-                self._wanted = size
+                # whole pages only: the one the writer is still filling is never under write-back,
+                # where a disk that needs stable pages would hold up the next write until written
+                self._wanted = size - size % mmap.PAGESIZE
                 self._wake.notify()
 
     def finish(self) -> None:

@@ -4,6 +4,7 @@ once and in order; a failure kept for the writer, a file system without the call
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from etcd_backupd import writeback
 from etcd_backupd.writeback import WriteBack, start_writing
 
-STEP = 1024
+STEP = 2 * mmap.PAGESIZE
 
 
 class Recorder:
@@ -49,6 +50,20 @@ def test_each_step_of_growth_is_written_back_once_and_in_order(tmp_path: Path) -
         write_back.grown(3 * STEP + 1)
         write_back.finish()
     assert start.ranges == [(0, STEP), (STEP, 2 * STEP)]
+
+
+def test_only_whole_pages_are_written_back(tmp_path: Path) -> None:
+    start = Recorder()
+    with open(tmp_path / "file", "wb") as out:
+        write_back = WriteBack(out.fileno(), start)
+        write_back.grown(STEP + 100)
+        assert start.called.wait(5)
+        start.called.clear()
+        write_back.grown(2 * STEP + 100)
+        assert start.called.wait(5)
+        write_back.finish()
+    # the page being filled waits for the next range
+    assert start.ranges == [(0, STEP), (STEP, STEP)]
 
 
 def test_a_failure_is_raised_to_the_writer_while_it_writes_and_at_the_end(tmp_path: Path) -> None:
