@@ -102,12 +102,6 @@ class WriteBack:
         if self._failure is not None:
             raise self._failure
 
-    def __enter__(self) -> WriteBack:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def close(self) -> None:
         """End the write-back, whatever it met: the file is being given up."""
         with self._wake:

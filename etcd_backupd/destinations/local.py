@@ -281,8 +281,8 @@ class _LocalUpload:
     """Stores a snapshot kept as etcd wrote it from the spooled file at commit, by a hard link
     when it shares the filesystem; a compressed or encrypted one through the format's stages into
     a part file while the snapshot streams, so that their cost hides behind the stream, linked
-    into place at commit. A part file is written back to disk as it grows, so that its fsync at
-    commit finds only the tail left to write."""
+    into place at commit. That part file is written back to disk as it grows, at the stream's
+    pace, so that its fsync at commit finds only the tail left to write."""
 
     def __init__(self, destination: LocalDirectory, final: Path) -> None:
         self._destination = destination
@@ -388,16 +388,16 @@ class _LocalUpload:
                 fsync_dir(self._final.parent)
                 return spooled.sha256
         part = part_path(self._final)
-        with os.fdopen(create_new(part), "wb") as out, WriteBack(out.fileno()) as write_back:
+        # not written back as it grows: this copy runs at memory speed, and disk writes started
+        # beside it slowed it by more than they took off its fsync (measured)
+        with os.fdopen(create_new(part), "wb") as out:
             pipeline = Pipeline(self._destination.stages, out)
             try:
                 with source.open("rb") as src:
                     while block := src.read(_COPY_BLOCK):
                         pipeline.write(block)
-                        write_back.grown(pipeline.stored_size)
                 pipeline.close()
                 out.flush()
-                write_back.finish()
                 os.fsync(out.fileno())
                 os.link(part, self._final)
                 self._placed = True
