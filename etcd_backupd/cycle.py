@@ -327,10 +327,11 @@ def _stream_from_first_working(
                 raise DestinationError(
                     "no destination can take the snapshot: " + "; ".join(shipment.failures.values())
                 )
+            # a destination that stores the snapshot compressed or encrypted only reads the spool:
+            # writing it to disk would be work for a file about to be removed
+            kept = owner is not None and owner.keeps_spool()
             try:
-                digests = _spool_snapshot(
-                    source, member, part, shipment, cancel, kept=owner is not None
-                )
+                digests = _spool_snapshot(source, member, part, shipment, cancel, kept=kept)
             except SpoolError as exc:
                 shipment.abort()
                 _remove(part)
@@ -354,7 +355,7 @@ def _stream_from_first_working(
                 _remove(part)
                 raise
             log.info("snapshot from %s: %d bytes", member.describe(), part.stat().st_size)
-            return digests, member, shipment, part, owner is not None
+            return digests, member, shipment, part, kept
     raise EtcdError("no member delivered a complete snapshot: " + "; ".join(problems))
 
 

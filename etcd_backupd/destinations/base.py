@@ -87,6 +87,11 @@ class Destination(Protocol):
         """A local directory where a snapshot may be streamed so that storing it costs no copy."""
         ...
 
+    def keeps_spool(self) -> bool:
+        """Whether a snapshot streamed into spool_dir() is itself the file stored here, so it must
+        reach the disk; one stored compressed or encrypted is only read, then removed."""
+        ...
+
     def identity(self) -> str:
         """Where the snapshots are kept, however a config names it: runs of the tool that
         write into one place take turns (see runlock)."""

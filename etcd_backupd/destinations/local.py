@@ -94,6 +94,9 @@ class LocalDirectory:
         self._ensure_directory()
         return self.path
 
+    def keeps_spool(self) -> bool:
+        return not self.format.layers
+
     def identity(self) -> str:
         return str(self.path.resolve())
 

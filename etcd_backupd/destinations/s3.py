@@ -115,6 +115,9 @@ class S3Bucket:
     def spool_dir(self) -> Path | None:
         return None
 
+    def keeps_spool(self) -> bool:
+        return False
+
     def identity(self) -> str:
         return f"s3 {self.config.endpoint_url or 'aws'} {self.bucket}/{self.prefix}"
 

@@ -20,7 +20,7 @@ from etcd_backupd.errors import DestinationError
 from etcd_backupd.manifest import parse_snapshot_name
 from etcd_backupd.spool import SpoolWriter
 from etcd_backupd.writeback import WriteBack
-from tests.harness.cli import run_cli, start_cli, write_config
+from tests.harness.cli import local_destination, run_cli, start_cli, write_config
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys, load_large_values
 from tests.harness.polling import wait_until
 from tests.harness.tls import make_other_ca
@@ -322,3 +322,37 @@ def test_a_disk_that_fails_while_the_backup_is_written_back_leaves_nothing(
     assert "to disk: Input/output error" in result.error
     assert stored_files(tmp_path) == []
     assert not list((tmp_path / "state" / "spool").glob("*"))
+
+
+@pytest.mark.parametrize(("compression", "kept"), [("none", True), ("zstd", False)])
+def test_the_spool_reaches_the_disk_only_when_it_is_the_stored_file(
+    etcd35: EtcdCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    compression: str,
+    kept: bool,
+) -> None:
+    """A destination storing the snapshot compressed reads the spool in its directory and
+    removes it: flushing it to disk would be work for nothing, on the disk the backup goes to."""
+    load_large_values(etcd35, 4)
+    backups = tmp_path / "backups"
+    config = load_config(
+        write_config(
+            tmp_path, etcd35, destinations=[local_destination(backups, compression=compression)]
+        )
+    )
+    flushed: list[Path] = []
+    written_back: list[int] = []
+    make_durable = cycle._make_durable
+    monkeypatch.setattr(
+        cycle, "_make_durable", lambda part: (flushed.append(part), make_durable(part))
+    )
+    monkeypatch.setattr(writeback, "STEP", 1024 * 1024)
+    monkeypatch.setattr(
+        cycle, "WriteBack", lambda fd: WriteBack(fd, lambda *range_: written_back.append(range_[1]))
+    )
+    result = run_cycle(config)
+    assert result.ok, result.error
+    assert bool(flushed) is kept
+    assert bool(written_back) is kept
+    assert all(path.parent == backups for path in flushed)
