@@ -290,3 +290,41 @@ def test_live_key_names_keep_etcd_order_prefix_and_revision(
         for at in revisions:
             assert live_key_names(path, prefix=prefix, revision=at) == model(prefix, at)
     assert spy.handed_over == 0 and spy.walked == len(prefixes) * len(revisions)
+
+
+def test_leaves_of_large_values_in_turn_read_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy
+) -> None:
+    """The compiled walker reads a leaf with overflow pages into the block the last such leaf
+    left, or into a larger one: leaves of values larger, smaller and larger again than those
+    before, one of them with many records, give the same figures and keys, and damage to one of
+    them the same diagnosis."""
+    sizes = [3000, 9000, 2000, 600, 12000, 5000, 12000, 40]
+    history: list[Entry] = []
+    leaves: list[tuple[bytes, bytes]] = []
+    db = Database(1024)
+    for main, size in enumerate(sizes, start=2):
+        records = [
+            (
+                revision(main, sub),
+                record(f"/registry/big/{main}-{sub}".encode(), b"v" * size, main),
+                0,
+            )
+            for sub in range(1 if size > 100 else 30)
+        ]
+        history += records
+        leaves.append((records[0][0], db.add(leaf_image(records))))
+        db.skip(main % 3)
+    root = db.add(branch_image([(first, page) for first, page in leaves]))
+    path = tmp_path / "db"
+    data = db.build(db.add(leaf_image([(b"key", bucket(root), BUCKET_FLAG)])))
+    path.write_bytes(data)
+    figures = same_both_ways(monkeypatch, path, (None, 4, 7))
+    assert isinstance(figures, DatabaseFigures) and figures.live_keys == 7 + 30
+    assert spy.walked > 0 and spy.handed_over == 0
+    # a value cut short in the leaf after a larger one
+    damaged = bytearray(data)
+    at = data.index(b"/registry/big/5-0")
+    damaged[at + 20 : at + 24] = b"\xff\xff\xff\xff"
+    path.write_bytes(damaged)
+    same_both_ways(monkeypatch, path, (None, 4))
