@@ -179,13 +179,12 @@ static uint32_t name_length(const uint8_t *entry)
     return length;
 }
 
+/* -1: out of memory, with no exception set (the walk may not hold the GIL) */
 static int names_resize(NameSet *set, size_t capacity)
 {
     NameSlot *slots = calloc(capacity, sizeof(NameSlot));
-    if (slots == NULL) {
-        PyErr_NoMemory();
+    if (slots == NULL)
         return -1;
-    }
     for (size_t i = 0; i < set->capacity; i++) {
         NameSlot slot = set->slots[i];
         if (slot.at == 0)
@@ -219,6 +218,7 @@ static uint8_t *names_find(const NameSet *set, uint64_t hash, const uint8_t *nam
     }
 }
 
+/* -1: out of memory, with no exception set */
 static int names_put(NameSet *set, uint64_t hash, const uint8_t *name, uint32_t length)
 {
     size_t empty;
@@ -233,10 +233,8 @@ static int names_put(NameSet *set, uint64_t hash, const uint8_t *name, uint32_t 
         while (capacity < need)
             capacity *= 2;
         uint8_t *grown = realloc(set->arena, capacity);
-        if (grown == NULL) {
-            PyErr_NoMemory();
+        if (grown == NULL)
             return -1;
-        }
         set->arena = grown;
         set->arena_cap = capacity;
     }
@@ -283,6 +281,8 @@ typedef struct {
     size_t previous_len;
     size_t previous_cap;
     NameSet *names; /* the live user keys under `prefix`, or NULL to count them in `keys` */
+    int nogil;         /* walking without the GIL: no exception may be set until it is back */
+    int out_of_memory; /* what to raise then */
     const uint8_t *prefix;
     size_t prefix_len;
     KeySet keys;
@@ -341,14 +341,27 @@ static int compare(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
     return (alen > blen) - (alen < blen);
 }
 
+/* an allocation failed: raised now, or once the walk has the GIL back */
+static void no_memory(Walk *w)
+{
+    if (w->nogil)
+        w->out_of_memory = 1;
+    else
+        PyErr_NoMemory();
+}
+
 static int read_at(Walk *w, uint8_t *into, size_t size, uint64_t offset)
 {
     size_t done = 0;
     while (done < size) {
         ssize_t got;
-        Py_BEGIN_ALLOW_THREADS
-        got = pread(w->fd, into + done, size - done, (off_t)(offset + done));
-        Py_END_ALLOW_THREADS
+        if (w->nogil) {
+            got = pread(w->fd, into + done, size - done, (off_t)(offset + done));
+        } else {
+            Py_BEGIN_ALLOW_THREADS
+            got = pread(w->fd, into + done, size - done, (off_t)(offset + done));
+            Py_END_ALLOW_THREADS
+        }
         if (got < 0 && errno == EINTR)
             continue;
         if (got <= 0)
@@ -393,7 +406,7 @@ static uint8_t *block(Walk *w, size_t size, size_t *capacity)
     }
     uint8_t *fresh = malloc(size);
     if (fresh == NULL)
-        PyErr_NoMemory();
+        no_memory(w);
     *capacity = size;
     return fresh;
 }
@@ -425,7 +438,7 @@ static int keep_previous(Walk *w, const uint8_t *key, size_t len)
     if (len > w->previous_cap) {
         uint8_t *grown = realloc(w->previous, len);
         if (grown == NULL) {
-            PyErr_NoMemory();
+            no_memory(w);
             return -1;
         }
         w->previous = grown;
@@ -591,8 +604,10 @@ static int replay_names(Walk *w, const uint8_t *page, uint32_t first, uint32_t n
     for (uint32_t i = 0; i < kept; i++) {
         if (!steps[i].put)
             names_drop(set, steps[i].hash, steps[i].name, steps[i].length);
-        else if (names_put(set, steps[i].hash, steps[i].name, steps[i].length) < 0)
+        else if (names_put(set, steps[i].hash, steps[i].name, steps[i].length) < 0) {
+            no_memory(w);
             return WALK_ERROR;
+        }
     }
     return outcome;
 }
@@ -735,7 +750,7 @@ static int tree(Walk *w, uint64_t pgid, const uint8_t *low, size_t low_len, cons
     if (owned == NULL) {
         owned = malloc(size);
         if (owned == NULL) {
-            PyErr_NoMemory();
+            no_memory(w);
             return WALK_ERROR;
         }
         memcpy(owned, head, size);
@@ -794,10 +809,17 @@ static int walk_tree(Walk *w, Py_buffer *seen, uint64_t root)
     w->last_page = (uint64_t)-2;
     w->window = malloc(w->page_size > READ_AHEAD ? w->page_size : READ_AHEAD);
     int status = WALK_ERROR;
-    if (w->window == NULL)
+    if (w->window == NULL) {
         PyErr_NoMemory();
-    else
+    } else if (w->nogil) {
+        Py_BEGIN_ALLOW_THREADS
         status = tree(w, root, (const uint8_t *)"", 0, NULL, 0, 0);
+        Py_END_ALLOW_THREADS
+        if (w->out_of_memory)
+            PyErr_NoMemory();
+    } else {
+        status = tree(w, root, (const uint8_t *)"", 0, NULL, 0, 0);
+    }
     free(w->window);
     free(w->spare);
     PyBuffer_Release(seen);
@@ -892,7 +914,7 @@ static PyObject *live_names(PyObject *self, PyObject *args, PyObject *kwargs)
     if (names_resize(&set, 1024) < 0) {
         PyBuffer_Release(&seen);
         PyBuffer_Release(&prefix);
-        return NULL;
+        return PyErr_NoMemory();
     }
     Walk w = {0};
     w.fd = fd;
@@ -900,6 +922,10 @@ static PyObject *live_names(PyObject *self, PyObject *args, PyObject *kwargs)
     w.pgid = pgid;
     w.max_revision = max_revision;
     w.names = &set;
+    /* the names are C's until the walk ends: the SHA-256 of the file, in another thread, need
+     * not wait for the walk to let go of the GIL between its reads, which on a busy machine,
+     * the walk waiting for a CPU, it did not */
+    w.nogil = 1;
     w.prefix = prefix.buf;
     w.prefix_len = (size_t)prefix.len;
     int status = walk_tree(&w, &seen, root);
