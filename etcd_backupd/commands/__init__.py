@@ -26,6 +26,13 @@ MODULES = (
 )
 
 
-def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for name in MODULES:
+COMMANDS = tuple(name.replace("_", "-") for name in MODULES)
+
+
+def add_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], only: str | None = None
+) -> None:
+    """The parser of every command, or of command `only` (one of COMMANDS) alone: the other
+    modules are then not even imported."""
+    for name in MODULES if only is None else (only.replace("-", "_"),):
         importlib.import_module(f"{__name__}.{name}").add_parser(commands)

@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             if names_only:
                 names = live_key_names(plain, prefix=prefix, revision=args.revision)
+                # the layout of 'etcdctl get --prefix --keys-only': each key, then an empty line;
+                # laid out while the SHA-256 may still run, written only once it matched
+                listing = b"\n\n".join([*names, b""])
             else:
                 keys = live_keys(plain, prefix=prefix, revision=args.revision)
         except SnapshotInvalid:
@@ -76,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
         trailer.result()
     out = sys.stdout.buffer
     if names_only:
-        # the layout of 'etcdctl get --prefix --keys-only': a key, then an empty line
-        out.write(b"\n\n".join(names))
-        out.write(b"\n\n" if names else b"")
+        out.write(listing)
         out.flush()
         return ExitCode.OK
     if args.key is not None:

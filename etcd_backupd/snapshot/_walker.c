@@ -147,6 +147,124 @@ static void keyset_free(KeySet *set)
         free(set->parts[i].slots);
 }
 
+/* The user keys alive so far, when their names are wanted (inspect --keys-only): each name once,
+ * with whether it is alive, in an arena in the order the names first appear, and an
+ * open-addressed index of the arena holding each name's hash, so that a lookup reads one slot and
+ * one name. A Python dict of bytes costs a bytes object per record and three dependent cache
+ * misses per lookup; on a database of leases, each key written five times, that was most of the
+ * walk. A deleted name stays in the arena, marked dead, and is alive again when put again. The
+ * hash is Python's own hash of bytes (SipHash, keyed at random per process), so no file can be
+ * made to collide. */
+typedef struct {
+    uint64_t hash;
+    uint64_t at; /* 1 + the name's offset in the arena; 0 marks an empty slot */
+} NameSlot;
+
+/* an arena entry: the name's length (4 bytes, native order), 1 if alive, then the name */
+#define NAME_HEAD 5
+
+typedef struct {
+    NameSlot *slots;
+    size_t capacity; /* a power of two */
+    size_t used;
+    uint8_t *arena;
+    size_t arena_len;
+    size_t arena_cap;
+} NameSet;
+
+static uint32_t name_length(const uint8_t *entry)
+{
+    uint32_t length;
+    memcpy(&length, entry, 4);
+    return length;
+}
+
+/* -1: out of memory, with no exception set (the walk may not hold the GIL) */
+static int names_resize(NameSet *set, size_t capacity)
+{
+    NameSlot *slots = calloc(capacity, sizeof(NameSlot));
+    if (slots == NULL)
+        return -1;
+    for (size_t i = 0; i < set->capacity; i++) {
+        NameSlot slot = set->slots[i];
+        if (slot.at == 0)
+            continue;
+        size_t at = slot.hash & (capacity - 1);
+        while (slots[at].at != 0)
+            at = (at + 1) & (capacity - 1);
+        slots[at] = slot;
+    }
+    free(set->slots);
+    set->slots = slots;
+    set->capacity = capacity;
+    return 0;
+}
+
+/* the arena entry of `name`, or NULL and the empty slot where it would go */
+static uint8_t *names_find(const NameSet *set, uint64_t hash, const uint8_t *name,
+                           uint32_t length, size_t *empty)
+{
+    size_t mask = set->capacity - 1;
+    for (size_t at = hash & mask;; at = (at + 1) & mask) {
+        NameSlot slot = set->slots[at];
+        if (slot.at == 0) {
+            *empty = at;
+            return NULL;
+        }
+        uint8_t *entry = set->arena + (slot.at - 1);
+        if (slot.hash == hash && name_length(entry) == length &&
+            memcmp(entry + NAME_HEAD, name, length) == 0)
+            return entry;
+    }
+}
+
+/* -1: out of memory, with no exception set */
+static int names_put(NameSet *set, uint64_t hash, const uint8_t *name, uint32_t length)
+{
+    size_t empty;
+    uint8_t *entry = names_find(set, hash, name, length, &empty);
+    if (entry != NULL) {
+        entry[4] = 1;
+        return 0;
+    }
+    size_t need = set->arena_len + NAME_HEAD + length;
+    if (need > set->arena_cap) {
+        size_t capacity = set->arena_cap ? set->arena_cap * 2 : 64 * 1024;
+        while (capacity < need)
+            capacity *= 2;
+        uint8_t *grown = realloc(set->arena, capacity);
+        if (grown == NULL)
+            return -1;
+        set->arena = grown;
+        set->arena_cap = capacity;
+    }
+    entry = set->arena + set->arena_len;
+    memcpy(entry, &length, 4);
+    entry[4] = 1;
+    memcpy(entry + NAME_HEAD, name, length);
+    set->slots[empty] = (NameSlot){hash, set->arena_len + 1};
+    set->arena_len = need;
+    set->used++;
+    /* at most half full, so that a missing name is found missing after a probe or two */
+    if (set->used * 2 > set->capacity)
+        return names_resize(set, set->capacity * 2);
+    return 0;
+}
+
+static void names_drop(NameSet *set, uint64_t hash, const uint8_t *name, uint32_t length)
+{
+    size_t empty;
+    uint8_t *entry = names_find(set, hash, name, length, &empty);
+    if (entry != NULL)
+        entry[4] = 0;
+}
+
+static void names_free(NameSet *set)
+{
+    free(set->slots);
+    free(set->arena);
+}
+
 typedef struct {
     int fd;
     uint64_t page_size;
@@ -162,9 +280,15 @@ typedef struct {
     uint8_t *previous;
     size_t previous_len;
     size_t previous_cap;
-    PyObject *live; /* a dict of the live user keys, or NULL to count them in `keys` */
+    NameSet *names; /* the live user keys under `prefix`, or NULL to count them in `keys` */
+    int nogil;         /* walking without the GIL: no exception may be set until it is back */
+    int out_of_memory; /* what to raise then */
+    const uint8_t *prefix;
+    size_t prefix_len;
     KeySet keys;
     long long max_revision;
+    uint8_t *spare; /* the block of the last leaf with overflow, for the next one */
+    size_t spare_cap;
 } Walk;
 
 /* CRC-32C, continuing from `crc` as the crc32c package's crc32c(data, crc) does */
@@ -217,14 +341,27 @@ static int compare(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
     return (alen > blen) - (alen < blen);
 }
 
+/* an allocation failed: raised now, or once the walk has the GIL back */
+static void no_memory(Walk *w)
+{
+    if (w->nogil)
+        w->out_of_memory = 1;
+    else
+        PyErr_NoMemory();
+}
+
 static int read_at(Walk *w, uint8_t *into, size_t size, uint64_t offset)
 {
     size_t done = 0;
     while (done < size) {
         ssize_t got;
-        Py_BEGIN_ALLOW_THREADS
-        got = pread(w->fd, into + done, size - done, (off_t)(offset + done));
-        Py_END_ALLOW_THREADS
+        if (w->nogil) {
+            got = pread(w->fd, into + done, size - done, (off_t)(offset + done));
+        } else {
+            Py_BEGIN_ALLOW_THREADS
+            got = pread(w->fd, into + done, size - done, (off_t)(offset + done));
+            Py_END_ALLOW_THREADS
+        }
         if (got < 0 && errno == EINTR)
             continue;
         if (got <= 0)
@@ -255,6 +392,37 @@ static const uint8_t *page_at(Walk *w, uint64_t pgid)
     return w->window;
 }
 
+/* A block of at least `size` bytes for a page with overflow: the one the last such leaf gave back
+ * when it is large enough. A fresh block for each page of 1 MiB values went back to the system
+ * when freed and was faulted in again for the next page, a third of the CPU of an inspect of
+ * such a database. */
+static uint8_t *block(Walk *w, size_t size, size_t *capacity)
+{
+    if (w->spare != NULL && w->spare_cap >= size) {
+        uint8_t *taken = w->spare;
+        *capacity = w->spare_cap;
+        w->spare = NULL;
+        return taken;
+    }
+    uint8_t *fresh = malloc(size);
+    if (fresh == NULL)
+        no_memory(w);
+    *capacity = size;
+    return fresh;
+}
+
+/* keep the larger of `taken` and the spare block for the next page with overflow */
+static void give_back(Walk *w, uint8_t *taken, size_t capacity)
+{
+    if (w->spare != NULL && w->spare_cap >= capacity) {
+        free(taken);
+        return;
+    }
+    free(w->spare);
+    w->spare = taken;
+    w->spare_cap = capacity;
+}
+
 static int mark(Walk *w, uint64_t first, uint64_t last)
 {
     for (uint64_t n = first; n <= last; n++)
@@ -270,7 +438,7 @@ static int keep_previous(Walk *w, const uint8_t *key, size_t len)
     if (len > w->previous_cap) {
         uint8_t *grown = realloc(w->previous, len);
         if (grown == NULL) {
-            PyErr_NoMemory();
+            no_memory(w);
             return -1;
         }
         w->previous = grown;
@@ -321,26 +489,6 @@ static int record(const Walk *w, const uint8_t *page, uint64_t key_start, uint32
         *name = page + index;
     }
     return WALK_OK;
-}
-
-/* status.replay for one record into the dict of live keys */
-static int replay_into_dict(Walk *w, const uint8_t *name, uint64_t length, int put)
-{
-    PyObject *user_key = PyBytes_FromStringAndSize((const char *)name, (Py_ssize_t)length);
-    if (user_key == NULL)
-        return WALK_ERROR;
-    int failed;
-    if (put) {
-        failed = PyDict_SetItem(w->live, user_key, Py_None) < 0;
-    } else {
-        failed = PyDict_DelItem(w->live, user_key) < 0;
-        if (failed && PyErr_ExceptionMatches(PyExc_KeyError)) {
-            PyErr_Clear();
-            failed = 0;
-        }
-    }
-    Py_DECREF(user_key);
-    return failed ? WALK_ERROR : WALK_OK;
 }
 
 /* what hash() of a bytes object of these bytes gives, without making the object */
@@ -406,6 +554,64 @@ static int replay_prints(Walk *w, const uint8_t *page, uint32_t first, uint32_t 
     return outcome;
 }
 
+/* status.replay for records `first` to `first + n - 1` of a leaf into the names table: the
+ * records are read and hashed and their slots fetched, then the names those slots point to, then
+ * the records are applied in order; the fetches are only hints, so a name put by one record of the
+ * batch is found by the next. */
+static int replay_names(Walk *w, const uint8_t *page, uint32_t first, uint32_t n)
+{
+    struct {
+        const uint8_t *name;
+        uint32_t length;
+        int put;
+        uint64_t hash;
+    } steps[AHEAD];
+    NameSet *set = w->names;
+    int outcome = WALK_OK;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *element = page + HEADER + (uint64_t)(first + i) * ELEMENT;
+        uint64_t key_start = HEADER + (uint64_t)(first + i) * ELEMENT + le32(element + 4);
+        uint32_t key_size = le32(element + 8);
+        uint64_t key_end = key_start + key_size;
+        const uint8_t *name;
+        uint64_t length;
+        int put;
+        int status = record(w, page, key_start, key_size, key_end, key_end + le32(element + 12),
+                            &name, &length, &put);
+        if (status == WALK_STOP) {
+            outcome = status;
+            break;
+        }
+        if (status != WALK_OK)
+            return status;
+        /* the bump marker "" is never served, and a name's prefix never changes */
+        if (length == 0 || length < w->prefix_len || memcmp(name, w->prefix, w->prefix_len) != 0)
+            continue;
+        uint64_t hash = (uint64_t)hash_bytes(name, length);
+        steps[kept].name = name;
+        steps[kept].length = (uint32_t)length;
+        steps[kept].put = put;
+        steps[kept].hash = hash;
+        kept++;
+        __builtin_prefetch(&set->slots[hash & (set->capacity - 1)]);
+    }
+    for (uint32_t i = 0; i < kept; i++) {
+        NameSlot slot = set->slots[steps[i].hash & (set->capacity - 1)];
+        if (slot.at != 0)
+            __builtin_prefetch(set->arena + (slot.at - 1));
+    }
+    for (uint32_t i = 0; i < kept; i++) {
+        if (!steps[i].put)
+            names_drop(set, steps[i].hash, steps[i].name, steps[i].length);
+        else if (names_put(set, steps[i].hash, steps[i].name, steps[i].length) < 0) {
+            no_memory(w);
+            return WALK_ERROR;
+        }
+    }
+    return outcome;
+}
+
 static int leaf(Walk *w, const uint8_t *page, uint64_t size, uint32_t count, const uint8_t *low,
                 size_t low_len, const uint8_t *high, size_t high_len)
 {
@@ -440,12 +646,11 @@ static int leaf(Walk *w, const uint8_t *page, uint64_t size, uint32_t count, con
         return WALK_UNUSUAL;
     if (w->previous_len && compare(first_key, first_len, w->previous, w->previous_len) <= 0)
         return WALK_UNUSUAL;
-    if (w->live == NULL) {
-        for (uint32_t i = 0; i < count; i += AHEAD) {
-            int status = replay_prints(w, page, i, count - i < AHEAD ? count - i : AHEAD);
-            if (status != WALK_OK)
-                return status;
-        }
+    for (uint32_t i = 0; i < count; i += AHEAD) {
+        uint32_t n = count - i < AHEAD ? count - i : AHEAD;
+        int status = w->names != NULL ? replay_names(w, page, i, n) : replay_prints(w, page, i, n);
+        if (status != WALK_OK)
+            return status;
     }
     for (uint32_t i = 0; i < count; i++) {
         const uint8_t *element = page + HEADER + (uint64_t)i * ELEMENT;
@@ -453,17 +658,6 @@ static int leaf(Walk *w, const uint8_t *page, uint64_t size, uint32_t count, con
         uint32_t key_size = le32(element + 8);
         uint64_t key_end = key_start + key_size;
         uint64_t value_end = key_end + le32(element + 12);
-        if (w->live != NULL) {
-            const uint8_t *name;
-            uint64_t length;
-            int put;
-            int status = record(w, page, key_start, key_size, key_end, value_end, &name, &length,
-                                &put);
-            if (status == WALK_OK)
-                status = replay_into_dict(w, name, length, put);
-            if (status != WALK_OK)
-                return status;
-        }
         if (w->with_crc) {
             w->crc = crc32c(w->crc, page + key_start, key_size);
             w->crc = crc32c(w->crc, page + key_end, (size_t)(value_end - key_end));
@@ -494,6 +688,7 @@ static int tree(Walk *w, uint64_t pgid, const uint8_t *low, size_t low_len, cons
         return WALK_UNUSUAL;
     uint64_t size = w->page_size;
     uint8_t *owned = NULL;
+    size_t capacity = 0;
     const uint8_t *page = head;
     if (overflow) {
         /* read only as far as the last element reaches, as bbolt.py does */
@@ -501,11 +696,9 @@ static int tree(Walk *w, uint64_t pgid, const uint8_t *low, size_t low_len, cons
         uint64_t table_end = HEADER + (uint64_t)count * ELEMENT;
         if (table_end > span)
             return WALK_UNUSUAL;
-        owned = malloc(table_end > w->page_size ? table_end : w->page_size);
-        if (owned == NULL) {
-            PyErr_NoMemory();
+        owned = block(w, table_end > w->page_size ? table_end : w->page_size, &capacity);
+        if (owned == NULL)
             return WALK_ERROR;
-        }
         if (table_end > w->page_size) {
             if (read_at(w, owned, table_end, pgid * w->page_size) < 0) {
                 free(owned);
@@ -531,13 +724,13 @@ static int tree(Walk *w, uint64_t pgid, const uint8_t *low, size_t low_len, cons
             return WALK_UNUSUAL;
         }
         if (used > w->page_size) {
-            uint8_t *whole = realloc(owned, used);
-            if (whole == NULL) {
-                free(owned);
-                PyErr_NoMemory();
-                return WALK_ERROR;
+            /* the whole span is read again, so the block need not keep what it holds */
+            if (used > capacity) {
+                give_back(w, owned, capacity);
+                owned = block(w, used, &capacity);
+                if (owned == NULL)
+                    return WALK_ERROR;
             }
-            owned = whole;
             if (read_at(w, owned, used, pgid * w->page_size) < 0) {
                 free(owned);
                 return WALK_UNUSUAL;
@@ -549,14 +742,15 @@ static int tree(Walk *w, uint64_t pgid, const uint8_t *low, size_t low_len, cons
     int status;
     if (flags == LEAF_PAGE) {
         status = leaf(w, page, size, count, low, low_len, high, high_len);
-        free(owned);
+        if (owned != NULL)
+            give_back(w, owned, capacity);
         return status;
     }
     /* a branch: its keys bound its children's, so it is kept while they are read */
     if (owned == NULL) {
         owned = malloc(size);
         if (owned == NULL) {
-            PyErr_NoMemory();
+            no_memory(w);
             return WALK_ERROR;
         }
         memcpy(owned, head, size);
@@ -602,48 +796,55 @@ static int tree(Walk *w, uint64_t pgid, const uint8_t *low, size_t low_len, cons
     return status;
 }
 
+/* Walk bucket `key` from `root` with `w` set up for one kind of replay; releases `seen`. The
+ * caller frees `w->previous`. */
+static int walk_tree(Walk *w, Py_buffer *seen, uint64_t root)
+{
+    if ((unsigned long long)seen->len < w->pgid || w->page_size < 512) {
+        PyBuffer_Release(seen);
+        PyErr_SetString(PyExc_ValueError, "the page map does not cover the database");
+        return WALK_ERROR;
+    }
+    w->seen = seen->buf;
+    w->last_page = (uint64_t)-2;
+    w->window = malloc(w->page_size > READ_AHEAD ? w->page_size : READ_AHEAD);
+    int status = WALK_ERROR;
+    if (w->window == NULL) {
+        PyErr_NoMemory();
+    } else if (w->nogil) {
+        Py_BEGIN_ALLOW_THREADS
+        status = tree(w, root, (const uint8_t *)"", 0, NULL, 0, 0);
+        Py_END_ALLOW_THREADS
+        if (w->out_of_memory)
+            PyErr_NoMemory();
+    } else {
+        status = tree(w, root, (const uint8_t *)"", 0, NULL, 0, 0);
+    }
+    free(w->window);
+    free(w->spare);
+    PyBuffer_Release(seen);
+    return status;
+}
+
 static PyObject *walk_revisions(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
-    static char *names[] = {"fd",       "root", "page_size",    "pgid",     "seen",
-                            "checksum", "live", "max_revision", "with_crc", NULL};
-    int fd, with_crc;
+    static char *names[] = {"fd", "root", "page_size", "pgid", "seen", "checksum", NULL};
+    int fd;
     unsigned long long root, page_size, pgid;
     unsigned int checksum;
-    long long max_revision;
     Py_buffer seen;
-    PyObject *live;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iKKKw*IOLp", names, &fd, &root, &page_size,
-                                     &pgid, &seen, &checksum, &live, &max_revision, &with_crc))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iKKKw*I", names, &fd, &root, &page_size, &pgid,
+                                     &seen, &checksum))
         return NULL;
-    if (live != Py_None && !PyDict_Check(live)) {
-        PyBuffer_Release(&seen);
-        PyErr_SetString(PyExc_TypeError, "live must be a dict or None");
-        return NULL;
-    }
-    if ((unsigned long long)seen.len < pgid || page_size < 512) {
-        PyBuffer_Release(&seen);
-        PyErr_SetString(PyExc_ValueError, "the page map does not cover the database");
-        return NULL;
-    }
     Walk w = {0};
     w.fd = fd;
     w.page_size = page_size;
     w.pgid = pgid;
-    w.seen = seen.buf;
     w.crc = checksum;
-    w.with_crc = with_crc;
-    w.live = live == Py_None ? NULL : live;
-    w.max_revision = max_revision;
-    w.last_page = (uint64_t)-2;
-    w.window = malloc(page_size > READ_AHEAD ? page_size : READ_AHEAD);
-    if (w.window == NULL) {
-        PyBuffer_Release(&seen);
-        return PyErr_NoMemory();
-    }
-    int status = tree(&w, root, (const uint8_t *)"", 0, NULL, 0, 0);
-    free(w.window);
-    PyBuffer_Release(&seen);
+    w.with_crc = 1;
+    w.max_revision = -1;
+    int status = walk_tree(&w, &seen, root);
     PyObject *result = NULL;
     if (status == WALK_OK || status == WALK_STOP)
         result = Py_BuildValue("(IKy#nO)", w.crc, (unsigned long long)w.entries,
@@ -657,10 +858,95 @@ static PyObject *walk_revisions(PyObject *self, PyObject *args, PyObject *kwargs
     return result;
 }
 
+static int by_name(const void *a, const void *b)
+{
+    const uint8_t *x = *(const uint8_t *const *)a;
+    const uint8_t *y = *(const uint8_t *const *)b;
+    return compare(x + NAME_HEAD, name_length(x), y + NAME_HEAD, name_length(y));
+}
+
+/* the names alive, sorted as Python sorts bytes */
+static PyObject *names_sorted(const NameSet *set)
+{
+    const uint8_t **alive = malloc((set->used ? set->used : 1) * sizeof *alive);
+    if (alive == NULL)
+        return PyErr_NoMemory();
+    size_t count = 0;
+    int ordered = 1;
+    for (size_t at = 0; at < set->arena_len; at += NAME_HEAD + name_length(set->arena + at)) {
+        const uint8_t *entry = set->arena + at;
+        if (!entry[4])
+            continue;
+        alive[count] = entry;
+        if (count && ordered && by_name(&alive[count - 1], &alive[count]) > 0)
+            ordered = 0;
+        count++;
+    }
+    /* names often first appear in key order (a fill, leases renewed in turn): nothing to sort */
+    if (!ordered)
+        qsort(alive, count, sizeof *alive, by_name);
+    PyObject *list = PyList_New((Py_ssize_t)count);
+    for (size_t i = 0; list != NULL && i < count; i++) {
+        PyObject *name = PyBytes_FromStringAndSize((const char *)alive[i] + NAME_HEAD,
+                                                   (Py_ssize_t)name_length(alive[i]));
+        if (name == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)i, name);
+    }
+    free(alive);
+    return list;
+}
+
+static PyObject *live_names(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    (void)self;
+    static char *names[] = {"fd",     "root",         "page_size", "pgid", "seen",
+                            "prefix", "max_revision", NULL};
+    int fd;
+    unsigned long long root, page_size, pgid;
+    long long max_revision;
+    Py_buffer seen, prefix;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iKKKw*y*L", names, &fd, &root, &page_size,
+                                     &pgid, &seen, &prefix, &max_revision))
+        return NULL;
+    NameSet set = {0};
+    if (names_resize(&set, 1024) < 0) {
+        PyBuffer_Release(&seen);
+        PyBuffer_Release(&prefix);
+        return PyErr_NoMemory();
+    }
+    Walk w = {0};
+    w.fd = fd;
+    w.page_size = page_size;
+    w.pgid = pgid;
+    w.max_revision = max_revision;
+    w.names = &set;
+    /* the names are C's until the walk ends: the SHA-256 of the file, in another thread, need
+     * not wait for the walk to let go of the GIL between its reads, which on a busy machine,
+     * the walk waiting for a CPU, it did not */
+    w.nogil = 1;
+    w.prefix = prefix.buf;
+    w.prefix_len = (size_t)prefix.len;
+    int status = walk_tree(&w, &seen, root);
+    PyObject *result = NULL;
+    if (status == WALK_OK || status == WALK_STOP)
+        result = names_sorted(&set);
+    else if (status == WALK_UNUSUAL)
+        result = Py_NewRef(Py_None);
+    PyBuffer_Release(&prefix);
+    free(w.previous);
+    names_free(&set);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"walk_revisions", (PyCFunction)(void (*)(void))walk_revisions, METH_VARARGS | METH_KEYWORDS,
      "Walk bucket `key`'s tree: (checksum, entries, last key, live keys counted, bump marker "
      "live), or None to walk it again in Python."},
+    {"live_names", (PyCFunction)(void (*)(void))live_names, METH_VARARGS | METH_KEYWORDS,
+     "Replay bucket `key` up to max_revision (-1: its end): the user keys alive under prefix, "
+     "sorted, or None to walk it again in Python."},
     {NULL, NULL, 0, NULL},
 };
 

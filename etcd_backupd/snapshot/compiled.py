@@ -24,10 +24,18 @@ class _Walker(Protocol):
         pgid: int,
         seen: bytearray,
         checksum: int,
-        live: dict[bytes, None] | None,
-        max_revision: int,
-        with_crc: bool,
     ) -> tuple[int, int, bytes, int, bool] | None: ...
+
+    def live_names(
+        self,
+        fd: int,
+        root: int,
+        page_size: int,
+        pgid: int,
+        seen: bytearray,
+        prefix: bytes,
+        max_revision: int,
+    ) -> list[bytes] | None: ...
 
 
 def _load() -> _Walker | None:
@@ -53,44 +61,31 @@ def count_revisions(
     that key is. The keys themselves are not kept, only a 96-bit fingerprint of each while the
     walk runs. None when there is no compiled walk for the bucket (not built, inline): the caller
     walks `reader.leaves` instead. Raises LeftToPython, after which `reader` is spent."""
-    return _walk(reader, bucket, checksum, None, -1, with_crc=True)
-
-
-def replay_revisions(
-    reader: BoltReader, bucket: Bucket, live: dict[bytes, None], max_revision: int | None
-) -> bool:
-    """Replay bucket `key` up to `max_revision` (default: its end) into `live`, the user keys
-    alive; False when there is no compiled walk for it (not built, inline, a negative revision):
-    the caller walks `reader.leaves` instead. Raises LeftToPython, after which `reader` and
-    `live` are spent."""
-    if max_revision is not None and max_revision < 0:
-        return False
-    limit = -1 if max_revision is None else max_revision
-    return _walk(reader, bucket, 0, live, limit, with_crc=False) is not None
-
-
-def _walk(
-    reader: BoltReader,
-    bucket: Bucket,
-    checksum: int,
-    live: dict[bytes, None] | None,
-    max_revision: int,
-    *,
-    with_crc: bool,
-) -> tuple[int, int, bytes, int, bool] | None:
     if WALKER is None or bucket.inline is not None:
         return None
     walked = WALKER.walk_revisions(
-        reader.fd,
-        bucket.root,
-        reader.page_size,
-        reader.pgid,
-        reader.page_map,
-        checksum,
-        live,
-        max_revision,
-        with_crc,
+        reader.fd, bucket.root, reader.page_size, reader.pgid, reader.page_map, checksum
     )
     if walked is None:
         raise LeftToPython
     return walked
+
+
+def live_names(
+    reader: BoltReader, bucket: Bucket, prefix: bytes, max_revision: int | None
+) -> list[bytes] | None:
+    """Replay bucket `key` up to `max_revision` (default: its end): the user keys alive under
+    `prefix`, the key "" of a revision bump left out, sorted. None when there is no compiled walk
+    for it (not built, inline, a negative revision): the caller walks `reader.leaves` instead.
+    Raises LeftToPython, after which `reader` is spent."""
+    if WALKER is None or bucket.inline is not None:
+        return None
+    if max_revision is not None and max_revision < 0:
+        return None
+    limit = -1 if max_revision is None else max_revision
+    names = WALKER.live_names(
+        reader.fd, bucket.root, reader.page_size, reader.pgid, reader.page_map, prefix, limit
+    )
+    if names is None:
+        raise LeftToPython
+    return names

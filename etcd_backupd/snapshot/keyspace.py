@@ -63,20 +63,25 @@ def live_key_names(path: Path, *, prefix: bytes = b"", revision: int | None = No
     """The keys under `prefix` at `revision` (default: the newest), sorted: the names of what
     `live_keys` gives, found a page of records at a time instead of one record at a time."""
     try:
-        live = _live_names(path, revision, fast=True)
+        with BoltReader(path) as reader:
+            bucket = _key_bucket(reader)
+            if bucket is None:
+                return []
+            names = compiled.live_names(reader, bucket, prefix, revision)
+            if names is not None:
+                return names
     except compiled.LeftToPython:
-        live = _live_names(path, revision, fast=False)
+        pass
+    live = _live_names(path, revision)
     live.pop(BUMP_MARKER, None)
     return sorted(filter(methodcaller("startswith", prefix), live) if prefix else live)
 
 
-def _live_names(path: Path, revision: int | None, *, fast: bool) -> dict[bytes, None]:
+def _live_names(path: Path, revision: int | None) -> dict[bytes, None]:
     live: dict[bytes, None] = {}
     with BoltReader(path) as reader:
         bucket = _key_bucket(reader)
         if bucket is None:
-            return live
-        if fast and compiled.replay_revisions(reader, bucket, live, revision):
             return live
         for leaf in reader.leaves(bucket):
             revisions = leaf.keys

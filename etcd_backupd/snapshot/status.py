@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import crc32c
-
 from ..errors import SnapshotInvalid
 from ..formats import outer_layer
 from . import compiled
@@ -244,6 +242,10 @@ def user_key(page: bytes, start: int, end: int) -> bytes:
 
 def _figures(reader: BoltReader, *, fast: bool) -> DatabaseFigures:
     """`fast`: bucket `key` is walked by the compiled walker when there is one."""
+    # imported here: the crc32c package reads its own installed metadata when imported, a tenth
+    # of the start of `inspect`, which never computes etcd's hash
+    import crc32c
+
     checksum = 0
     entries = 0
     revision = 0
@@ -344,6 +346,8 @@ def replay(leaf: Leaf, count: int, live: dict[bytes, None]) -> None:
 
 def _feed(leaf: Leaf, checksum: int) -> int:
     """CRC-32C over the page's keys and values, as etcd's hash reads them."""
+    import crc32c
+
     if leaf.packed is not None:
         return int(crc32c.crc32c(leaf.packed, checksum))
     for key, value, flags in zip(leaf.keys, leaf.values, leaf.flags, strict=True):

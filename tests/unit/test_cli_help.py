@@ -8,12 +8,13 @@ import pytest
 
 from etcd_backupd.cli import build_parser
 from etcd_backupd.cli import main as cli_main
+from etcd_backupd.commands import COMMANDS
 
 
-def _commands() -> dict[str, argparse.ArgumentParser]:
+def _commands(only: str | None = None) -> dict[str, argparse.ArgumentParser]:
     (subparsers,) = [
         action
-        for action in build_parser()._actions
+        for action in build_parser(only)._actions
         if isinstance(action, argparse._SubParsersAction)
     ]
     return dict(subparsers.choices)
@@ -65,3 +66,25 @@ def test_help_explains_each_command(command: str, capsys: pytest.CaptureFixture[
         assert str(name) in shown
         explained = action.help % {**vars(action), "prog": parser.prog}
         assert _one_line(explained) in shown, f"{command} {name}"
+
+
+def test_a_command_line_starting_with_its_command_parses_as_with_every_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """main() builds only the parser of the command a command line starts with: its help, its
+    parse of the same words and its errors are those of the whole parser."""
+    whole = _commands()
+    assert tuple(whole) == COMMANDS
+    for command in COMMANDS:
+        alone = _commands(command)
+        assert list(alone) == [command]
+        assert alone[command].format_help() == whole[command].format_help()
+    words = ["inspect", "--prefix", "/registry/", "--keys-only", "snapshot.db"]
+    assert build_parser("inspect").parse_args(words) == build_parser().parse_args(words)
+    for wrong in (["inspect"], ["inspect", "snapshot.db", "--bogus"], ["inspect", "--debug"]):
+        errors = []
+        for command in ("inspect", None):
+            with pytest.raises(SystemExit) as exited:
+                build_parser(command).parse_args(wrong)
+            errors.append((exited.value.code, capsys.readouterr().err))
+        assert errors[0] == errors[1] and errors[0][0] == 2
