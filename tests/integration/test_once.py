@@ -9,9 +9,11 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from etcd_backupd import cycle as cycle_module
 from etcd_backupd.config import ENV_ETCD_PASSWORD, load_config
 from etcd_backupd.cycle import run_cycle
 from etcd_backupd.manifest import parse_snapshot_name
@@ -295,3 +297,24 @@ def test_a_member_that_stops_sending_is_cut_off_and_nothing_is_left(
     assert result.exit_code == 3
     assert result.error is not None and "stalled: no data for 1 s" in result.error
     assert stored_files(tmp_path) == []
+
+
+def test_the_stream_s_freed_heap_goes_back_before_the_walk(
+    etcd35: EtcdCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk's table of fingerprints is not stacked on the heap the stream freed: the peak
+    RSS of a cycle is the larger of the two, not their sum."""
+    load_kubernetes_like_keys(etcd35, count=50)
+    config = load_config(write_config(tmp_path, etcd35))
+    calls: list[str] = []
+    real_verify = cycle_module.verify_snapshot
+
+    def verify(path: Path, **kwargs: Any) -> Any:
+        calls.append("verify")
+        return real_verify(path, **kwargs)
+
+    monkeypatch.setattr(cycle_module, "return_free_heap", lambda: calls.append("return heap"))
+    monkeypatch.setattr(cycle_module, "verify_snapshot", verify)
+    result = run_cycle(config)
+    assert result.ok, result.error
+    assert calls == ["return heap", "verify"]
