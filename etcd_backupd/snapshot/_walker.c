@@ -67,7 +67,16 @@ typedef struct {
     int bump;
 } KeySet;
 
-static size_t home_of(const Part *part, Print print) { return (size_t)(print % part->capacity); }
+/* the slot a fingerprint starts from: a multiplication, where a division by the capacity would
+ * cost as much again as the rest of a lookup, and the rehashing of a part that grows */
+static size_t home_of(const Part *part, Print print)
+{
+#ifdef __SIZEOF_INT128__
+    return (size_t)(((unsigned __int128)print * part->capacity) >> 64);
+#else
+    return (size_t)(print % part->capacity);
+#endif
+}
 
 /* A part's slots are a mapping of their own, not a block of the heap: the heap would keep the
  * sizes a part outgrew, in holes no later, larger part fits, and keep them after the walk. */
