@@ -27,6 +27,7 @@ from .errors import (
 from .etcd import EtcdSource, MemberStatus
 from .fsutil import fsync_dir, fsync_file, part_path
 from .manifest import Cluster, Manifest, MemberInfo, snapshot_name
+from .memory import return_free_heap
 from .prune import PruneResult, lock_period, policy_for, prune
 from .runlock import Claims
 from .shipment import Shipment
@@ -172,6 +173,7 @@ def run_cycle(
             )
 
         with stages.stage("verify"):
+            return_free_heap()
             status = _verify_and_sync(part, sha256, durable)
         log.info(
             "verified %s: revision %d, %d keys, hash %d, %d bytes",

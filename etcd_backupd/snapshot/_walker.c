@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define HEADER 16
@@ -34,16 +35,16 @@
 enum { WALK_OK = 0, WALK_STOP, WALK_UNUSUAL, WALK_ERROR };
 
 /* The user keys alive so far, when only their number is wanted (verify, in every cycle): a
- * 96-bit fingerprint per key instead of the key, 12 bytes in an open-addressed table instead of a
- * bytes object and a dict entry, an eighth of the memory or less on a Kubernetes-shaped database.
- * 64 bits of it are Python's own hash of bytes, SipHash keyed at random per process, so no file
- * can be made to collide; the other 32 are CRC-32C. The table is split in PARTS that grow one at a
- * time, by half, so that growing never holds two copies of the whole table. The empty key, a
- * revision bump's marker, is tracked apart: etcdutl 3.6 counts it, the live-key figure does not.
+ * fingerprint per key instead of the key, 8 bytes in an open-addressed table instead of a bytes
+ * object and a dict entry. The slot holds Python's own hash of the bytes, SipHash keyed at random
+ * per process, so no file can be made to collide; the top bits of the key's CRC-32C choose one of
+ * PARTS tables and are not stored, so two keys are taken for one only when 70 bits agree (for a
+ * million live keys, less than one chance in a billion that the count is one short). The parts
+ * grow one at a time, by a quarter, so that growing never holds two copies of the whole table and
+ * a table just grown is not half empty. The empty key, a revision bump's marker, is tracked apart:
+ * etcdutl 3.6 counts it, the live-key figure does not.
  */
-typedef struct {
-    uint32_t low, high, check; /* check is never 0, which marks an empty slot */
-} Print;
+typedef uint64_t Print; /* never 0, which marks an empty slot */
 
 typedef struct {
     Print *slots;
@@ -51,7 +52,14 @@ typedef struct {
     size_t count;
 } Part;
 
-#define PARTS 16
+#define PART_BITS 6
+#define PARTS (1 << PART_BITS)
+#define GROWTH 4 /* a part grows by 1/GROWTH */
+#define FULL_NUMERATOR 17 /* and when more than 17/20 of its slots are taken */
+#define FULL_DENOMINATOR 20
+#define FIRST_CAPACITY 256
+
+static size_t map_page = 4096;
 
 typedef struct {
     Part parts[PARTS];
@@ -59,24 +67,44 @@ typedef struct {
     int bump;
 } KeySet;
 
-static int same(Print a, Print b)
-{
-    return a.low == b.low && a.high == b.high && a.check == b.check;
-}
-
-/* the part from the top bits of the SipHash half, the slot from the rest */
-static Part *part_of(KeySet *set, Print print) { return &set->parts[print.high >> 28]; }
-
+/* the slot a fingerprint starts from: a multiplication, where a division by the capacity would
+ * cost as much again as the rest of a lookup, and the rehashing of a part that grows */
 static size_t home_of(const Part *part, Print print)
 {
-    uint64_t hash = (uint64_t)print.low | (uint64_t)(print.high & 0x0FFFFFFF) << 32;
-    return (size_t)(hash % part->capacity);
+#ifdef __SIZEOF_INT128__
+    return (size_t)(((unsigned __int128)print * part->capacity) >> 64);
+#else
+    return (size_t)(print % part->capacity);
+#endif
+}
+
+/* A part's slots are a mapping of their own, not a block of the heap: the heap would keep the
+ * sizes a part outgrew, in holes no later, larger part fits, and keep them after the walk. */
+static Print *slots_map(size_t capacity)
+{
+    void *slots = mmap(NULL, capacity * sizeof(Print), PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return slots == MAP_FAILED ? NULL : slots;
+}
+
+static void slots_unmap(Print *slots, size_t capacity)
+{
+    if (slots != NULL)
+        munmap(slots, capacity * sizeof(Print));
+}
+
+/* a part's next capacity: a quarter more, and all the slots of the whole pages that takes */
+static size_t next_capacity(size_t capacity)
+{
+    size_t wanted = capacity ? capacity + capacity / GROWTH : FIRST_CAPACITY;
+    size_t bytes = (wanted * sizeof(Print) + map_page - 1) / map_page * map_page;
+    return bytes / sizeof(Print);
 }
 
 static int part_grow(Part *part)
 {
-    size_t capacity = part->capacity ? part->capacity + part->capacity / 2 : 256;
-    Print *slots = calloc(capacity, sizeof(Print));
+    size_t capacity = next_capacity(part->capacity);
+    Print *slots = slots_map(capacity);
     if (slots == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -84,26 +112,26 @@ static int part_grow(Part *part)
     Part grown = {slots, capacity, part->count};
     for (size_t i = 0; i < part->capacity; i++) {
         Print print = part->slots[i];
-        if (print.check == 0)
+        if (print == 0)
             continue;
         size_t at = home_of(&grown, print);
-        while (slots[at].check != 0)
+        while (slots[at] != 0)
             at = at + 1 == capacity ? 0 : at + 1;
         slots[at] = print;
     }
-    free(part->slots);
+    slots_unmap(part->slots, part->capacity);
     *part = grown;
     return 0;
 }
 
-static int keyset_put(KeySet *set, Print print)
+static int keyset_put(KeySet *set, Part *part, Print print)
 {
-    Part *part = part_of(set, print);
-    if ((part->count + 1) * 5 > part->capacity * 4 && part_grow(part) < 0)
+    if ((part->count + 1) * FULL_DENOMINATOR > part->capacity * FULL_NUMERATOR &&
+        part_grow(part) < 0)
         return -1;
     size_t at = home_of(part, print);
-    while (part->slots[at].check != 0) {
-        if (same(part->slots[at], print))
+    while (part->slots[at] != 0) {
+        if (part->slots[at] == print)
             return 0;
         at = at + 1 == part->capacity ? 0 : at + 1;
     }
@@ -114,20 +142,19 @@ static int keyset_put(KeySet *set, Print print)
 }
 
 /* linear probing's deletion by shifting back the entries after the hole */
-static void keyset_drop(KeySet *set, Print print)
+static void keyset_drop(KeySet *set, Part *part, Print print)
 {
-    Part *part = part_of(set, print);
     size_t capacity = part->capacity;
     if (capacity == 0)
         return;
     size_t at = home_of(part, print);
-    while (!same(part->slots[at], print)) {
-        if (part->slots[at].check == 0)
+    while (part->slots[at] != print) {
+        if (part->slots[at] == 0)
             return;
         at = at + 1 == capacity ? 0 : at + 1;
     }
     size_t hole = at;
-    for (size_t next = hole + 1 == capacity ? 0 : hole + 1; part->slots[next].check != 0;
+    for (size_t next = hole + 1 == capacity ? 0 : hole + 1; part->slots[next] != 0;
          next = next + 1 == capacity ? 0 : next + 1) {
         size_t home = home_of(part, part->slots[next]);
         /* the entry may fill the hole unless its home lies cyclically in (hole, next] */
@@ -136,7 +163,7 @@ static void keyset_drop(KeySet *set, Print print)
             hole = next;
         }
     }
-    part->slots[hole] = (Print){0, 0, 0};
+    part->slots[hole] = 0;
     part->count--;
     set->count--;
 }
@@ -144,7 +171,7 @@ static void keyset_drop(KeySet *set, Print print)
 static void keyset_free(KeySet *set)
 {
     for (int i = 0; i < PARTS; i++)
-        free(set->parts[i].slots);
+        slots_unmap(set->parts[i].slots, set->parts[i].capacity);
 }
 
 /* The user keys alive so far, when their names are wanted (inspect --keys-only): each name once,
@@ -508,6 +535,7 @@ static Py_hash_t hash_bytes(const uint8_t *p, uint64_t n)
 
 typedef struct {
     Print print;
+    Part *part;
     int put;
     int empty;
 } Step;
@@ -534,11 +562,11 @@ static int replay_prints(Walk *w, const uint8_t *page, uint32_t first, uint32_t 
         }
         if (status != WALK_OK)
             return status;
-        uint64_t bits = (uint64_t)hash_bytes(name, length);
-        uint32_t check = crc32c(0, name, (size_t)length) | 1;
-        steps[i].print = (Print){(uint32_t)bits, (uint32_t)(bits >> 32), check};
+        Print print = (Print)hash_bytes(name, length);
+        steps[i].print = print ? print : 1;
         steps[i].empty = length == 0;
-        Part *part = part_of(&w->keys, steps[i].print);
+        Part *part = &w->keys.parts[crc32c(0, name, (size_t)length) >> (32 - PART_BITS)];
+        steps[i].part = part;
         if (part->capacity)
             __builtin_prefetch(&part->slots[home_of(part, steps[i].print)]);
     }
@@ -546,10 +574,10 @@ static int replay_prints(Walk *w, const uint8_t *page, uint32_t first, uint32_t 
         if (steps[i].empty)
             w->keys.bump = steps[i].put;
         else if (steps[i].put) {
-            if (keyset_put(&w->keys, steps[i].print) < 0)
+            if (keyset_put(&w->keys, steps[i].part, steps[i].print) < 0)
                 return WALK_ERROR;
         } else
-            keyset_drop(&w->keys, steps[i].print);
+            keyset_drop(&w->keys, steps[i].part, steps[i].print);
     }
     return outcome;
 }
@@ -955,6 +983,9 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_walker", NULL, -1, 
 
 PyMODINIT_FUNC PyInit__walker(void)
 {
+    long page = sysconf(_SC_PAGESIZE);
+    if (page > 0)
+        map_page = (size_t)page;
     for (uint32_t n = 0; n < 256; n++) {
         uint32_t c = n;
         for (int k = 0; k < 8; k++)

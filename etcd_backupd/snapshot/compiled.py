@@ -58,7 +58,7 @@ def count_revisions(
 ) -> tuple[int, int, bytes, int, bool] | None:
     """Walk bucket `key` to its end: the checksum carried on, the entries, the last revision
     key, the number of user keys alive (the key "" of a revision bump left out) and whether
-    that key is. The keys themselves are not kept, only a 96-bit fingerprint of each while the
+    that key is. The keys themselves are not kept, only an 8-byte fingerprint of each while the
     walk runs. None when there is no compiled walk for the bucket (not built, inline): the caller
     walks `reader.leaves` instead. Raises LeftToPython, after which `reader` is spent."""
     if WALKER is None or bucket.inline is not None:

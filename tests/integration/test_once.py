@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -356,3 +357,24 @@ def test_the_spool_reaches_the_disk_only_when_it_is_the_stored_file(
     assert bool(flushed) is kept
     assert bool(written_back) is kept
     assert all(path.parent == backups for path in flushed)
+
+
+def test_the_stream_s_freed_heap_goes_back_before_the_walk(
+    etcd35: EtcdCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk's table of fingerprints is not stacked on the heap the stream freed: the peak
+    RSS of a cycle is the larger of the two, not their sum."""
+    load_kubernetes_like_keys(etcd35, count=50)
+    config = load_config(write_config(tmp_path, etcd35))
+    calls: list[str] = []
+    real_verify = cycle.verify_snapshot
+
+    def verify(path: Path, **kwargs: Any) -> Any:
+        calls.append("verify")
+        return real_verify(path, **kwargs)
+
+    monkeypatch.setattr(cycle, "return_free_heap", lambda: calls.append("return heap"))
+    monkeypatch.setattr(cycle, "verify_snapshot", verify)
+    result = run_cycle(config)
+    assert result.ok, result.error
+    assert calls == ["return heap", "verify"]

@@ -211,6 +211,35 @@ def test_many_keys_put_and_deleted_count_the_same(
     assert spy.walked > 0 and spy.handed_over == 0
 
 
+def test_a_key_space_that_grows_every_part_of_the_table_many_times_counts_right(
+    tmp_path: Path, spy: Spy
+) -> None:
+    """Sixty thousand keys alive at once, then most of them deleted and a third put again: each
+    part of the compiled walker's table of fingerprints grows several times, by a quarter each
+    time, and shifts entries back across its end; the count is still the keys alive."""
+    rng = random.Random(14)
+    names = [f"/registry/configmaps/ns-{n % 97}/cm-{n}".encode() for n in range(60000)]
+    operations = [(name, True) for name in names]
+    gone = rng.sample(names, 45000)
+    operations += [(name, False) for name in gone]
+    operations += [(name, True) for name in rng.sample(gone, 15000)]
+    history = [
+        (revision(main, tombstone=not put), record(name, b"v" if put else b"", main), 0)
+        for main, (name, put) in enumerate(operations, start=2)
+    ]
+    db = Database(65536)
+    parts = [history[i : i + 1000] for i in range(0, len(history), 1000)]
+    leaves = [db.add(leaf_image(part)) for part in parts]
+    root = db.add(
+        branch_image([(part[0][0], page) for part, page in zip(parts, leaves, strict=True)])
+    )
+    path = tmp_path / "db"
+    path.write_bytes(db.build(db.add(leaf_image([(b"key", bucket(root), BUCKET_FLAG)]))))
+    figures = walk_database(path)
+    assert figures.live_keys == 60000 - 45000 + 15000
+    assert spy.walked == 1 and spy.handed_over == 0
+
+
 @pytest.mark.parametrize("records", [31, 32, 33, 64, 65, 200])
 def test_a_key_put_deleted_and_put_again_within_one_page_counts_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy, records: int
