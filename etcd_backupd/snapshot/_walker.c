@@ -431,6 +431,11 @@ static uint8_t *block(Walk *w, size_t size, size_t *capacity)
         w->spare = NULL;
         return taken;
     }
+    /* too small: freed before the larger block is taken, never held beside it (a cycle's peak
+     * RSS is counted with both, 3.5 MiB more on a database of 1 MiB values) */
+    free(w->spare);
+    w->spare = NULL;
+    w->spare_cap = 0;
     uint8_t *fresh = malloc(size);
     if (fresh == NULL)
         no_memory(w);
