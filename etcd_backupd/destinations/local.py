@@ -310,11 +310,12 @@ class _LocalUpload:
         """Through the stages into the part file; a snapshot stored as it is waits for commit."""
         if self._pipeline is not None:
             assert self._write_back is not None
-            self._pipeline.write(chunk)
             try:
+                self._pipeline.write(chunk)
                 self._write_back.grown(self._pipeline.stored_size)
             except OSError as exc:
-                # worded as the fsync at commit would say it: the same failure, met earlier
+                # a full disk, or a write-back that failed: worded as the same failure met at
+                # commit, and this destination's alone, never the run's
                 raise self._destination.error(f"store {self._final.name}", exc) from exc
 
     def commit(self, spooled: SpooledSnapshot, manifest: Manifest) -> Manifest:

@@ -378,3 +378,41 @@ def test_the_stream_s_freed_heap_goes_back_before_the_walk(
     result = run_cycle(config)
     assert result.ok, result.error
     assert calls == ["return heap", "verify"]
+
+
+def test_a_full_disk_under_a_compressing_destination_fails_that_destination_alone(
+    etcd35: EtcdCluster, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs as a full disk")
+    load_kubernetes_like_keys(etcd35, count=50)
+    client = etcd35.client()
+    client.put("/registry/configmaps/big/blob", os.urandom(900_000))
+    client.close()
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.strip()}")
+    try:
+        config = write_config(
+            tmp_path,
+            etcd35,
+            destinations=[
+                local_destination(tmp_path / "backups"),
+                local_destination(small, name="small", compression="zstd"),
+            ],
+        )
+        result = run_cli("once", "--config", str(config))
+        assert result.returncode == DestinationError.exit_code, result.stderr
+        assert "small" in result.stderr and "No space left on device" in result.stderr
+        assert "internal error" not in result.stderr
+        assert len(stored_files(tmp_path)) == 2  # the snapshot and its manifest
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
