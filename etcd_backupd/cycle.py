@@ -34,7 +34,6 @@ from .shipment import Shipment
 from .snapshot.status import SnapshotStatus, verify_snapshot
 from .spool import SpoolError, SpoolWriter, choose_spool_dir
 from .stall import Unanswered, stall_bound, within
-from .writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +73,16 @@ def _spool_snapshot(
     part: Path,
     shipment: Shipment,
     cancel: threading.Event,
-    kept: bool,
 ) -> tuple[str, str]:
     """Stream one member's snapshot into `part` and the uploads; return the SHA-256 (hex) of
-    its database bytes and of the whole file. A `part` that is `kept` as a backup is written
-    back to disk as it grows.
+    its database bytes and of the whole file.
 
     The file ends up exactly as `etcdctl snapshot save` writes it: database bytes, then the
     32-byte SHA-256 etcd sent after them, which must match the bytes received.
     """
     stream = source.open_snapshot(member, cancel)
     try:
-        writer = SpoolWriter(part, shipment.write, write_back=WriteBack if kept else None)
+        writer = SpoolWriter(part, shipment.write)
     except BackupError:
         stream.cancel()
         raise
@@ -330,10 +327,10 @@ def _stream_from_first_working(
                     "no destination can take the snapshot: " + "; ".join(shipment.failures.values())
                 )
             # a destination that stores the snapshot compressed or encrypted only reads the spool:
-            # writing it to disk would be work for a file about to be removed
+            # flushing it to disk would be work for a file about to be removed
             kept = owner is not None and owner.keeps_spool()
             try:
-                digests = _spool_snapshot(source, member, part, shipment, cancel, kept=kept)
+                digests = _spool_snapshot(source, member, part, shipment, cancel)
             except SpoolError as exc:
                 shipment.abort()
                 _remove(part)
@@ -362,9 +359,8 @@ def _stream_from_first_working(
 
 
 def _verify_and_sync(part: Path, sha256: str, durable: bool) -> SnapshotStatus:
-    """Verify the spooled snapshot while, if it is to be kept, the disk catches up with it (most
-    of it was written back during the stream): verification reads the page cache, so neither
-    waits for the other."""
+    """Verify the spooled snapshot while, if it is to be kept, the disk catches up with it:
+    verification reads the page cache, so neither waits for the other."""
     if not durable:
         return verify_snapshot(part, expected_sha256=sha256)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync") as pool:

@@ -2,9 +2,8 @@
 it is still in the CPU cache (from another thread the same copy into the page cache measured four
 times as costly); SHA-256 runs on a thread of its own, overlapping with receiving from etcd, and
 hands each hashed chunk to the sink (the cycle's uploads learn there how far the file is
-written). A spool file kept as a backup is written back to disk as it grows (writeback.py), so
-the fsync that makes it durable finds little left to write. Also where that file goes: into a
-local destination when one can take it, so storing the snapshot there costs a link."""
+written). Also where that file goes: into a local destination when one can take it, so storing
+the snapshot there costs a link."""
 
 from __future__ import annotations
 
@@ -21,7 +20,6 @@ from .clock import SYSTEM_CLOCK, Clock
 from .errors import BackupError, DestinationError
 from .fsutil import create_new, make_private_dir, remove_stale_parts
 from .manifest import parse_snapshot_name
-from .writeback import WriteBack
 
 if TYPE_CHECKING:
     from .destinations import Destination
@@ -39,15 +37,7 @@ class SpoolError(DestinationError):
 
 
 class SpoolWriter:
-    def __init__(
-        self,
-        path: Path,
-        sink: Callable[[bytes], None],
-        *,
-        write_back: Callable[[int], WriteBack] | None = None,
-    ) -> None:
-        """`write_back`, given for a file kept as a backup, starts the write-back of the file
-        open at the descriptor it is passed."""
+    def __init__(self, path: Path, sink: Callable[[bytes], None]) -> None:
         self.path = path
         self._sink = sink
         self._digest = hashlib.sha256()
@@ -55,27 +45,17 @@ class SpoolWriter:
         self.file_sha256: str | None = None
         self._batch: list[bytes] = []
         self._batch_bytes = 0
-        self._size = 0  # bytes written and handed to the hashing thread
         self._queue: queue.Queue[list[bytes] | None] = queue.Queue(QUEUE_BATCHES)
         self._crash: BaseException | None = None
         try:
             self._fd = create_new(path)
         except OSError as exc:
             raise self._failure(exc) from exc
-        try:
-            self._write_back = write_back(self._fd) if write_back is not None else None
-        except OSError as exc:
-            os.close(self._fd)
-            raise self._failure(exc) from exc
         self._thread = threading.Thread(target=self._run, name="spool-hasher", daemon=True)
         self._thread.start()
 
     def _failure(self, exc: OSError) -> SpoolError:
         return SpoolError(f"cannot write spool file {self.path}: {exc.strerror}")
-
-    def _unsynced(self, exc: OSError) -> SpoolError:
-        # worded as the cycle's final fsync says it: the same failure, met earlier
-        return SpoolError(f"cannot write {self.path} to disk: {exc.strerror}")
 
     def _run(self) -> None:
         while (batch := self._queue.get()) is not None:
@@ -100,18 +80,12 @@ class SpoolWriter:
     def _check(self) -> None:
         if self._crash is not None:
             raise self._crash
-        if self._write_back is not None:
-            try:
-                self._write_back.grown(self._size)
-            except OSError as exc:
-                raise self._unsynced(exc) from exc
 
     def write(self, chunk: bytes) -> None:
         self._write_all(chunk)
         self._batch.append(chunk)
         self._batch_bytes += len(chunk)
         if self._batch_bytes >= BATCH_BYTES:
-            self._size += self._batch_bytes
             self._check()
             self._queue.put(self._batch)
             self._batch = []
@@ -131,17 +105,11 @@ class SpoolWriter:
         return self._digest.digest()
 
     def seal(self, trailer: bytes) -> None:
-        """Append etcd's SHA-256 trailer, hand it to the uploads, end the write-back (raising
-        its failure), close. Not fsynced here: the cycle does that while verification reads the
-        file, so the two overlap."""
+        """Append etcd's SHA-256 trailer, hand it to the uploads, close. Not fsynced here: the
+        cycle does that while verification reads the file, so the two overlap."""
         try:
             self._write_all(trailer)
             self._sink(trailer)
-            if self._write_back is not None:
-                try:
-                    self._write_back.finish()
-                except OSError as exc:
-                    raise self._unsynced(exc) from exc
         finally:
             self.close()
         # every data chunk is hashed by now (data_digest drained the queue)
@@ -152,8 +120,6 @@ class SpoolWriter:
     def close(self) -> None:
         if self._thread.is_alive():
             self._drain()
-        if self._write_back is not None:
-            self._write_back.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -37,7 +37,6 @@ from ..manifest import (
     snapshot_of_manifest,
 )
 from ..stages import Pipeline
-from ..writeback import WriteBack
 from .base import SpooledSnapshot, StoredItem, check_stored, file_sha256, pair
 
 log = logging.getLogger(__name__)
@@ -284,8 +283,7 @@ class _LocalUpload:
     """Stores a snapshot kept as etcd wrote it from the spooled file at commit, by a hard link
     when it shares the filesystem; a compressed or encrypted one through the format's stages into
     a part file while the snapshot streams, so that their cost hides behind the stream, linked
-    into place at commit. That part file is written back to disk as it grows, at the stream's
-    pace, so that its fsync at commit finds only the tail left to write."""
+    into place at commit."""
 
     def __init__(self, destination: LocalDirectory, final: Path) -> None:
         self._destination = destination
@@ -296,26 +294,18 @@ class _LocalUpload:
         self._part = part_path(final)
         self._out: BinaryIO | None = None
         self._pipeline: Pipeline | None = None
-        self._write_back: WriteBack | None = None
         if self.streams:
             self._out = os.fdopen(create_new(self._part), "wb")
-            try:
-                self._write_back = WriteBack(self._out.fileno())
-            except OSError:
-                self._discard_part()
-                raise
             self._pipeline = Pipeline(destination.stages, self._out)
 
     def write(self, chunk: bytes) -> None:
         """Through the stages into the part file; a snapshot stored as it is waits for commit."""
         if self._pipeline is not None:
-            assert self._write_back is not None
             try:
                 self._pipeline.write(chunk)
-                self._write_back.grown(self._pipeline.stored_size)
             except OSError as exc:
-                # a full disk, or a write-back that failed: worded as the same failure met at
-                # commit, and this destination's alone, never the run's
+                # a full disk: worded as the same failure met at commit, and this destination's
+                # alone, never the run's
                 raise self._destination.error(f"store {self._final.name}", exc) from exc
 
     def commit(self, spooled: SpooledSnapshot, manifest: Manifest) -> Manifest:
@@ -392,8 +382,6 @@ class _LocalUpload:
                 fsync_dir(self._final.parent)
                 return spooled.sha256
         part = part_path(self._final)
-        # not written back as it grows: this copy runs at memory speed, and disk writes started
-        # beside it slowed it by more than they took off its fsync (measured)
         with os.fdopen(create_new(part), "wb") as out:
             pipeline = Pipeline(self._destination.stages, out)
             try:
@@ -416,11 +404,10 @@ class _LocalUpload:
 
     def _seal_part(self, pipeline: Pipeline) -> str:
         """Flush the stages into the part file, make it durable and link it into place."""
-        assert self._out is not None and self._write_back is not None
+        assert self._out is not None
         try:
             pipeline.close()
             self._out.flush()
-            self._write_back.finish()
             os.fsync(self._out.fileno())
             os.link(self._part, self._final)
             self._placed = True
@@ -431,12 +418,10 @@ class _LocalUpload:
 
     def _discard_part(self) -> None:
         """Stop the stages (age's worker) if still running, close and remove the part file."""
-        pipeline, out, write_back = self._pipeline, self._out, self._write_back
-        self._pipeline = self._out = self._write_back = None
+        pipeline, out = self._pipeline, self._out
+        self._pipeline = self._out = None
         if pipeline is not None:
             pipeline.abort()
-        if write_back is not None:
-            write_back.close()
         if out is not None:
             # its bytes are being discarded: a close that fails loses nothing
             with contextlib.suppress(OSError, ValueError):

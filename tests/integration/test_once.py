@@ -3,7 +3,6 @@ etcd members started on loopback."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -14,13 +13,12 @@ from typing import Any
 
 import pytest
 
-from etcd_backupd import cycle, writeback
+from etcd_backupd import cycle
 from etcd_backupd.config import ENV_ETCD_PASSWORD, load_config
 from etcd_backupd.cycle import run_cycle
 from etcd_backupd.errors import DestinationError
 from etcd_backupd.manifest import parse_snapshot_name
 from etcd_backupd.spool import SpoolWriter
-from etcd_backupd.writeback import WriteBack
 from tests.harness.cli import local_destination, run_cli, start_cli, write_config
 from tests.harness.etcd import EtcdCluster, load_kubernetes_like_keys, load_large_values
 from tests.harness.polling import wait_until
@@ -302,29 +300,6 @@ def test_a_member_that_stops_sending_is_cut_off_and_nothing_is_left(
     assert stored_files(tmp_path) == []
 
 
-def test_a_disk_that_fails_while_the_backup_is_written_back_leaves_nothing(
-    etcd35: EtcdCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    load_large_values(etcd35, 8)
-    config = load_config(write_config(tmp_path, etcd35))
-    calls: list[int] = []
-
-    def failing_disk(fd: int, offset: int, length: int) -> None:
-        calls.append(offset)
-        raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-    monkeypatch.setattr(writeback, "STEP", 1024 * 1024)
-    monkeypatch.setattr(cycle, "WriteBack", lambda fd: WriteBack(fd, failing_disk))
-    result = run_cycle(config)
-    assert calls
-    assert not result.ok
-    assert result.exit_code == DestinationError.exit_code
-    assert result.error is not None
-    assert "to disk: Input/output error" in result.error
-    assert stored_files(tmp_path) == []
-    assert not list((tmp_path / "state" / "spool").glob("*"))
-
-
 @pytest.mark.parametrize(("compression", "kept"), [("none", True), ("zstd", False)])
 def test_the_spool_reaches_the_disk_only_when_it_is_the_stored_file(
     etcd35: EtcdCluster,
@@ -343,19 +318,13 @@ def test_the_spool_reaches_the_disk_only_when_it_is_the_stored_file(
         )
     )
     flushed: list[Path] = []
-    written_back: list[int] = []
     make_durable = cycle._make_durable
     monkeypatch.setattr(
         cycle, "_make_durable", lambda part: (flushed.append(part), make_durable(part))
     )
-    monkeypatch.setattr(writeback, "STEP", 1024 * 1024)
-    monkeypatch.setattr(
-        cycle, "WriteBack", lambda fd: WriteBack(fd, lambda *range_: written_back.append(range_[1]))
-    )
     result = run_cycle(config)
     assert result.ok, result.error
     assert bool(flushed) is kept
-    assert bool(written_back) is kept
     assert all(path.parent == backups for path in flushed)
 
 

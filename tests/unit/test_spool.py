@@ -3,9 +3,7 @@ etcd's trailer; and where it goes (a local destination first, else a scratch dir
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import itertools
 import os
 import threading
 from datetime import UTC, datetime, timedelta
@@ -13,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from etcd_backupd import writeback
 from etcd_backupd.config_destinations import LocalDestination
 from etcd_backupd.destinations import Destination
 from etcd_backupd.destinations.local import LocalDirectory
@@ -21,7 +18,6 @@ from etcd_backupd.errors import DestinationError
 from etcd_backupd.fsutil import STALE_PART_AGE, part_path
 from etcd_backupd.manifest import snapshot_name
 from etcd_backupd.spool import BATCH_BYTES, SpoolError, SpoolWriter, choose_spool_dir
-from etcd_backupd.writeback import WriteBack
 from tests.harness.clock import FixedClock
 
 MOMENT = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
@@ -83,83 +79,11 @@ def test_a_sink_that_fails_stops_the_stream_on_the_receiving_thread(tmp_path: Pa
 
 
 def test_a_writer_closed_midway_leaves_no_thread_behind(tmp_path: Path) -> None:
-    writer = SpoolWriter(
-        tmp_path / "snapshot.db.part", lambda chunk: None, write_back=WriteBackSeen()
-    )
-    writer.write(b"x" * (BATCH_BYTES + 1))
-    writer.close()
-    writer.close()
-    threads = {"spool-hasher", "write-back"}
-    assert not [t for t in threading.enumerate() if t.name in threads and t.is_alive()]
-
-
-class WriteBackSeen:
-    """Stands in for the kernel's write-back: records each range asked for, or fails."""
-
-    def __init__(self, fails_with: int | None = None) -> None:
-        self.ranges: list[tuple[int, int]] = []
-        self.fails_with = fails_with
-        self.called = threading.Event()
-
-    def start(self, fd: int, offset: int, length: int) -> None:
-        self.ranges.append((offset, length))
-        self.called.set()
-        if self.fails_with is not None:
-            raise OSError(self.fails_with, os.strerror(self.fails_with))
-
-    def __call__(self, fd: int) -> WriteBack:
-        return WriteBack(fd, self.start)
-
-
-def test_a_kept_spool_file_is_written_back_while_the_stream_goes_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(writeback, "STEP", 2 * BATCH_BYTES)
-    seen = WriteBackSeen()
-    path = tmp_path / "snapshot.db.part"
-    writer = SpoolWriter(path, lambda chunk: None, write_back=seen)
-    parts = chunks(9 * BATCH_BYTES + 123, 4096)
-    half = len(parts) // 2
-    for chunk in parts[:half]:
-        writer.write(chunk)
-    # the first ranges are on their way to disk while the rest of the stream is still to come
-    assert seen.called.wait(5)
-    for chunk in parts[half:]:
-        writer.write(chunk)
-    writer.data_digest()
-    writer.seal(b"t" * 32)
-    assert path.read_bytes() == b"".join(parts) + b"t" * 32
-    assert seen.ranges[0][0] == 0
-    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(seen.ranges))
-    assert not [t for t in threading.enumerate() if t.name == "write-back" and t.is_alive()]
-
-
-def test_a_failed_write_back_stops_the_stream_as_the_final_fsync_would_report_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(writeback, "STEP", BATCH_BYTES)
-    seen = WriteBackSeen(fails_with=errno.EIO)
-    path = tmp_path / "snapshot.db.part"
-    writer = SpoolWriter(path, lambda chunk: None, write_back=seen)
-    block = b"x" * BATCH_BYTES
-    with pytest.raises(SpoolError, match=rf"cannot write {path} to disk: Input/output error"):
-        writer.write(block)
-        writer.write(block)
-        assert seen.called.wait(5)
-        # raised by a write once the failure is known, at the latest when the stream is sealed
-        for _ in range(64):
-            writer.write(block)
-        writer.data_digest()
-        writer.seal(b"t" * 32)
-    writer.close()
-    assert issubclass(SpoolError, DestinationError)
-
-
-def test_a_spool_file_not_kept_is_left_to_the_kernel(tmp_path: Path) -> None:
     writer = SpoolWriter(tmp_path / "snapshot.db.part", lambda chunk: None)
     writer.write(b"x" * (BATCH_BYTES + 1))
     writer.close()
-    assert not [t for t in threading.enumerate() if t.name == "write-back"]
+    writer.close()
+    assert not [t for t in threading.enumerate() if t.name == "spool-hasher" and t.is_alive()]
 
 
 class NoDisk:
