@@ -489,11 +489,16 @@ static uint64_t main_revision(const uint8_t *key, size_t len)
     return value;
 }
 
-/* The user key of one record of bucket `key` (status.user_key) and whether the record is a put;
- * WALK_STOP past the revision asked for. */
-static int record(const Walk *w, const uint8_t *page, uint64_t key_start, uint32_t key_size,
-                  uint64_t start, uint64_t end, const uint8_t **name, uint64_t *length, int *put)
+/* The user key of record `index` of a leaf of bucket `key` (status.user_key) and whether the
+ * record is a put; WALK_STOP past the revision asked for. */
+static int record(const Walk *w, const uint8_t *page, uint32_t index, const uint8_t **name,
+                  uint64_t *length, int *put)
 {
+    const uint8_t *element = page + HEADER + (uint64_t)index * ELEMENT;
+    uint64_t key_start = HEADER + (uint64_t)index * ELEMENT + le32(element + 4);
+    uint32_t key_size = le32(element + 8);
+    uint64_t start = key_start + key_size;
+    uint64_t end = start + le32(element + 12);
     const uint8_t *key = page + key_start;
     *put = key_size == REVISION_KEY_SIZE;
     if (!*put && !(key_size == REVISION_KEY_SIZE + 1 && key[REVISION_KEY_SIZE] == TOMBSTONE))
@@ -505,20 +510,20 @@ static int record(const Walk *w, const uint8_t *page, uint64_t key_start, uint32
     if (end > start) {
         if (end - start < 2 || page[start] != KEY_TAG)
             return WALK_UNUSUAL;
-        uint64_t index = start + 1;
+        uint64_t at = start + 1;
         for (unsigned shift = 0;; shift += 7) {
-            if (index >= end || shift > 63)
+            if (at >= end || shift > 63)
                 return WALK_UNUSUAL;
-            uint8_t byte = page[index++];
+            uint8_t byte = page[at++];
             if ((byte & 0x7F) && shift >= 32)
                 return WALK_UNUSUAL; /* longer than any record: the pure reader says so */
             *length |= (uint64_t)(byte & 0x7F) << shift;
             if (byte < 0x80)
                 break;
         }
-        if (index + *length > end)
+        if (at + *length > end)
             return WALK_UNUSUAL;
-        *name = page + index;
+        *name = page + at;
     }
     return WALK_OK;
 }
@@ -551,14 +556,9 @@ static int replay_prints(Walk *w, const uint8_t *page, uint32_t first, uint32_t 
     Step steps[AHEAD];
     int outcome = WALK_OK;
     for (uint32_t i = 0; i < n; i++) {
-        const uint8_t *element = page + HEADER + (uint64_t)(first + i) * ELEMENT;
-        uint64_t key_start = HEADER + (uint64_t)(first + i) * ELEMENT + le32(element + 4);
-        uint32_t key_size = le32(element + 8);
-        uint64_t key_end = key_start + key_size;
         const uint8_t *name;
         uint64_t length;
-        int status = record(w, page, key_start, key_size, key_end, key_end + le32(element + 12),
-                            &name, &length, &steps[i].put);
+        int status = record(w, page, first + i, &name, &length, &steps[i].put);
         if (status == WALK_STOP) {
             /* the records before this one still count */
             outcome = status;
@@ -603,15 +603,10 @@ static int replay_names(Walk *w, const uint8_t *page, uint32_t first, uint32_t n
     int outcome = WALK_OK;
     uint32_t kept = 0;
     for (uint32_t i = 0; i < n; i++) {
-        const uint8_t *element = page + HEADER + (uint64_t)(first + i) * ELEMENT;
-        uint64_t key_start = HEADER + (uint64_t)(first + i) * ELEMENT + le32(element + 4);
-        uint32_t key_size = le32(element + 8);
-        uint64_t key_end = key_start + key_size;
         const uint8_t *name;
         uint64_t length;
         int put;
-        int status = record(w, page, key_start, key_size, key_end, key_end + le32(element + 12),
-                            &name, &length, &put);
+        int status = record(w, page, first + i, &name, &length, &put);
         if (status == WALK_STOP) {
             outcome = status;
             break;
