@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,26 @@ from tests.harness.tls import make_other_ca
 def stored_files(tmp_path: Path) -> list[str]:
     backups = tmp_path / "backups"
     return sorted(p.name for p in backups.iterdir()) if backups.exists() else []
+
+
+@contextmanager
+def small_disk(directory: Path, size: str) -> Iterator[None]:
+    """A tmpfs of `size` mounted on `directory` for the test: a disk that fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs as a full disk")
+    directory.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
 
 
 def etcd_status(cluster: EtcdCluster, snapshot: Path) -> dict[str, int]:
@@ -189,30 +211,16 @@ def test_destination_path_that_is_a_file(etcd35: EtcdCluster, tmp_path: Path) ->
 
 
 def test_full_disk_leaves_nothing(etcd35: EtcdCluster, tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs as a full disk")
     load_kubernetes_like_keys(etcd35, count=50)
     client = etcd35.client()
     client.put("/registry/configmaps/big/blob", os.urandom(600_000))
     client.put("/registry/configmaps/big/blob2", os.urandom(600_000))
     client.close()
-    backups = tmp_path / "backups"
-    backups.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(backups)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_disk(tmp_path / "backups", "512k"):
         result = run_cli("once", "--config", str(write_config(tmp_path, etcd35)))
         assert result.returncode != 0
         assert "No space left on device" in result.stderr
         assert stored_files(tmp_path) == []
-    finally:
-        subprocess.run(["umount", str(backups)], check=True)
 
 
 def test_three_members_one_down_still_backed_up(etcd_cluster3: EtcdCluster, tmp_path: Path) -> None:
@@ -352,23 +360,12 @@ def test_the_stream_s_freed_heap_goes_back_before_the_walk(
 def test_a_full_disk_under_a_compressing_destination_fails_that_destination_alone(
     etcd35: EtcdCluster, tmp_path: Path
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs as a full disk")
     load_kubernetes_like_keys(etcd35, count=50)
     client = etcd35.client()
     client.put("/registry/configmaps/big/blob", os.urandom(900_000))
     client.close()
     small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_disk(small, "256k"):
         config = write_config(
             tmp_path,
             etcd35,
@@ -383,5 +380,3 @@ def test_a_full_disk_under_a_compressing_destination_fails_that_destination_alon
         assert "internal error" not in result.stderr
         assert len(stored_files(tmp_path)) == 2  # the snapshot and its manifest
         assert list(small.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
