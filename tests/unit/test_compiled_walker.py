@@ -96,6 +96,17 @@ def same_both_ways(
     return fast[0]
 
 
+def write_key_bucket(path: Path, history: list[Entry], *, page_size: int, per_leaf: int) -> None:
+    """A database whose bucket `key` holds `history`, `per_leaf` records a leaf under one branch."""
+    db = Database(page_size)
+    parts = [history[i : i + per_leaf] for i in range(0, len(history), per_leaf)]
+    leaves = [db.add(leaf_image(part)) for part in parts]
+    root = db.add(
+        branch_image([(part[0][0], page) for part, page in zip(parts, leaves, strict=True)])
+    )
+    path.write_bytes(db.build(db.add(leaf_image([(b"key", bucket(root), BUCKET_FLAG)]))))
+
+
 @pytest.mark.parametrize("page_size", [1024, 4096])
 def test_a_sound_database_is_walked_by_the_compiled_walker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: Spy, page_size: int
@@ -190,15 +201,8 @@ def test_many_keys_put_and_deleted_count_the_same(
         history.append(
             (revision(main, tombstone=gone), record(name, b"" if gone else b"v", main), 0)
         )
-    db = Database(4096)
-    parts = [history[i : i + 60] for i in range(0, len(history), 60)]
-    leaves = [db.add(leaf_image(part)) for part in parts]
-    root = db.add(
-        branch_image([(part[0][0], page) for part, page in zip(parts, leaves, strict=True)])
-    )
-    top = db.add(leaf_image([(b"key", bucket(root), BUCKET_FLAG)]))
     path = tmp_path / "db"
-    path.write_bytes(db.build(top))
+    write_key_bucket(path, history, page_size=4096, per_leaf=60)
     figures = same_both_ways(monkeypatch, path, (None, 1500))
     expected: dict[bytes, None] = {}
     for key, value, _ in history:
@@ -227,14 +231,8 @@ def test_a_key_space_that_grows_every_part_of_the_table_many_times_counts_right(
         (revision(main, tombstone=not put), record(name, b"v" if put else b"", main), 0)
         for main, (name, put) in enumerate(operations, start=2)
     ]
-    db = Database(65536)
-    parts = [history[i : i + 1000] for i in range(0, len(history), 1000)]
-    leaves = [db.add(leaf_image(part)) for part in parts]
-    root = db.add(
-        branch_image([(part[0][0], page) for part, page in zip(parts, leaves, strict=True)])
-    )
     path = tmp_path / "db"
-    path.write_bytes(db.build(db.add(leaf_image([(b"key", bucket(root), BUCKET_FLAG)]))))
+    write_key_bucket(path, history, page_size=65536, per_leaf=1000)
     figures = walk_database(path)
     assert figures.live_keys == 60000 - 45000 + 15000
     assert spy.walked == 1 and spy.handed_over == 0
@@ -292,14 +290,8 @@ def test_live_key_names_keep_etcd_order_prefix_and_revision(
         history.append(
             (revision(main, tombstone=gone), record(name, b"" if gone else b"v", main), 0)
         )
-    db = Database(4096)
-    parts = [history[i : i + 40] for i in range(0, len(history), 40)]
-    leaves = [db.add(leaf_image(part)) for part in parts]
-    root = db.add(
-        branch_image([(part[0][0], page) for part, page in zip(parts, leaves, strict=True)])
-    )
     path = tmp_path / "db"
-    path.write_bytes(db.build(db.add(leaf_image([(b"key", bucket(root), BUCKET_FLAG)]))))
+    write_key_bucket(path, history, page_size=4096, per_leaf=40)
 
     def model(prefix: bytes, at: int | None) -> list[bytes]:
         live: dict[bytes, None] = {}
