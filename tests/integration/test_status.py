@@ -60,10 +60,11 @@ def test_status_reports_each_destination_and_checks_the_age(
 
     taken = []
     for _ in range(2):
-        # names carry the second: a second backup in the same second is refused, by design
-        started = int(time.time())
         taken.append(run_cli("once", "--config", str(config), "-o", "json"))
-        while int(time.time()) == started:
+        # names carry the second a run began in, and a second backup in the same second is
+        # refused by design: the next run begins after the second this one ended in
+        ended = int(time.time())
+        while int(time.time()) == ended:
             time.sleep(0.05)
     assert all(t.returncode == 0 for t in taken), taken[-1].stderr
     manifest = json.loads(taken[-1].stdout)["snapshot"]
